@@ -1,0 +1,1 @@
+"""Med-GRIT-style data generation from image/mask sources."""
