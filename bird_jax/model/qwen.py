@@ -1,0 +1,154 @@
+"""Qwen-7B (v1) decoder: RMSNorm, fused qkv with bias, rotate-half RoPE, SwiGLU, untied head.
+
+Module names mirror the HF checkpoint (`transformer.wte`, `transformer.h.{i}`, `ln_f`,
+`lm_head`). Inference extras of the reference (dynamic NTK RoPE scaling and logn attention
+scaling) act only beyond `seq_length` tokens and never in training.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bird_jax.config import LLMConfig, QwenVLConfig
+from bird_jax.model import layers as L
+from bird_jax.sharding import constrain
+
+Array = jax.Array
+
+
+# ---- rotary embedding ------------------------------------------------------------------------
+
+def ntk_alpha(lengths: Array, seq_length: int) -> Array:
+  """Qwen's dynamic NTK factor: max(2^ceil(log2(L / seq_length) + 1) - 1, 1), per row."""
+  ctx = jnp.log2(lengths.astype(jnp.float32) / seq_length) + 1
+  return jnp.maximum(2.0 ** jnp.ceil(ctx) - 1, 1.0)
+
+
+def rope_tables(positions: Array, head_dim: int, base: float,
+                alpha: Array | None = None) -> tuple[Array, Array]:
+  """cos, sin [B, L, 1, head_dim] in fp32; base' = base * alpha^(d / (d - 2)) per row."""
+  base = jnp.full((positions.shape[0], 1), base, jnp.float32)
+  if alpha is not None:
+    base = base * alpha.astype(jnp.float32)[:, None] ** (head_dim / (head_dim - 2))
+  inv_freq = 1.0 / base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  freqs = positions.astype(jnp.float32)[:, :, None] * inv_freq[:, None, :]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+  """GPT-NeoX rotate-half on all head dims, computed in fp32."""
+  x32 = x.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def logn_scale(positions: Array, seq_length: int) -> Array:
+  """Qwen's logn attention: q *= log_{seq_length}(p) for 1-based positions p > seq_length."""
+  p = positions.astype(jnp.float32) + 1
+  return jnp.where(p > seq_length, jnp.log(p) / jnp.log(float(seq_length)), 1.0)
+
+
+# ---- layers --------------------------------------------------------------------------------
+
+class QwenAttention(nnx.Module):
+  def __init__(self, c: LLMConfig, *, attention_impl: str | None, **kw):
+    h, d = c.heads, c.head_dim
+    self.c_attn = L.Linear((c.hidden,), (3, h, d), ("embed", "qkv", "heads", "kv"), bias=True, **kw)
+    self.c_proj = L.Linear((h, d), (c.hidden,), ("heads", "kv", "embed"), bias=False, **kw)
+    self.impl = attention_impl
+
+  def __call__(self, x: Array, cos: Array, sin: Array, logn: Array | None,
+               mask: Array | None) -> Array:
+    qkv = self.c_attn(x)  # [B, L, 3, heads, head_dim], blocked q|k|v
+    q, k, v = apply_rope(qkv[:, :, 0], cos, sin), apply_rope(qkv[:, :, 1], cos, sin), qkv[:, :, 2]
+    if logn is not None:
+      q = q * logn[:, :, None, None].astype(q.dtype)
+    out = L.attention(q, k, v, mask=mask, is_causal=mask is None, implementation=self.impl)
+    return self.c_proj(out)
+
+
+class QwenMLP(nnx.Module):
+  """c_proj(w1(x) * silu(w2(x))): SiLU on the w2 branch (w2 = gate, w1 = up)."""
+
+  def __init__(self, c: LLMConfig, **kw):
+    self.w1 = L.Linear((c.hidden,), (c.mlp_dim,), ("embed", "mlp"), bias=False, **kw)
+    self.w2 = L.Linear((c.hidden,), (c.mlp_dim,), ("embed", "mlp"), bias=False, **kw)
+    self.c_proj = L.Linear((c.mlp_dim,), (c.hidden,), ("mlp", "embed"), bias=False, **kw)
+
+  def __call__(self, x: Array) -> Array:
+    return self.c_proj(self.w1(x) * jax.nn.silu(self.w2(x)))
+
+
+class QwenBlock(nnx.Module):
+  def __init__(self, c: LLMConfig, *, attention_impl: str | None, **kw):
+    self.ln_1 = L.RMSNorm(c.hidden, c.rms_eps, **kw)
+    self.attn = QwenAttention(c, attention_impl=attention_impl, **kw)
+    self.ln_2 = L.RMSNorm(c.hidden, c.rms_eps, **kw)
+    self.mlp = QwenMLP(c, **kw)
+
+  def __call__(self, x: Array, cos, sin, logn, mask) -> Array:
+    x = x + self.attn(self.ln_1(x), cos, sin, logn, mask)
+    return x + self.mlp(self.ln_2(x))
+
+
+class QwenLM(nnx.Module):
+  """wte -> blocks -> ln_f -> lm_head. Split into embed / decode / logits so that the
+  multimodal model can splice image features between embedding and decoding."""
+
+  def __init__(self, cfg: QwenVLConfig, *, rngs: nnx.Rngs):
+    c = cfg.llm
+    kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+    self.wte = L.param(rngs.params(), L.normal(0.02), (c.vocab_size, c.hidden),
+                       ("vocab", "embed"), kw["param_dtype"])
+    self.h = L.stack(lambda r: QwenBlock(c, attention_impl=cfg.attention_impl, **{**kw, "rngs": r}),
+                     c.layers, rngs)
+    self.ln_f = L.RMSNorm(c.hidden, c.rms_eps, **kw)
+    self.lm_head = L.param(rngs.params(), L.normal(0.02), (c.hidden, c.vocab_size),
+                           ("embed", "vocab"), kw["param_dtype"])
+    self.cfg, self.dtype, self.remat = c, kw["dtype"], cfg.remat
+
+  def embed(self, tokens: Array) -> Array:
+    h = jnp.take(self.wte[...], tokens, axis=0).astype(self.dtype)
+    return constrain(h, ("batch", "length", "act_embed"))
+
+  def decode(self, h: Array, *, positions: Array | None = None,
+             segment_ids: Array | None = None, train: bool = False,
+             ntk_lengths: Array | None = None) -> Array:
+    """Blocks + ln_f on embeddings h [B, L, D].
+
+    positions: [B, L] (default 0..L-1). segment_ids: [B, L], tokens attend only within their
+    segment (causally); None = one causal sequence per row. Outside training, dynamic NTK uses
+    `ntk_lengths` [B] (default: non-padding tokens per row) and logn scaling uses positions.
+    """
+    c = self.cfg
+    b, n = h.shape[:2]
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+    mask = None
+    if segment_ids is not None:
+      causal = jnp.tril(jnp.ones((n, n), bool))
+      mask = ((segment_ids[:, :, None] == segment_ids[:, None, :]) & causal)[:, None]
+    alpha = logn = None
+    if not train and c.use_dynamic_ntk:
+      if ntk_lengths is None:
+        ntk_lengths = (jnp.full((b,), n) if segment_ids is None
+                       else (segment_ids > 0).sum(-1))
+      alpha = ntk_alpha(ntk_lengths, c.seq_length)
+    if not train and c.use_logn_attn:
+      logn = logn_scale(positions, c.seq_length)
+    cos, sin = rope_tables(positions, c.head_dim, c.rope_base, alpha)
+    h = L.scan(self.h, h, lambda block, x: block(x, cos, sin, logn, mask), self.remat)
+    return self.ln_f(h)
+
+  def logits(self, h: Array) -> Array:
+    """fp32 logits [B, L, vocab]."""
+    out = jnp.einsum("bld,dv->blv", h, self.lm_head[...].astype(self.dtype),
+                     preferred_element_type=jnp.float32)
+    return constrain(out, ("batch", "length", "act_vocab"))
+
+  def __call__(self, tokens: Array, **kw) -> Array:
+    return self.logits(self.decode(self.embed(tokens), **kw))

@@ -1,0 +1,59 @@
+"""Shared fixtures: the tiny config, random HF-layout weights, the JAX model built from them
+through the checkpoint table, and the independent PyTorch reference."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Sharding tests need several (host) devices; harmless for the rest.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+sys.path.insert(0, os.path.dirname(__file__))
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from bird_jax.checkpoint import hf
+from bird_jax.config import get_preset
+from bird_jax.model import abstract_model, model_from_params
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+  return get_preset("tiny")
+
+
+def build_from_hf(cfg, weights):
+  shapes = hf.param_shapes(nnx.state(abstract_model(cfg)))
+  entries = hf.expected_tensors(cfg, shapes)
+  return model_from_params(cfg, hf.hf_to_params(weights.__getitem__, entries, shapes))
+
+
+@pytest.fixture(scope="session")
+def hf_weights(tiny_cfg):
+  from reference import random_hf_weights
+
+  return random_hf_weights(tiny_cfg, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_cfg, hf_weights):
+  return build_from_hf(tiny_cfg, hf_weights)
+
+
+@pytest.fixture(scope="session")
+def torch_reference(tiny_cfg, hf_weights):
+  from reference import QwenVLReference
+
+  return QwenVLReference(tiny_cfg, hf_weights)
+
+
+def image_row(cfg, length: int, starts: list[int], seed: int = 0) -> np.ndarray:
+  """A token row of random text ids with well-formed image spans opening at `starts`."""
+  rng = np.random.default_rng(seed)
+  row = rng.integers(0, 256, length).astype(np.int32)
+  q = cfg.vision.n_queries
+  for s in starts:
+    row[s], row[s + 1:s + 1 + q], row[s + 1 + q] = cfg.image_start_id, cfg.image_pad_id, cfg.image_end_id
+  return row

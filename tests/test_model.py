@@ -1,0 +1,123 @@
+"""Model behaviour beyond parity: splice locality, packed segments, bad inputs, dtypes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import image_row
+from bird_jax.config import get_preset
+from bird_jax.model import QwenVL
+from bird_jax.model.qwen import ntk_alpha
+
+
+def test_splice_changes_only_logits_at_and_after_the_image(tiny_cfg, tiny_model):
+  tokens = np.stack([image_row(tiny_cfg, 48, [3, 25], seed=1), image_row(tiny_cfg, 48, [], seed=2)])
+  images = np.random.default_rng(3).standard_normal((2, 2, 56, 56, 3)).astype(np.float32)
+  base = np.asarray(tiny_model(jnp.asarray(tokens), jnp.asarray(images)))
+  changed = images.copy()
+  changed[0, 1] += 1.0  # the second image of row 0 (span opens at 25)
+  changed[1] += 1.0  # row 1 has no span: its image slots are ignored
+  out = np.asarray(tiny_model(jnp.asarray(tokens), jnp.asarray(changed)))
+  diff = np.abs(out - base).max(-1)
+  assert diff[0, :26].max() == 0.0  # up to and including <img>
+  assert diff[0, 26:].min() > 1e-4  # image positions and everything after
+  assert diff[1].max() == 0.0
+
+
+def test_packed_segments_equal_separate_sequences(tiny_cfg, tiny_model):
+  a = image_row(tiny_cfg, 12, [], seed=4)
+  b = image_row(tiny_cfg, 30, [4], seed=5)
+  img = np.random.default_rng(6).standard_normal((1, 1, 56, 56, 3)).astype(np.float32)
+  packed = np.concatenate([a, b, np.full(6, 256, np.int32)])[None]
+  seg = np.array([[1] * 12 + [2] * 30 + [0] * 6], np.int32)
+  pos = np.array([list(range(12)) + list(range(30)) + list(range(6))], np.int32)
+  out = np.asarray(tiny_model(jnp.asarray(packed), jnp.asarray(img), positions=jnp.asarray(pos),
+                              segment_ids=jnp.asarray(seg), train=True))
+  alone_a = np.asarray(tiny_model(jnp.asarray(a[None]), train=True))
+  alone_b = np.asarray(tiny_model(jnp.asarray(b[None]), jnp.asarray(img), train=True))
+  assert np.abs(out[0, :12] - alone_a[0]).max() <= 1e-5
+  assert np.abs(out[0, 12:42] - alone_b[0]).max() <= 1e-5
+  assert np.isfinite(out).all()
+
+
+def test_jit_matches_eager_and_does_not_retrace(tiny_cfg, tiny_model):
+  graphdef, state = nnx.split(tiny_model)
+  traces = []
+
+  @jax.jit
+  def forward(state, tokens, images):
+    traces.append(1)
+    return nnx.merge(graphdef, state)(tokens, images)
+
+  tokens = image_row(tiny_cfg, 40, [5], seed=7)[None]
+  images = np.zeros((1, 1, 56, 56, 3), np.float32)
+  eager = tiny_model(jnp.asarray(tokens), jnp.asarray(images))
+  for _ in range(3):
+    jitted = forward(state, tokens, images)
+  assert len(traces) == 1
+  assert np.abs(np.asarray(eager) - np.asarray(jitted)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("tokens,images,num_images,match", [
+    ("ok1", (1, 1, 64, 64, 3), None, r"images must be \[batch=1, max_images, 56, 56, 3\]"),
+    ("ok1", (1, 1, 3, 56, 56), None, "channels-first"),
+    ("ok1", (1, 1, 56, 56, 1), None, "images must be"),
+    ("ok1", (2, 1, 56, 56, 3), None, "batch=1"),
+    ("no_end", (1, 1, 56, 56, 3), None, "1 <img> vs 0 </img>"),
+    ("short", (1, 1, 56, 56, 3), None, "holds 10 ids; the model expects exactly n_queries=16"),
+    ("nested", (1, 2, 56, 56, 3), None, "nested or overlapping"),
+    ("ok2", (1, 1, 56, 56, 3), None, "row 0 has 2 image span"),
+    ("ok2", (1, 2, 56, 56, 3), [1], "row 0: 2 span"),
+    ("ok1", None, None, "only 0 image slot"),
+    ("long", None, None, "exceeds the model maximum"),
+])
+def test_bad_inputs_raise_clear_errors(tiny_cfg, tiny_model, tokens, images, num_images, match):
+  c = tiny_cfg
+  rows = {
+      "ok1": image_row(c, 40, [3]), "ok2": image_row(c, 60, [3, 30]),
+      "no_end": np.r_[[c.image_start_id], np.zeros(30, np.int32)],
+      "short": np.r_[[c.image_start_id], np.zeros(10, np.int32), [c.image_end_id]],
+      "nested": image_row(c, 60, [3, 30]), "long": np.zeros(c.llm.max_position_embeddings + 1),
+  }
+  row = rows[tokens].astype(np.int32)
+  if tokens == "nested":
+    row[10] = c.image_start_id  # opens inside the first span
+    row[28] = c.image_end_id
+  pixels = None if images is None else np.zeros(images, np.float32)
+  with pytest.raises(ValueError, match=match):
+    tiny_model(jnp.asarray(row[None]), pixels, num_images=num_images)
+
+
+def test_ntk_alpha_formula():
+  lengths = jnp.array([100, 2048, 2049, 3000, 4096, 4097, 8192])
+  assert ntk_alpha(lengths, 2048).tolist() == [1, 1, 3, 3, 3, 7, 7]
+
+
+def test_training_dtypes_fp32_params_bf16_compute():
+  cfg = get_preset("tiny").replace(dtype="bfloat16", vision_param_dtype="bfloat16")
+  model = QwenVL(cfg, rngs=nnx.Rngs(0))
+  assert model.llm.h.attn.c_attn.kernel[...].dtype == jnp.float32
+  assert model.visual.blocks.attn.in_proj.kernel[...].dtype == jnp.bfloat16
+  tokens = jnp.asarray(image_row(cfg, 24, [2])[None])
+  logits = model(tokens, jnp.zeros((1, 1, 56, 56, 3)))
+  assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_policies_give_the_same_gradients(tiny_cfg, tiny_model, remat):
+  tokens = jnp.asarray(image_row(tiny_cfg, 32, [2], seed=9)[None])
+  images = jnp.ones((1, 1, 56, 56, 3))
+
+  def grads(model):
+    return nnx.grad(lambda m: m(tokens, images, train=True).mean())(model)
+
+  graphdef, state = nnx.split(tiny_model)
+  remat_model = nnx.merge(nnx.split(QwenVL(tiny_cfg.replace(remat=remat), rngs=nnx.Rngs(0)))[0],
+                          state)
+  g0, g1 = nnx.state(grads(tiny_model)), nnx.state(grads(remat_model))
+  diffs = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g0, g1)
+  assert max(jax.tree.leaves(diffs)) <= 1e-6
