@@ -216,7 +216,7 @@ def qwen_vl_7b() -> QwenVLConfig:
 
 
 def small() -> QwenVLConfig:
-  """Mid-size model for benchmarks on one CPU/GPU (about 60M parameters, 224 px)."""
+  """Mid-size model for benchmarks on one CPU/GPU (31M parameters, 224 px)."""
   return QwenVLConfig(
       vision=VisionConfig(image_size=224, width=256, layers=4, heads=4, mlp_dim=1024,
                           output_dim=512),

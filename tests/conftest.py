@@ -3,6 +3,7 @@ through the checkpoint table, and the independent PyTorch reference."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -47,6 +48,12 @@ def torch_reference(tiny_cfg, hf_weights):
   from reference import QwenVLReference
 
   return QwenVLReference(tiny_cfg, hf_weights)
+
+
+@functools.partial(nnx.jit, static_argnames=("train",))
+def forward(model, tokens, images=None, positions=None, segment_ids=None, train=False):
+  """The model's forward under jit (tests call this; eager op-by-op execution is slow)."""
+  return model(tokens, images, positions=positions, segment_ids=segment_ids, train=train)
 
 
 def image_row(cfg, length: int, starts: list[int], seed: int = 0) -> np.ndarray:

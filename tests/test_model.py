@@ -8,20 +8,21 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import image_row
+from conftest import forward, image_row
 from bird_jax.config import get_preset
-from bird_jax.model import QwenVL
+from bird_jax.checkpoint.hf import flatten
+from bird_jax.model import abstract_model, model_from_params
 from bird_jax.model.qwen import ntk_alpha
 
 
 def test_splice_changes_only_logits_at_and_after_the_image(tiny_cfg, tiny_model):
   tokens = np.stack([image_row(tiny_cfg, 48, [3, 25], seed=1), image_row(tiny_cfg, 48, [], seed=2)])
   images = np.random.default_rng(3).standard_normal((2, 2, 56, 56, 3)).astype(np.float32)
-  base = np.asarray(tiny_model(jnp.asarray(tokens), jnp.asarray(images)))
+  base = np.asarray(forward(tiny_model, tokens, images))
   changed = images.copy()
   changed[0, 1] += 1.0  # the second image of row 0 (span opens at 25)
   changed[1] += 1.0  # row 1 has no span: its image slots are ignored
-  out = np.asarray(tiny_model(jnp.asarray(tokens), jnp.asarray(changed)))
+  out = np.asarray(forward(tiny_model, tokens, changed))
   diff = np.abs(out - base).max(-1)
   assert diff[0, :26].max() == 0.0  # up to and including <img>
   assert diff[0, 26:].min() > 1e-4  # image positions and everything after
@@ -35,10 +36,9 @@ def test_packed_segments_equal_separate_sequences(tiny_cfg, tiny_model):
   packed = np.concatenate([a, b, np.full(6, 256, np.int32)])[None]
   seg = np.array([[1] * 12 + [2] * 30 + [0] * 6], np.int32)
   pos = np.array([list(range(12)) + list(range(30)) + list(range(6))], np.int32)
-  out = np.asarray(tiny_model(jnp.asarray(packed), jnp.asarray(img), positions=jnp.asarray(pos),
-                              segment_ids=jnp.asarray(seg), train=True))
-  alone_a = np.asarray(tiny_model(jnp.asarray(a[None]), train=True))
-  alone_b = np.asarray(tiny_model(jnp.asarray(b[None]), jnp.asarray(img), train=True))
+  out = np.asarray(forward(tiny_model, packed, img, positions=pos, segment_ids=seg, train=True))
+  alone_a = np.asarray(forward(tiny_model, a[None], train=True))
+  alone_b = np.asarray(forward(tiny_model, b[None], img, train=True))
   assert np.abs(out[0, :12] - alone_a[0]).max() <= 1e-5
   assert np.abs(out[0, 12:42] - alone_b[0]).max() <= 1e-5
   assert np.isfinite(out).all()
@@ -97,13 +97,13 @@ def test_ntk_alpha_formula():
   assert ntk_alpha(lengths, 2048).tolist() == [1, 1, 3, 3, 3, 7, 7]
 
 
-def test_training_dtypes_fp32_params_bf16_compute():
+def test_training_dtypes_fp32_params_bf16_compute(tiny_model):
   cfg = get_preset("tiny").replace(dtype="bfloat16", vision_param_dtype="bfloat16")
-  model = QwenVL(cfg, rngs=nnx.Rngs(0))
+  model = model_from_params(cfg, flatten(nnx.state(tiny_model)))
   assert model.llm.h.attn.c_attn.kernel[...].dtype == jnp.float32
   assert model.visual.blocks.attn.in_proj.kernel[...].dtype == jnp.bfloat16
   tokens = jnp.asarray(image_row(cfg, 24, [2])[None])
-  logits = model(tokens, jnp.zeros((1, 1, 56, 56, 3)))
+  logits = forward(model, tokens, jnp.zeros((1, 1, 56, 56, 3)))
   assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
 
 
@@ -112,12 +112,12 @@ def test_remat_policies_give_the_same_gradients(tiny_cfg, tiny_model, remat):
   tokens = jnp.asarray(image_row(tiny_cfg, 32, [2], seed=9)[None])
   images = jnp.ones((1, 1, 56, 56, 3))
 
+  @nnx.jit
   def grads(model):
     return nnx.grad(lambda m: m(tokens, images, train=True).mean())(model)
 
-  graphdef, state = nnx.split(tiny_model)
-  remat_model = nnx.merge(nnx.split(QwenVL(tiny_cfg.replace(remat=remat), rngs=nnx.Rngs(0)))[0],
-                          state)
+  remat_graphdef = nnx.split(abstract_model(tiny_cfg.replace(remat=remat)))[0]
+  remat_model = nnx.merge(remat_graphdef, nnx.state(tiny_model))
   g0, g1 = nnx.state(grads(tiny_model)), nnx.state(grads(remat_model))
   diffs = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g0, g1)
   assert max(jax.tree.leaves(diffs)) <= 1e-6

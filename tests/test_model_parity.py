@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from flax import nnx
 
-from conftest import build_from_hf, image_row
+from conftest import build_from_hf, forward, image_row
 from reference import QwenVLReference, Visual, mae_sincos
 from bird_jax.model import layers
 
@@ -21,7 +22,7 @@ def max_diff(a, b) -> float:
 
 def test_llm_logits_match_transformers_qwen2(tiny_model, torch_reference):
   tokens = np.random.default_rng(1).integers(0, 256, (3, 33)).astype(np.int32)
-  ours = tiny_model(jnp.asarray(tokens))
+  ours = forward(tiny_model, tokens)
   ref = torch_reference(tokens)
   assert ours.shape == ref.shape == (3, 33, tiny_model.cfg.llm.vocab_size)
   assert max_diff(ours, ref) <= 1e-4
@@ -38,7 +39,7 @@ def test_visual_features_match_reference(tiny_cfg, hf_weights, image_size):
   ref.load_state_dict({k[len(prefix):]: torch.from_numpy(v) for k, v in hf_weights.items()
                        if k.startswith(prefix)})
   pixels = np.random.default_rng(2).standard_normal((2, image_size, image_size, 3)).astype(np.float32)
-  ours = model.visual(jnp.asarray(pixels))
+  ours = nnx.jit(lambda m, x: m(x))(model.visual, pixels)
   with torch.no_grad():
     theirs = ref(torch.from_numpy(pixels).permute(0, 3, 1, 2)).numpy()
   assert ours.shape == (2, cfg.vision.n_queries, cfg.vision.output_dim)
@@ -64,7 +65,7 @@ def test_whole_model_with_images_matches_reference(tiny_cfg, tiny_model, torch_r
   tokens = np.stack([image_row(tiny_cfg, 64, [2, 30], seed=4), image_row(tiny_cfg, 64, [40], seed=5),
                      image_row(tiny_cfg, 64, [], seed=6)])
   images = np.random.default_rng(7).standard_normal((3, 2, 56, 56, 3)).astype(np.float32)
-  ours = tiny_model(jnp.asarray(tokens), jnp.asarray(images), num_images=np.array([2, 1, 0]))
+  ours = forward(tiny_model, tokens, images)
   assert max_diff(ours, torch_reference(tokens, images)) <= 1e-4
 
 
@@ -75,7 +76,7 @@ def test_dynamic_ntk_and_logn_match_reference(tiny_cfg, hf_weights):
   model = build_from_hf(cfg, hf_weights)
   tokens = np.random.default_rng(8).integers(0, 256, (2, 40)).astype(np.int32)
   ref = QwenVLReference(cfg, hf_weights, ntk_alpha=7.0, logn_seq_length=16)
-  assert max_diff(model(jnp.asarray(tokens)), ref(tokens)) <= 1e-4
+  assert max_diff(forward(model, tokens), ref(tokens)) <= 1e-4
   # training never applies them: equal to the plain reference
   plain = QwenVLReference(cfg, hf_weights)
-  assert max_diff(model(jnp.asarray(tokens), train=True), plain(tokens)) <= 1e-4
+  assert max_diff(forward(model, tokens, train=True), plain(tokens)) <= 1e-4
