@@ -12,7 +12,7 @@ from conftest import forward, image_row
 from bird_jax.config import get_preset
 from bird_jax.checkpoint.hf import flatten
 from bird_jax.model import abstract_model, model_from_params
-from bird_jax.model.qwen import ntk_alpha
+from bird_jax.model.qwen import KVCache, ntk_alpha
 
 
 def test_splice_changes_only_logits_at_and_after_the_image(tiny_cfg, tiny_model):
@@ -121,3 +121,24 @@ def test_remat_policies_give_the_same_gradients(tiny_cfg, tiny_model, remat):
   g0, g1 = nnx.state(grads(tiny_model)), nnx.state(grads(remat_model))
   diffs = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g0, g1)
   assert max(jax.tree.leaves(diffs)) <= 1e-6
+
+
+def test_kv_cache_decoding_equals_the_full_forward(tiny_cfg, tiny_model):
+  """Prefill (image included) then token-by-token decoding, with and without left padding."""
+  row = image_row(tiny_cfg, 30, [3], seed=10)[None]
+  img = jnp.asarray(np.random.default_rng(11).standard_normal((1, 1, 56, 56, 3)), jnp.float32)
+  full = np.asarray(forward(tiny_model, row, img))
+
+  step = nnx.jit(lambda m, t, p, s, c: m(t, positions=p, segment_ids=s, cache=c))
+  for pad in (0, 5):
+    tokens = np.concatenate([np.zeros((1, pad), np.int32), row], 1)
+    seg = (np.arange(pad + 30) >= pad).astype(np.int32)[None]
+    pos = np.maximum(np.arange(pad + 30) - pad, 0).astype(np.int32)[None]
+    cache = KVCache.empty(tiny_cfg.llm, 1, 40, jnp.float32)
+    n = pad + 22
+    logits, cache = nnx.jit(lambda m, t, i, p, s, c: m(t, i, positions=p, segment_ids=s, cache=c))(
+        tiny_model, tokens[:, :n], img, pos[:, :n], seg[:, :n], cache)
+    assert np.abs(np.asarray(logits)[0, pad:] - full[0, :22]).max() <= 1e-5
+    for i in range(n, pad + 30):
+      logits, cache = step(tiny_model, tokens[:, i:i + 1], pos[:, i:i + 1], seg[:, i:i + 1], cache)
+      assert np.abs(np.asarray(logits)[0, 0] - full[0, i - pad]).max() <= 1e-5

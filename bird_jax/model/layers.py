@@ -173,14 +173,23 @@ def stack(make: Callable[[nnx.Rngs], nnx.Module], n: int, rngs: nnx.Rngs) -> nnx
   return create(rngs)
 
 
-def scan(layers: nnx.Module, x: Array, apply: Callable[[nnx.Module, Array], Array],
-         remat: str = "none") -> Array:
-  """x -> apply(layers[n-1], ... apply(layers[0], x)) as one `lax.scan` (+ remat per layer)."""
+def scan(layers: nnx.Module, x: Array, apply: Callable[..., Any], remat: str = "none",
+         xs: Any = None) -> Any:
+  """Runs the stacked `layers` in order as one `lax.scan` (+ remat per layer).
+
+  Without xs: apply(layer, x) -> x; returns x. With xs (arrays with a leading layer axis, e.g.
+  a KV cache): apply(layer, x, xs_i) -> (x, ys_i); returns (x, stacked ys).
+  """
   graphdef, state = nnx.split(layers)
 
-  def body(carry: Array, layer_state: Any) -> tuple[Array, None]:
-    return apply(nnx.merge(graphdef, layer_state), carry), None
+  def body(carry: Array, inputs: Any) -> tuple[Array, Any]:
+    layer_state, layer_xs = inputs
+    layer = nnx.merge(graphdef, layer_state)
+    if xs is None:
+      return apply(layer, carry), None
+    return apply(layer, carry, layer_xs)
 
   if REMAT[remat] is not None:
     body = jax.checkpoint(body, policy=REMAT[remat], prevent_cse=False)
-  return jax.lax.scan(body, x, state)[0]
+  carry, ys = jax.lax.scan(body, x, (state, xs))
+  return carry if xs is None else (carry, ys)

@@ -7,6 +7,8 @@ scaling) act only beyond `seq_length` tokens and never in training.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -52,6 +54,25 @@ def logn_scale(positions: Array, seq_length: int) -> Array:
   return jnp.where(p > seq_length, jnp.log(p) / jnp.log(float(seq_length)), 1.0)
 
 
+class KVCache(NamedTuple):
+  """Keys/values of every layer for autoregressive decoding.
+
+  k, v: [layers, B, S, heads, head_dim]; index: next write position (shared by all rows:
+  batches are left-padded); valid: [B, S] which cached positions hold real tokens.
+  """
+
+  k: Array
+  v: Array
+  index: Array
+  valid: Array
+
+  @classmethod
+  def empty(cls, c: LLMConfig, batch: int, length: int, dtype) -> "KVCache":
+    shape = (c.layers, batch, length, c.heads, c.head_dim)
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32),
+               jnp.zeros((batch, length), bool))
+
+
 # ---- layers --------------------------------------------------------------------------------
 
 class QwenAttention(nnx.Module):
@@ -61,14 +82,22 @@ class QwenAttention(nnx.Module):
     self.c_proj = L.Linear((h, d), (c.hidden,), ("heads", "kv", "embed"), bias=False, **kw)
     self.impl = attention_impl
 
-  def __call__(self, x: Array, cos: Array, sin: Array, logn: Array | None,
-               mask: Array | None) -> Array:
+  def __call__(self, x: Array, cos: Array, sin: Array, logn: Array | None, mask: Array | None,
+               kv: tuple[Array, Array] | None = None, index: Array | None = None):
+    """kv: this layer's cache (k, v) [B, S, heads, head_dim]; the new keys/values are written
+    at `index` and attention runs over the whole cache (under `mask`)."""
     qkv = self.c_attn(x)  # [B, L, 3, heads, head_dim], blocked q|k|v
     q, k, v = apply_rope(qkv[:, :, 0], cos, sin), apply_rope(qkv[:, :, 1], cos, sin), qkv[:, :, 2]
     if logn is not None:
       q = q * logn[:, :, None, None].astype(q.dtype)
-    out = L.attention(q, k, v, mask=mask, is_causal=mask is None, implementation=self.impl)
-    return self.c_proj(out)
+    if kv is not None:
+      at = (0, index, 0, 0)
+      k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), at)
+      v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), at)
+      kv = (k, v)
+    out = L.attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, is_causal=mask is None,
+                      implementation=self.impl)
+    return self.c_proj(out), kv
 
 
 class QwenMLP(nnx.Module):
@@ -90,9 +119,10 @@ class QwenBlock(nnx.Module):
     self.ln_2 = L.RMSNorm(c.hidden, c.rms_eps, **kw)
     self.mlp = QwenMLP(c, **kw)
 
-  def __call__(self, x: Array, cos, sin, logn, mask) -> Array:
-    x = x + self.attn(self.ln_1(x), cos, sin, logn, mask)
-    return x + self.mlp(self.ln_2(x))
+  def __call__(self, x: Array, cos, sin, logn, mask, kv=None, index=None):
+    a, kv = self.attn(self.ln_1(x), cos, sin, logn, mask, kv, index)
+    x = x + a
+    return x + self.mlp(self.ln_2(x)), kv
 
 
 class QwenLM(nnx.Module):
@@ -117,11 +147,12 @@ class QwenLM(nnx.Module):
 
   def decode(self, h: Array, *, positions: Array | None = None,
              segment_ids: Array | None = None, train: bool = False,
-             ntk_lengths: Array | None = None) -> Array:
-    """Blocks + ln_f on embeddings h [B, L, D].
+             ntk_lengths: Array | None = None, cache: KVCache | None = None):
+    """Blocks + ln_f on embeddings h [B, L, D]; returns h, or (h, cache) when a cache is given.
 
     positions: [B, L] (default 0..L-1). segment_ids: [B, L], tokens attend only within their
-    segment (causally); None = one causal sequence per row. Outside training, dynamic NTK uses
+    segment (causally); None = one causal sequence per row; with a cache, segment id 0 marks
+    padding that later tokens never attend to. Outside training, dynamic NTK uses
     `ntk_lengths` [B] (default: non-padding tokens per row) and logn scaling uses positions.
     """
     c = self.cfg
@@ -129,20 +160,30 @@ class QwenLM(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
     mask = None
-    if segment_ids is not None:
+    if cache is not None:
+      new_valid = jnp.ones((b, n), bool) if segment_ids is None else segment_ids > 0
+      valid = jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, cache.index))
+      key_pos = jnp.arange(cache.valid.shape[1])
+      causal = key_pos[None, :] <= cache.index + jnp.arange(n)[:, None]
+      mask = (causal[None] & valid[:, None, :])[:, None]
+    elif segment_ids is not None:
       causal = jnp.tril(jnp.ones((n, n), bool))
       mask = ((segment_ids[:, :, None] == segment_ids[:, None, :]) & causal)[:, None]
     alpha = logn = None
     if not train and c.use_dynamic_ntk:
-      if ntk_lengths is None:
-        ntk_lengths = (jnp.full((b,), n) if segment_ids is None
-                       else (segment_ids > 0).sum(-1))
+      if ntk_lengths is None:  # decoding passes the prompt lengths, as the reference does
+        ntk_lengths = (valid.sum(-1) if cache is not None else jnp.full((b,), n)
+                       if segment_ids is None else (segment_ids > 0).sum(-1))
       alpha = ntk_alpha(ntk_lengths, c.seq_length)
     if not train and c.use_logn_attn:
       logn = logn_scale(positions, c.seq_length)
     cos, sin = rope_tables(positions, c.head_dim, c.rope_base, alpha)
-    h = L.scan(self.h, h, lambda block, x: block(x, cos, sin, logn, mask), self.remat)
-    return self.ln_f(h)
+    if cache is None:
+      h = L.scan(self.h, h, lambda block, x: block(x, cos, sin, logn, mask)[0], self.remat)
+      return self.ln_f(h)
+    h, (k, v) = L.scan(self.h, h, lambda block, x, kv: block(x, cos, sin, logn, mask, kv, cache.index),
+                       self.remat, xs=(cache.k, cache.v))
+    return self.ln_f(h), KVCache(k, v, cache.index + n, valid)
 
   def logits(self, h: Array) -> Array:
     """fp32 logits [B, L, vocab]."""

@@ -33,14 +33,24 @@ class QwenVL(nnx.Module):
     self.cfg = cfg
 
   def __call__(self, tokens: Array, images: Array | None = None, *,
-               num_images: Array | None = None, **decode_kw: Any) -> Array:
-    """Logits [B, L, vocab] (fp32). decode_kw: positions, segment_ids, train, ntk_lengths
-    (see `QwenLM.decode`). num_images [B] (optional) is checked against the spans."""
+               num_images: Array | None = None, **decode_kw: Any):
+    """Logits [B, L, vocab] (fp32), or (logits, cache) when decode_kw has a `cache`.
+
+    decode_kw: positions, segment_ids, train, ntk_lengths, cache (see `QwenLM.decode`).
+    num_images [B] (optional) is checked against the image spans."""
+    out = self.hidden(tokens, images, num_images=num_images, **decode_kw)
+    if isinstance(out, tuple):
+      return self.llm.logits(out[0]), out[1]
+    return self.llm.logits(out)
+
+  def hidden(self, tokens: Array, images: Array | None = None, *,
+             num_images: Array | None = None, **decode_kw: Any):
+    """Final hidden states [B, L, hidden] (after ln_f), or (hidden, cache)."""
     check_inputs(self.cfg, tokens, images, num_images)
     h = self.llm.embed(tokens)
     if images is not None:
       h = self.splice(h, tokens, images)
-    return self.llm.logits(self.llm.decode(h, **decode_kw))
+    return self.llm.decode(h, **decode_kw)
 
   def encode_images(self, images: Array) -> Array:
     """[B, M, S, S, 3] -> [B, M, n_queries, hidden]."""
