@@ -88,6 +88,8 @@ _V = "transformer.visual."
 _VB = _V + "transformer.resblocks.{i}."
 _AP = _V + "attn_pool."
 
+# Rows follow the HF state_dict order (module registration order of QWenLMHeadModel), which
+# is also the order `jax-to-hf` writes tensors in.
 RULES: tuple[Rule, ...] = (
     # ---- LLM --------------------------------------------------------------------------
     Rule("transformer.wte.weight", "llm.wte", IDENTITY),
@@ -100,20 +102,20 @@ RULES: tuple[Rule, ...] = (
     Rule("transformer.h.{i}.mlp.w2.weight", "llm.h.mlp.w2.kernel", LINEAR1),
     Rule("transformer.h.{i}.mlp.c_proj.weight", "llm.h.mlp.c_proj.kernel", LINEAR1),
     Rule("transformer.ln_f.weight", "llm.ln_f.weight", IDENTITY),
-    Rule("lm_head.weight", "llm.lm_head", LINEAR1),
     # ---- ViT ---------------------------------------------------------------------------
-    Rule(_V + "conv1.weight", "visual.conv1", CONV),
     Rule(_V + "positional_embedding", "visual.positional_embedding", IDENTITY),
+    Rule(_V + "proj", "visual.proj", IDENTITY),  # stored [in, out]: NOT transposed
+    Rule(_V + "conv1.weight", "visual.conv1", CONV),
     Rule(_V + "ln_pre.weight", "visual.ln_pre.weight", IDENTITY),
     Rule(_V + "ln_pre.bias", "visual.ln_pre.bias", IDENTITY),
     Rule(_VB + "ln_1.weight", "visual.blocks.ln_1.weight", IDENTITY),
     Rule(_VB + "ln_1.bias", "visual.blocks.ln_1.bias", IDENTITY),
+    Rule(_VB + "ln_2.weight", "visual.blocks.ln_2.weight", IDENTITY),
+    Rule(_VB + "ln_2.bias", "visual.blocks.ln_2.bias", IDENTITY),
     Rule(_VB + "attn.in_proj.weight", "visual.blocks.attn.in_proj.kernel", VIT_QKV),
     Rule(_VB + "attn.in_proj.bias", "visual.blocks.attn.in_proj.bias", VIT_QKV_BIAS),
     Rule(_VB + "attn.out_proj.weight", "visual.blocks.attn.out_proj.kernel", LINEAR2),
     Rule(_VB + "attn.out_proj.bias", "visual.blocks.attn.out_proj.bias", IDENTITY),
-    Rule(_VB + "ln_2.weight", "visual.blocks.ln_2.weight", IDENTITY),
-    Rule(_VB + "ln_2.bias", "visual.blocks.ln_2.bias", IDENTITY),
     Rule(_VB + "mlp.c_fc.weight", "visual.blocks.mlp.c_fc.kernel", LINEAR1),
     Rule(_VB + "mlp.c_fc.bias", "visual.blocks.mlp.c_fc.bias", IDENTITY),
     Rule(_VB + "mlp.c_proj.weight", "visual.blocks.mlp.c_proj.kernel", LINEAR1),
@@ -132,7 +134,8 @@ RULES: tuple[Rule, ...] = (
     Rule(_AP + "ln_kv.bias", "visual.attn_pool.ln_kv.bias", IDENTITY),
     Rule(_V + "ln_post.weight", "visual.ln_post.weight", IDENTITY),
     Rule(_V + "ln_post.bias", "visual.ln_post.bias", IDENTITY),
-    Rule(_V + "proj", "visual.proj", IDENTITY),  # stored [in, out]: NOT transposed
+    # ---- head ------------------------------------------------------------------------------
+    Rule("lm_head.weight", "llm.lm_head", LINEAR1),
 )
 
 
@@ -156,18 +159,26 @@ class Entry:
 
 
 def expected_tensors(cfg: QwenVLConfig, param_shapes: Mapping[str, Shape]) -> dict[str, Entry]:
-  """Every HF tensor name the model needs, with its expected HF shape. param_shapes: dotted
-  path -> JAX shape (stacked layers included), e.g. from `param_shapes(abstract_model)`."""
-  out: dict[str, Entry] = {}
-  for rule in rules_for(cfg):
+  """Every HF tensor name the model needs, with its expected HF shape, in HF order (a layer's
+  tensors together, layer after layer). param_shapes: dotted path -> JAX shape (stacked layers
+  included), e.g. from `param_shapes(abstract_model)`."""
+  keyed = []
+  for pos, rule in enumerate(rules_for(cfg)):
     shape = tuple(param_shapes[rule.path])
     if rule.layered:
+      stack = _stack_start(rule)
       for i in range(num_layers(rule, cfg)):
         name = rule.hf.format(i=i)
-        out[name] = Entry(name, rule, i, tuple(rule.transform.hf_shape(shape[1:])))
+        keyed.append(((stack, i, pos), Entry(name, rule, i, tuple(rule.transform.hf_shape(shape[1:])))))
     else:
-      out[rule.hf] = Entry(rule.hf, rule, None, tuple(rule.transform.hf_shape(shape)))
-  return out
+      keyed.append(((pos, -1, pos), Entry(rule.hf, rule, None, tuple(rule.transform.hf_shape(shape)))))
+  return {e.name: e for _, e in sorted(keyed, key=lambda kv: kv[0])}
+
+
+def _stack_start(rule: Rule) -> int:
+  """Position in RULES of the first rule of `rule`'s layer stack (same prefix before {i})."""
+  prefix = rule.hf.split("{i}")[0]
+  return next(k for k, r in enumerate(RULES) if r.hf.split("{i}")[0] == prefix and r.layered)
 
 
 def param_shapes(state: Any) -> dict[str, Shape]:
@@ -205,41 +216,146 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
+# ---- validation ---------------------------------------------------------------------------
+
+FLOAT_DTYPES = ("BF16", "F16", "F32")
+
+
+class CheckpointMismatch(ValueError):
+  """The tensors of a checkpoint do not match the model; the message lists every problem."""
+
+
+def tensor_problems(found: Mapping[str, tuple[Shape, str]], expected: Mapping[str, Entry]
+                    ) -> dict[str, list[str]]:
+  """found: HF name -> (shape, safetensors dtype tag). Every missing, unexpected, wrongly
+  shaped and non-float tensor, by kind (empty lists when the checkpoint fits the model)."""
+  return {
+      "missing tensors": [n for n in expected if n not in found],
+      "unexpected tensors": sorted(n for n in found if n not in expected),
+      "wrong shapes": [f"{n}: shape {list(found[n][0])}, the model expects {list(e.shape)}"
+                       for n, e in expected.items()
+                       if n in found and tuple(found[n][0]) != e.shape],
+      "wrong dtypes": [f"{n}: dtype {found[n][1]}, expected a float dtype "
+                       f"({'/'.join(FLOAT_DTYPES)})"
+                       for n in expected if n in found and found[n][1] not in FLOAT_DTYPES],
+  }
+
+
+def check_tensors(found: Mapping[str, tuple[Shape, str]], expected: Mapping[str, Entry],
+                  source: str = "checkpoint") -> None:
+  """Raises CheckpointMismatch naming ALL problems of `tensor_problems` (never a silent
+  reshape or cast of a wrong tensor)."""
+  parts = [f"{len(items)} {title}:\n    " + "\n    ".join(items)
+           for title, items in tensor_problems(found, expected).items() if items]
+  if parts:
+    raise CheckpointMismatch(f"{source} does not match the model config:\n  " + "\n  ".join(parts))
+
+
+# ---- HF -> params ----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ParamPlan:
+  """How one model parameter is assembled from HF tensors: `names[i]` fills block i (layer i of
+  a stacked parameter; the whole parameter otherwise)."""
+
+  path: str
+  rule: Rule
+  shape: Shape  # the parameter's JAX shape (leading layer axis for stacked ones)
+  names: tuple[str, ...]
+
+  @property
+  def layered(self) -> bool:
+    return self.rule.layered
+
+  @property
+  def block_shape(self) -> Shape:
+    return (1,) + self.shape[1:] if self.layered else self.shape
+
+  def block(self, i: int, get: Callable[[str], np.ndarray], dtype: Any) -> np.ndarray:
+    """Block i in the JAX layout and `dtype`; the HF tensor is dropped before the cast, so at
+    most the source and one converted copy are alive at once."""
+    w = get(self.names[i])
+    x = self.rule.transform.to_jax(w, self.shape[1:] if self.layered else self.shape)
+    del w
+    x = x.astype(dtype, copy=False)
+    return x[None] if self.layered else x
+
+
+def param_plans(entries: Mapping[str, Entry], shapes: Mapping[str, Shape]) -> dict[str, ParamPlan]:
+  """One plan per parameter path, in table order."""
+  names: dict[str, list[str]] = {}
+  rules: dict[str, Rule] = {}
+  for e in sorted(entries.values(), key=lambda e: (RULES.index(e.rule), e.layer or 0)):
+    names.setdefault(e.rule.path, []).append(e.name)
+    rules[e.rule.path] = e.rule
+  return {p: ParamPlan(p, rules[p], tuple(shapes[p]), tuple(n)) for p, n in names.items()}
+
+
 def hf_to_params(get: Callable[[str], np.ndarray], entries: Mapping[str, Entry],
                  shapes: Mapping[str, Shape], dtype: Any = None) -> dict[str, np.ndarray]:
-  """Builds {dotted path: array} from HF tensors fetched one at a time with `get(name)`.
-  Stacked parameters are filled layer by layer into one preallocated array."""
+  """Builds {dotted path: array} in memory from HF tensors fetched one at a time with
+  `get(name)` (dtype None: keep each tensor's dtype). Stacked parameters are filled layer by
+  layer into one preallocated array. For full-size models use the streaming converter
+  (`bird_jax.convert`), which never holds a whole stacked parameter."""
   params: dict[str, np.ndarray] = {}
-  for name, e in entries.items():
-    w = get(name)
-    if tuple(w.shape) != e.shape:
-      raise ValueError(f"{name}: shape {tuple(w.shape)} but the model expects {e.shape}")
-    target = tuple(shapes[e.rule.path])
-    out_dtype = w.dtype if dtype is None else dtype
-    if e.layer is None:
-      params[e.rule.path] = e.rule.transform.to_jax(w, target).astype(out_dtype, copy=False)
-    else:
-      if e.rule.path not in params:
-        params[e.rule.path] = np.empty(target, out_dtype)
-      params[e.rule.path][e.layer] = e.rule.transform.to_jax(w, target[1:])
+  for plan in param_plans(entries, shapes).values():
+    for i, name in enumerate(plan.names):
+      w = get(name)
+      if tuple(w.shape) != entries[name].shape:
+        raise CheckpointMismatch(f"{name}: shape {list(w.shape)} but the model expects "
+                                 f"{list(entries[name].shape)}")
+      block = plan.block(i, lambda _: w, w.dtype if dtype is None else dtype)
+      del w
+      if not plan.layered:
+        params[plan.path] = block
+        continue
+      if plan.path not in params:
+        params[plan.path] = np.empty(plan.shape, block.dtype)
+      params[plan.path][i] = block[0]
   return params
 
 
-def params_to_hf(params: Mapping[str, Any], cfg: QwenVLConfig) -> Iterator[tuple[str, np.ndarray]]:
-  """Yields (HF name, array) one tensor at a time, in table order."""
-  for rule in rules_for(cfg):
-    value = params[rule.path]
-    if rule.layered:
-      for i in range(num_layers(rule, cfg)):
-        yield rule.hf.format(i=i), rule.transform.to_hf(np.asarray(value[i]))
-    else:
-      yield rule.hf, rule.transform.to_hf(np.asarray(value))
+# ---- params -> HF ----------------------------------------------------------------------------
+
+def to_hf_tensor(entry: Entry, read: Callable[[str, int | None], np.ndarray],
+                 dtype: Any = None) -> np.ndarray:
+  """One HF tensor from its parameter. read(path, layer) returns the parameter (layer None) or
+  one layer of a stacked parameter, in the JAX layout; dtype None keeps the parameter's."""
+  x = entry.rule.transform.to_hf(np.asarray(read(entry.rule.path, entry.layer)))
+  if tuple(x.shape) != entry.shape:
+    raise CheckpointMismatch(f"{entry.name}: parameter {entry.rule.path} gives shape "
+                             f"{list(x.shape)}, HF expects {list(entry.shape)}")
+  return x if dtype is None else x.astype(dtype, copy=False)
+
+
+def hf_tensors(read: Callable[[str, int | None], np.ndarray], entries: Mapping[str, Entry],
+               dtype_for: Callable[[Entry], Any] | None = None
+               ) -> Iterator[tuple[str, np.ndarray]]:
+  """Yields (HF name, array) one tensor at a time, in `entries` order (see `to_hf_tensor`);
+  dtype_for(entry) gives each output dtype (None: keep the parameter's dtype)."""
+  for name, e in entries.items():
+    yield name, to_hf_tensor(e, read, None if dtype_for is None else dtype_for(e))
+
+
+def params_to_hf(params: Mapping[str, Any], cfg: QwenVLConfig,
+                 dtype_for: Callable[[Entry], Any] | None = None
+                 ) -> Iterator[tuple[str, np.ndarray]]:
+  """Yields (HF name, array) one tensor at a time, in HF order, from {dotted path: array}."""
+  entries = expected_tensors(cfg, {p: tuple(v.shape) for p, v in params.items()})
+  return hf_tensors(lambda p, i: params[p] if i is None else params[p][i], entries, dtype_for)
 
 
 _LAYER = re.compile(r"\.(\d+)\.")
 
 
-def rule_for_name(name: str) -> Rule | None:
-  """The rule an HF tensor name falls under (None for a tensor the table does not know)."""
+def rule_for_name(name: str) -> tuple[Rule, int | None] | None:
+  """The rule an HF tensor name falls under and its layer index (None for a tensor the table
+  does not know)."""
+  m = _LAYER.search(name)
   pattern = _LAYER.sub(".{i}.", name, count=1)
-  return next((r for r in RULES if r.hf in (name, pattern)), None)
+  for r in RULES:
+    if r.hf == name:
+      return r, None
+    if m and r.hf == pattern:
+      return r, int(m.group(1))
+  return None

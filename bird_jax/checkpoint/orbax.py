@@ -1,0 +1,268 @@
+"""Orbax checkpoints: one `CheckpointManager` per run directory; every step holds named items
+
+    params        model parameters: the nnx state as a nested dict ({'llm': {'wte': ...}})
+    model_config  the QwenVLConfig (JSON)
+    hf_source     where the weights came from (JSON: the HF config.json, each tensor's dtype,
+                  the shard layout), written by `hf-to-jax`, used by `jax-to-hf`
+    ...           anything a trainer adds (optimizer state, data-iterator state, the resolved
+                  run config): pass their handlers to `checkpoint_manager(extra_handlers=...)`
+                  and their args to `save(extra=...)`.
+
+Parameters are restored onto any mesh: the target shardings come from the logical-axis table
+(`bird_jax.sharding`), whatever sharding the arrays were saved with.
+
+Large parameters can be saved without ever being whole in memory: a `StreamedArray` leaf is
+written block by block (one layer of a stacked parameter at a time). `ParamReader` reads one
+parameter, or one layer of it, back.
+
+    mngr = checkpoint_manager("ckpt/run1", max_to_keep=3)
+    save(mngr, step, params=nnx.state(model, nnx.Param).to_pure_dict(), config=cfg)
+    params = restore_params(mngr, abstract_params(cfg, mesh))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import tensorstore as ts
+from etils import epath
+from flax import nnx
+
+from bird_jax.checkpoint.hf import flatten, unflatten
+from bird_jax.config import LLMConfig, QwenVLConfig, VisionConfig
+
+PARAMS = "params"
+MODEL_CONFIG = "model_config"
+HF_SOURCE = "hf_source"
+# Blocks of one array are written as chunks of at most this many bytes (bounds the encoder's
+# buffers and lets readers fetch one layer without touching the others).
+CHUNK_BYTES = 256 * 2**20
+# A StreamedArray up to this size is assembled in memory and written as one chunk.
+SMALL_BYTES = 64 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamedArray:
+  """A parameter produced block by block along axis 0 (e.g. layer i of a stacked parameter):
+  `block(i)` returns rows [i*shape[0]//blocks, (i+1)*shape[0]//blocks). Saved without ever
+  holding more than one block."""
+
+  shape: tuple[int, ...]
+  dtype: np.dtype
+  blocks: int
+  block: Callable[[int], np.ndarray]
+
+  @property
+  def size(self) -> int:
+    return int(np.prod(self.shape, dtype=np.int64))
+
+  @property
+  def ndim(self) -> int:
+    return len(self.shape)
+
+  @property
+  def nbytes(self) -> int:
+    return self.size * np.dtype(self.dtype).itemsize
+
+
+class _StreamingNumpyHandler(ocp.type_handlers.NumpyHandler):
+  """NumpyHandler that also writes StreamedArray leaves block by block, and writes one leaf
+  at a time (Orbax otherwise starts every leaf's write at once). The on-disk format is the
+  NumpyHandler's, so any Orbax reader restores it (as numpy or as sharded jax.Array)."""
+
+  def __init__(self):
+    super().__init__(deepcopy_host_arrays=False)
+    self._lock: asyncio.Lock | None = None
+
+  async def _open_and_write(self, value: Any, tspec: dict, ts_context: ts.Context) -> None:
+    if self._lock is None:
+      self._lock = asyncio.Lock()
+    async with self._lock:
+      t = await ts.open(ts.Spec(tspec), create=True, open=True, context=ts_context)
+      if isinstance(value, StreamedArray) and value.nbytes <= SMALL_BYTES:
+        value = np.concatenate([np.asarray(value.block(i)) for i in range(value.blocks)])
+      if not isinstance(value, StreamedArray):
+        await t.write(value, can_reference_source_data_indefinitely=True)
+        return
+      rows = value.shape[0] // value.blocks
+      for i in range(value.blocks):
+        block = np.asarray(value.block(i))
+        want = (rows,) + tuple(value.shape[1:])
+        if block.shape != want or block.dtype != np.dtype(value.dtype):
+          raise ValueError(f"{tspec['kvstore'].get('path')}: block {i} is {block.dtype}"
+                           f"{list(block.shape)}, expected {np.dtype(value.dtype)}{list(want)}")
+        await t[i * rows:(i + 1) * rows].write(block)
+        del block
+
+
+def type_handler_registry() -> Any:
+  """Orbax's standard leaf handlers, numpy/StreamedArray leaves through the streaming one."""
+  streaming = _StreamingNumpyHandler()
+  scalar = ocp.type_handlers.ScalarHandler()
+  return ocp.type_handlers.create_type_handler_registry(
+      (int, scalar), (float, scalar), (np.number, scalar),
+      (StreamedArray, streaming), (np.ndarray, streaming),
+      (jax.Array, ocp.type_handlers.ArrayHandler()),
+      (str, ocp.type_handlers.StringHandler()))
+
+
+def checkpoint_manager(directory: str | os.PathLike, *, max_to_keep: int | None = None,
+                       save_interval_steps: int = 1, async_save: bool = False,
+                       read_only: bool = False,
+                       extra_handlers: Mapping[str, ocp.CheckpointHandler] | None = None
+                       ) -> ocp.CheckpointManager:
+  """The run's CheckpointManager with handlers for params / model_config / hf_source, plus
+  `extra_handlers` (e.g. {"opt_state": ocp.StandardCheckpointHandler(),
+  "data_iter": grain.checkpoint.CheckpointHandler(), "train_config": ocp.JsonCheckpointHandler()})."""
+  handlers = {PARAMS: ocp.PyTreeCheckpointHandler(type_handler_registry=type_handler_registry()),
+              MODEL_CONFIG: ocp.JsonCheckpointHandler(), HF_SOURCE: ocp.JsonCheckpointHandler(),
+              **(extra_handlers or {})}
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
+      enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
+  return ocp.CheckpointManager(epath.Path(directory).absolute(), options=options,
+                               item_handlers=handlers)
+
+
+def _save_args(leaf: Any) -> ocp.SaveArgs:
+  """Chunking: a large StreamedArray gets (at most) one block per chunk, so each block is
+  encoded and written once; other large arrays get chunks of at most CHUNK_BYTES."""
+  nbytes = int(np.prod(leaf.shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+  if isinstance(leaf, StreamedArray) and leaf.nbytes > SMALL_BYTES and leaf.blocks > 1:
+    return ocp.SaveArgs(chunk_byte_size=min(nbytes // leaf.blocks, CHUNK_BYTES), shard_axes=(0,))
+  if nbytes > CHUNK_BYTES:
+    return ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES)
+  return ocp.SaveArgs()
+
+
+def save(manager: ocp.CheckpointManager, step: int, *, params: Mapping[str, Any],
+         config: QwenVLConfig | None = None, hf_source: Mapping[str, Any] | None = None,
+         extra: Mapping[str, Any] | None = None, force: bool = False) -> bool:
+  """Saves one step. params: nested dict (or {dotted path: leaf}) of jax.Array / np.ndarray /
+  StreamedArray; extra: item name -> ocp.args (handlers registered via `extra_handlers`).
+  Returns whether the manager saved (its interval policy may skip a step)."""
+  if params and all(isinstance(k, str) and "." in k for k in params):
+    params = unflatten(params)
+  params = dict(params)
+  is_leaf = lambda x: isinstance(x, StreamedArray)
+  args = {PARAMS: ocp.args.PyTreeSave(
+      params, save_args=jax.tree.map(_save_args, params, is_leaf=is_leaf))}
+  if config is not None:
+    args[MODEL_CONFIG] = ocp.args.JsonSave(config_to_dict(config))
+  if hf_source is not None:
+    args[HF_SOURCE] = ocp.args.JsonSave(dict(hf_source))
+  args.update(extra or {})
+  saved = manager.save(step, args=ocp.args.Composite(**args), force=force)
+  return saved
+
+
+# ---- restore ---------------------------------------------------------------------------------
+
+def abstract_params(cfg: QwenVLConfig, mesh: jax.sharding.Mesh | None = None,
+                    dtype: Any = None) -> dict[str, Any]:
+  """The model's parameters as a nested dict of ShapeDtypeStruct (no memory), each with the
+  NamedSharding the logical-axis table gives it on `mesh` (None: unsharded). dtype overrides
+  the model's own parameter dtypes."""
+  from bird_jax.model import abstract_model
+  from bird_jax.sharding import param_specs
+
+  state = nnx.state(abstract_model(cfg))
+  specs = flatten(param_specs(state)) if mesh is not None else {}
+  out = {}
+  for path, leaf in flatten(state).items():
+    sharding = jax.sharding.NamedSharding(mesh, specs[path]) if mesh is not None else None
+    out[path] = jax.ShapeDtypeStruct(leaf.shape, dtype or leaf.dtype, sharding=sharding)
+  return unflatten(out)
+
+
+def _latest(manager: ocp.CheckpointManager, step: int | None) -> int:
+  step = manager.latest_step() if step is None else step
+  if step is None or step not in manager.all_steps():
+    raise FileNotFoundError(f"{manager.directory}: no checkpoint step "
+                            f"{'found' if step is None else step} (steps: {manager.all_steps()})")
+  return step
+
+
+def restore_params(manager: ocp.CheckpointManager, target: Mapping[str, Any],
+                   step: int | None = None) -> dict[str, Any]:
+  """Restores `params` onto the shardings (and dtypes) of `target` (e.g. `abstract_params(cfg,
+  mesh)`), whatever layout they were saved with. Returns the nested dict of jax.Array."""
+  step = _latest(manager, step)
+  target = dict(target)
+  restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+  out = manager.restore(step, args=ocp.args.Composite(
+      **{PARAMS: ocp.args.PyTreeRestore(target, restore_args=restore_args)}))
+  return out[PARAMS]
+
+
+def restore_json(manager: ocp.CheckpointManager, item: str, step: int | None = None
+                 ) -> dict[str, Any] | None:
+  """A JSON item of a step (None when that step has no such item)."""
+  step = _latest(manager, step)
+  if not (epath.Path(manager.directory) / str(step) / item).exists():
+    return None
+  return manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
+
+
+def restore_config(manager: ocp.CheckpointManager, step: int | None = None) -> QwenVLConfig:
+  d = restore_json(manager, MODEL_CONFIG, step)
+  if d is None:
+    raise FileNotFoundError(f"{manager.directory}: step {_latest(manager, step)} has no "
+                            f"{MODEL_CONFIG} item; save it with save(..., config=cfg)")
+  return config_from_dict(d)
+
+
+def config_to_dict(cfg: QwenVLConfig) -> dict[str, Any]:
+  return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: Mapping[str, Any]) -> QwenVLConfig:
+  d = dict(d)
+  return QwenVLConfig(vision=VisionConfig(**d.pop("vision")), llm=LLMConfig(**d.pop("llm")),
+                      **d).validate()
+
+
+class ParamReader:
+  """Reads one saved parameter, or one layer of a stacked one, at a time (tensorstore on the
+  Orbax files): `read(path)`, `read(path, layer)`. Nothing else is loaded."""
+
+  def __init__(self, manager: ocp.CheckpointManager, step: int | None = None):
+    self.step = _latest(manager, step)
+    meta = manager.item_metadata(self.step)[PARAMS]
+    if meta is None:
+      raise FileNotFoundError(f"{manager.directory}: step {self.step} has no {PARAMS} item")
+    self.use_zarr3 = bool(getattr(meta, "use_zarr3", False))
+    tree = getattr(meta, "tree", meta)
+    self.arrays = {path: m for path, m in flatten(tree).items()}
+    self._context = ocp.type_handlers.get_ts_context(use_ocdbt=True)
+
+  @property
+  def shapes(self) -> dict[str, tuple[int, ...]]:
+    return {p: tuple(m.shape) for p, m in self.arrays.items()}
+
+  @property
+  def dtypes(self) -> dict[str, np.dtype]:
+    return {p: np.dtype(m.dtype) for p, m in self.arrays.items()}
+
+  def _open(self, path: str) -> ts.TensorStore:
+    if path not in self.arrays:
+      raise KeyError(f"parameter {path!r} is not in the checkpoint")
+    m = self.arrays[path]
+    directory = epath.Path(m.directory)
+    ocdbt = ocp.type_handlers.is_ocdbt_checkpoint(directory)
+    info = ocp.type_handlers.ParamInfo(name=m.name, parent_dir=directory,
+                                       is_ocdbt_checkpoint=ocdbt, use_zarr3=self.use_zarr3,
+                                       ts_context=self._context)
+    spec = ocp.type_handlers.get_json_tspec_read(info, use_ocdbt=ocdbt)
+    return ts.open(spec, context=self._context).result()
+
+  def read(self, path: str, layer: int | None = None) -> np.ndarray:
+    t = self._open(path)
+    out = (t if layer is None else t[layer]).read().result()
+    return np.asarray(out)

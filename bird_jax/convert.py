@@ -1,0 +1,341 @@
+"""Checkpoint conversion between the HF Qwen-VL release and bird_jax's Orbax checkpoints.
+
+    python -m bird_jax.convert hf-to-jax --hf Qwen-VL-Chat --out ckpt/qwen_vl_chat [--dtype auto|bf16|fp32]
+    python -m bird_jax.convert jax-to-hf --ckpt ckpt/run1 [--step N] --out hf_out [--shard-size 4GB] [--dtype auto|bf16|fp32|fp16]
+    python -m bird_jax.convert inspect DIR     # an HF folder / .safetensors file or an Orbax checkpoint
+
+Both directions stream tensor by tensor (one tensor, or one layer of a stacked parameter, in
+memory at a time); the name/layout table is `bird_jax.checkpoint.hf.RULES`. The HF folder's
+other files (qwen.tiktoken, generation_config.json, the model's *.py files, ...) travel inside
+the Orbax checkpoint under `hf_assets/` and are written back by `jax-to-hf`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import ml_dtypes
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from bird_jax.checkpoint import hf
+from bird_jax.checkpoint import orbax as ckpt
+from bird_jax.checkpoint import safetensors_io as st
+from bird_jax.config import QwenVLConfig
+
+ASSETS_DIR = "hf_assets"
+CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+# Qwen-VL-Chat's generation_config.json (written when the source folder had none).
+QWEN_VL_CHAT_GENERATION_CONFIG = {
+    "chat_format": "chatml", "do_sample": True, "eos_token_id": 151643, "max_new_tokens": 512,
+    "max_window_size": 6144, "pad_token_id": 151643, "top_k": 0, "top_p": 0.3,
+    "transformers_version": "4.31.0",
+}
+DTYPES = {"bf16": np.dtype(ml_dtypes.bfloat16), "fp16": np.dtype(np.float16),
+          "fp32": np.dtype(np.float32)}
+_WIDTH = {"BF16": 0, "F16": 0, "F32": 1}
+
+
+def _model_shapes(cfg: QwenVLConfig) -> dict[str, tuple[int, ...]]:
+  from bird_jax.model import abstract_model
+
+  return hf.param_shapes(nnx.state(abstract_model(cfg)))
+
+
+def read_hf_config(directory: Path) -> dict[str, Any]:
+  path = directory / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{directory}: no {CONFIG_FILE} (the HF folder's model config is "
+                            f"needed to know the architecture)")
+  return json.loads(path.read_text())
+
+
+def _auto_dtype(tags: Sequence[str]) -> np.dtype:
+  """One dtype for a stacked parameter: the source's when all layers agree, else float32."""
+  return st.DTYPES[tags[0]] if len(set(tags)) == 1 else np.dtype(np.float32)
+
+
+def _is_weight_file(path: Path) -> bool:
+  name = path.name.lower()
+  return (name.endswith(".safetensors") or name.endswith(st.PICKLE_SUFFIXES)
+          or name in (st.INDEX_FILE, "pytorch_model.bin.index.json"))
+
+
+def _check_empty_output(out: Path, what: str) -> None:
+  if out.exists() and any(out.iterdir()):
+    raise FileExistsError(f"{out}: already exists and is not empty; choose a new {what}")
+
+
+# ---- HF -> Orbax -----------------------------------------------------------------------------
+
+def hf_to_jax(hf_dir: str | Path, out_dir: str | Path, *, dtype: str = "auto", step: int = 0,
+              progress: bool = True) -> dict[str, Any]:
+  """Converts an HF Qwen-VL folder (config.json + safetensors) into an Orbax checkpoint at step
+  `step` of `out_dir`. dtype: 'auto' keeps each tensor's dtype, or 'bf16'/'fp32'/'fp16'."""
+  t0 = time.time()
+  hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+  reader = st.HFReader(hf_dir)
+  directory = reader.directory
+  hf_config = read_hf_config(directory)
+  cfg = QwenVLConfig.from_hf_config(hf_config)
+  shapes = _model_shapes(cfg)
+  entries = hf.expected_tensors(cfg, shapes)
+  hf.check_tensors({n: (t.shape, t.dtype) for n, t in reader.tensors.items()}, entries,
+                   source=str(hf_dir))
+  _check_empty_output(out_dir, "--out")
+  if dtype != "auto" and dtype not in DTYPES:
+    raise ValueError(f"--dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
+
+  bar = tqdm(total=reader.total_bytes, unit="B", unit_scale=True, desc="hf-to-jax",
+             disable=not progress)
+
+  def get(name: str) -> np.ndarray:
+    x = reader.get(name)
+    bar.update(reader.tensors[name].nbytes)
+    return x
+
+  leaves = {}
+  for path, plan in hf.param_plans(entries, shapes).items():
+    dt = (_auto_dtype([reader.tensors[n].dtype for n in plan.names]) if dtype == "auto"
+          else DTYPES[dtype])
+    leaves[path] = ckpt.StreamedArray(plan.shape, dt, len(plan.names),
+                                      lambda i, plan=plan, dt=dt: plan.block(i, get, dt))
+  source = {"config": hf_config, "directory": str(directory.resolve()),
+            "dtypes": {n: t.dtype for n, t in reader.tensors.items()},
+            "layout": reader.layout()}
+  manager = ckpt.checkpoint_manager(out_dir)
+  ckpt.save(manager, step, params=leaves, config=cfg, hf_source=source)
+  manager.wait_until_finished()
+  manager.close()
+  bar.close()
+  copied = _copy_assets(directory, out_dir / ASSETS_DIR)
+  return {"tensors": len(entries), "bytes": reader.total_bytes, "params": len(leaves),
+          "assets": copied, "seconds": round(time.time() - t0, 2), "out": str(out_dir)}
+
+
+def _copy_assets(src: Path, dst: Path) -> list[str]:
+  """Every top-level non-weight file of the HF folder (tokenizer, generation config, code)."""
+  files = sorted(p for p in src.iterdir() if p.is_file() and not _is_weight_file(p))
+  if files:
+    dst.mkdir(parents=True, exist_ok=True)
+  for p in files:
+    shutil.copy2(p, dst / p.name)
+  return [p.name for p in files]
+
+
+# ---- Orbax -> HF -----------------------------------------------------------------------------
+
+def jax_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None = None,
+              shard_size: str | int | None = None, dtype: str = "auto",
+              progress: bool = True) -> dict[str, Any]:
+  """Writes an HF Qwen-VL folder from a step of an Orbax checkpoint. shard_size None reuses
+  the source checkpoint's shard layout when recorded (else 4GB shards). dtype 'auto': each
+  tensor's dtype in the HF source when recorded, else the stored parameter's dtype."""
+  t0 = time.time()
+  ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
+  manager = ckpt.checkpoint_manager(ckpt_dir, read_only=True)
+  cfg = ckpt.restore_config(manager, step)
+  source = ckpt.restore_json(manager, ckpt.HF_SOURCE, step) or {}
+  reader = ckpt.ParamReader(manager, step)
+  _check_params(reader.shapes, _model_shapes(cfg), ckpt_dir)
+  entries = hf.expected_tensors(cfg, reader.shapes)
+  if dtype != "auto" and dtype not in DTYPES:
+    raise ValueError(f"--dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
+  src_dtypes = source.get("dtypes", {})
+
+  def dtype_for(e: hf.Entry) -> np.dtype:
+    if dtype != "auto":
+      return DTYPES[dtype]
+    tag = src_dtypes.get(e.name)
+    return st.DTYPES[tag] if tag else reader.dtypes[e.rule.path]
+
+  specs = [st.TensorSpec(n, e.shape, dtype_for(e)) for n, e in entries.items()]
+  layout = source.get("layout")
+  if shard_size is None and layout:
+    shards = st.layout_shards(specs, layout)
+  else:
+    planned = st.plan_shards(specs, st.parse_size(shard_size or "4GB"))
+    shards = dict(zip(st.shard_names(len(planned)), planned))
+  _check_empty_output(out_dir, "--out")
+
+  bar = tqdm(total=sum(s.nbytes for s in specs), unit="B", unit_scale=True, desc="jax-to-hf",
+             disable=not progress)
+  dtypes = {s.name: s.dtype for s in specs}
+  index = st.write_sharded(out_dir, shards,
+                           lambda n: hf.to_hf_tensor(entries[n], reader.read, dtypes[n]),
+                           on_tensor=lambda s: bar.update(s.nbytes))
+  bar.close()
+  _write_metadata(out_dir, ckpt_dir, cfg, source, set(dtypes.values()))
+  return {"tensors": len(specs), "bytes": index["metadata"]["total_size"], "files": len(shards),
+          "seconds": round(time.time() - t0, 2), "out": str(out_dir)}
+
+
+def _check_params(found: dict, expected: dict, where: Path) -> None:
+  missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+  shapes = [f"{p}: {list(found[p])}, the model expects {list(expected[p])}"
+            for p in sorted(set(found) & set(expected)) if tuple(found[p]) != tuple(expected[p])]
+  if missing or extra or shapes:
+    raise hf.CheckpointMismatch(f"{where}: parameters do not match its model_config: missing "
+                                f"{missing}, unexpected {extra}, wrong shapes {shapes}")
+
+
+def _write_metadata(out: Path, ckpt_dir: Path, cfg: QwenVLConfig, source: dict,
+                    dtypes: set) -> None:
+  assets = ckpt_dir / ASSETS_DIR
+  base = source.get("config") or {}
+  config = {**base, **cfg.to_hf_config()}
+  config["visual"] = {**base.get("visual", {}), **config["visual"]}
+  floats = {np.dtype(d) for d in dtypes}
+  for flag, d in (("bf16", DTYPES["bf16"]), ("fp16", DTYPES["fp16"]), ("fp32", DTYPES["fp32"])):
+    config[flag] = floats == {d}
+  config["torch_dtype"] = {DTYPES["bf16"]: "bfloat16", DTYPES["fp16"]: "float16"}.get(
+      next(iter(floats)) if len(floats) == 1 else None, "float32")
+  (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+  if assets.is_dir():
+    for p in sorted(assets.iterdir()):
+      if p.is_file() and p.name != CONFIG_FILE:
+        shutil.copy2(p, out / p.name)
+  if not (out / GENERATION_CONFIG_FILE).exists():
+    (out / GENERATION_CONFIG_FILE).write_text(
+        json.dumps(QWEN_VL_CHAT_GENERATION_CONFIG, indent=2) + "\n")
+  if cfg.tokenizer == "qwen" and not (out / "qwen.tiktoken").exists():
+    from bird_jax.tokenizer import packaged_qwen_vocab
+
+    shutil.copy2(packaged_qwen_vocab(), out / "qwen.tiktoken")
+
+
+# ---- inspect ---------------------------------------------------------------------------------
+
+def _is_orbax_root(path: Path) -> bool:
+  return path.is_dir() and any(p.is_dir() and p.name.isdigit() and (p / ckpt.PARAMS).exists()
+                               for p in path.iterdir())
+
+
+def inspect(path: str | Path) -> str:
+  """A report of what a checkpoint holds and where each tensor maps."""
+  path = Path(path)
+  return _inspect_orbax(path) if _is_orbax_root(path) else _inspect_hf(path)
+
+
+def _mapping(name: str) -> str:
+  found = hf.rule_for_name(name)
+  if found is None:
+    return "NOT MAPPED (no rule in the table)"
+  rule, layer = found
+  return f"{rule.path}{'' if layer is None else f'[{layer}]'}  ({rule.transform.name})"
+
+
+def _inspect_hf(path: Path) -> str:
+  reader = st.HFReader(path)
+  lines = [f"HF safetensors checkpoint {reader.directory}: {len(reader.tensors)} tensors, "
+           f"{reader.total_bytes / 1e9:.3f} GB in {len(reader.files)} file(s)"]
+  if reader.ignored_pickles:
+    lines.append(f"ignored pickle files (never loaded): {', '.join(reader.ignored_pickles)}")
+  width = max((len(n) for n in reader.tensors), default=0)
+  for name, t in reader.tensors.items():
+    lines.append(f"  {name:<{width}}  {t.dtype:<4} {str(list(t.shape)):<18} {t.file:<32} -> "
+                 f"{_mapping(name)}")
+  cfg_path = reader.directory / CONFIG_FILE
+  if not cfg_path.exists():
+    lines.append(f"no {CONFIG_FILE}: cannot check the tensors against a model config")
+    return "\n".join(lines)
+  cfg = QwenVLConfig.from_hf_config(json.loads(cfg_path.read_text()))
+  entries = hf.expected_tensors(cfg, _model_shapes(cfg))
+  problems = hf.tensor_problems({n: (t.shape, t.dtype) for n, t in reader.tensors.items()}, entries)
+  lines.append(f"model config: LLM {cfg.llm.layers} layers x {cfg.llm.hidden}, ViT "
+               f"{cfg.vision.layers} layers x {cfg.vision.width}; expects {len(entries)} tensors")
+  for title, items in problems.items():
+    lines.append(f"{title}: {len(items)}" + "".join(f"\n    {x}" for x in items))
+  ok = not any(problems.values())
+  lines.append("OK: every tensor maps onto the model" if ok else "NOT LOADABLE as it is")
+  return "\n".join(lines)
+
+
+def _inspect_orbax(path: Path) -> str:
+  manager = ckpt.checkpoint_manager(path, read_only=True)
+  steps = manager.all_steps()
+  reader = ckpt.ParamReader(manager)
+  lines = [f"Orbax checkpoint {path}: steps {steps}; showing step {reader.step}"]
+  items = sorted(p.name for p in (path / str(reader.step)).iterdir() if p.is_dir())
+  lines.append(f"items: {', '.join(items)}")
+  source = ckpt.restore_json(manager, ckpt.HF_SOURCE) or {}
+  if source:
+    lines.append(f"converted from: {source.get('directory')}")
+  assets = path / ASSETS_DIR
+  if assets.is_dir():
+    lines.append(f"{ASSETS_DIR}/: {', '.join(sorted(p.name for p in assets.iterdir()))}")
+  try:
+    cfg = ckpt.restore_config(manager)
+  except FileNotFoundError as e:
+    cfg = None
+    lines.append(str(e))
+  by_path: dict[str, list[hf.Rule]] = {}
+  for r in hf.RULES:
+    by_path.setdefault(r.path, []).append(r)
+  width = max(len(p) for p in reader.arrays)
+  total = 0
+  for p in sorted(reader.arrays):
+    shape, dt = reader.shapes[p], reader.dtypes[p]
+    total += int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    rules = by_path.get(p)
+    target = ("NOT MAPPED (no rule in the table)" if not rules else
+              ", ".join(f"{r.hf.replace('{i}', '{0..' + str(shape[0] - 1) + '}') if r.layered else r.hf}"
+                        f" ({r.transform.name})" for r in rules))
+    lines.append(f"  {p:<{width}}  {str(dt):<8} {str(list(shape)):<22} -> {target}")
+  lines.append(f"{len(reader.arrays)} parameters, {total / 1e9:.3f} GB")
+  if cfg is not None:
+    expected = _model_shapes(cfg)
+    missing = sorted(set(expected) - set(reader.arrays))
+    wrong = [p for p in expected if p in reader.arrays and tuple(expected[p]) != reader.shapes[p]]
+    lines.append(f"model_config: missing parameters {missing}, wrong shapes {wrong}"
+                 if missing or wrong else "OK: parameters match model_config")
+  return "\n".join(lines)
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m bird_jax.convert", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+  a = sub.add_parser("hf-to-jax", help="HF safetensors folder -> Orbax checkpoint")
+  a.add_argument("--hf", required=True, help="HF Qwen-VL folder (config.json + safetensors)")
+  a.add_argument("--out", required=True, help="new Orbax checkpoint directory")
+  a.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"])
+  a.add_argument("--step", type=int, default=0)
+  b = sub.add_parser("jax-to-hf", help="Orbax checkpoint -> HF safetensors folder")
+  b.add_argument("--ckpt", required=True, help="Orbax checkpoint directory")
+  b.add_argument("--out", required=True, help="new HF folder")
+  b.add_argument("--step", type=int, default=None, help="default: the latest step")
+  b.add_argument("--shard-size", default=None,
+                 help="e.g. 4GB; default: the source's shard layout when recorded, else 4GB")
+  b.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"])
+  c = sub.add_parser("inspect", help="list tensors/parameters and what maps where")
+  c.add_argument("path")
+  args = parser.parse_args(argv)
+  try:
+    if args.command == "hf-to-jax":
+      report = hf_to_jax(args.hf, args.out, dtype=args.dtype, step=args.step)
+    elif args.command == "jax-to-hf":
+      report = jax_to_hf(args.ckpt, args.out, step=args.step, shard_size=args.shard_size,
+                         dtype=args.dtype)
+    else:
+      print(inspect(args.path))
+      return 0
+  except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(report))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
