@@ -39,11 +39,8 @@ def synthetic_pixels(index: int, size: int, gray: bool = False) -> np.ndarray:
 
 
 def synthetic_record(index: int, *, image_size: int = 64, n_turns: int = 3, embed: bool = True,
-                     gray: bool = False, answer_words: int = 0) -> Record:
-  """Record ``index``: one image, one object, ``n_turns`` (1-3) Q/A pairs (VG, ROC, MIA).
-
-  ``answer_words`` > 0 appends that many filler words to the MIA answer (long samples).
-  """
+                     gray: bool = False) -> Record:
+  """Record ``index``: one image, one object, ``n_turns`` (1-3) Q/A pairs (VG, ROC, MIA)."""
   rng = np.random.default_rng(10_000 + index)
   modality = MODALITIES[index % len(MODALITIES)]
   rid = f"{modality}_{index:06d}"
@@ -57,7 +54,7 @@ def synthetic_record(index: int, *, image_size: int = 64, n_turns: int = 3, embe
        f"The {boxes_lib.ref_span(label, [box])} is located there."),
       ("roc", f"What is the object at {boxes_lib.box_span(box)}?", f"{label.capitalize()}."),
       ("mia", "Can you provide a general interpretation of this image?",
-       f"A {modality} image showing the {label}." + " filler" * answer_words),
+       f"A {modality} image showing the {label}."),
   ][:n_turns]
   turns: list[Turn] = []
   for k, (_, q, a) in enumerate(qa):
