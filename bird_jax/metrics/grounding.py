@@ -20,12 +20,13 @@ in BiRD's Python floats.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bird_jax.boxes import bird_extract_boxes
 from bird_jax.metrics.modality import MODALITIES, mean_over, mean_present, modality_vector
 
 Box = tuple[float, float, float, float]
@@ -183,7 +184,10 @@ def vg_recall(images: Sequence[str], targets: Sequence[Sequence[Box | None]],
 
 
 def vg_recall_from_text(images: Sequence[str], annotations: Sequence[str],
-                        responses: Sequence[str],
-                        extract: Callable[[str], list[Box | None]]) -> VgResult:
-  """Scores VG from texts, with ``extract`` turning a text into its boxes."""
-  return vg_recall(images, [extract(a) for a in annotations], [extract(r) for r in responses])
+                        responses: Sequence[str]) -> VgResult:
+  """Scores VG from texts with BiRD's box extraction (``bird_jax.boxes.bird_extract_boxes``):
+  ``<box>`` spans in the annotation; in the (post-processed) response the same, falling back
+  to bare ``(x1,y1),(x2,y2)`` pairs when it has no ``<box>``."""
+  targets = [bird_extract_boxes(a, fallback=False) for a in annotations]
+  preds = [bird_extract_boxes(r, fallback=True) for r in responses]
+  return vg_recall(images, targets, preds)
