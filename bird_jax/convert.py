@@ -135,10 +135,12 @@ def _copy_assets(src: Path, dst: Path) -> list[str]:
 
 def jax_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None = None,
               shard_size: str | int | None = None, dtype: str = "auto",
-              progress: bool = True) -> dict[str, Any]:
+              assets: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
   """Writes an HF Qwen-VL folder from a step of an Orbax checkpoint. shard_size None reuses
   the source checkpoint's shard layout when recorded (else 4GB shards). dtype 'auto': each
-  tensor's dtype in the HF source when recorded, else the stored parameter's dtype."""
+  tensor's dtype in the HF source when recorded, else the stored parameter's dtype. assets: a
+  folder whose non-weight files (tokenizer, model code, generation config) are copied; default
+  the checkpoint's own `hf_assets/` (written by hf-to-jax)."""
   t0 = time.time()
   ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
   manager = ckpt.checkpoint_manager(ckpt_dir, read_only=True)
@@ -173,7 +175,8 @@ def jax_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None = N
                            lambda n: hf.to_hf_tensor(entries[n], reader.read, dtypes[n]),
                            on_tensor=lambda s: bar.update(s.nbytes))
   bar.close()
-  _write_metadata(out_dir, ckpt_dir, cfg, source, set(dtypes.values()))
+  _write_metadata(out_dir, Path(assets) if assets else ckpt_dir / ASSETS_DIR, cfg, source,
+                  set(dtypes.values()))
   return {"tensors": len(specs), "bytes": index["metadata"]["total_size"], "files": len(shards),
           "seconds": round(time.time() - t0, 2), "out": str(out_dir)}
 
@@ -187,10 +190,13 @@ def _check_params(found: dict, expected: dict, where: Path) -> None:
                                 f"{missing}, unexpected {extra}, wrong shapes {shapes}")
 
 
-def _write_metadata(out: Path, ckpt_dir: Path, cfg: QwenVLConfig, source: dict,
+def _write_metadata(out: Path, assets: Path, cfg: QwenVLConfig, source: dict,
                     dtypes: set) -> None:
-  assets = ckpt_dir / ASSETS_DIR
+  """config.json (this model's config over the source's), then the assets' other files, the
+  default generation config and the packaged qwen.tiktoken where those are missing."""
   base = source.get("config") or {}
+  if not base and (assets / CONFIG_FILE).exists():
+    base = json.loads((assets / CONFIG_FILE).read_text())
   config = {**base, **cfg.to_hf_config()}
   config["visual"] = {**base.get("visual", {}), **config["visual"]}
   floats = {np.dtype(d) for d in dtypes}
@@ -201,7 +207,7 @@ def _write_metadata(out: Path, ckpt_dir: Path, cfg: QwenVLConfig, source: dict,
   (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
   if assets.is_dir():
     for p in sorted(assets.iterdir()):
-      if p.is_file() and p.name != CONFIG_FILE:
+      if p.is_file() and p.name != CONFIG_FILE and not _is_weight_file(p):
         shutil.copy2(p, out / p.name)
   if not (out / GENERATION_CONFIG_FILE).exists():
     (out / GENERATION_CONFIG_FILE).write_text(
@@ -318,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   b.add_argument("--shard-size", default=None,
                  help="e.g. 4GB; default: the source's shard layout when recorded, else 4GB")
   b.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"])
+  b.add_argument("--assets", default=None,
+                 help="folder whose non-weight files (qwen.tiktoken, *.py, generation_config.json) "
+                      "are copied, e.g. the original HF download; default: CKPT/hf_assets")
   c = sub.add_parser("inspect", help="list tensors/parameters and what maps where")
   c.add_argument("path")
   args = parser.parse_args(argv)
@@ -326,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       report = hf_to_jax(args.hf, args.out, dtype=args.dtype, step=args.step)
     elif args.command == "jax-to-hf":
       report = jax_to_hf(args.ckpt, args.out, step=args.step, shard_size=args.shard_size,
-                         dtype=args.dtype)
+                         dtype=args.dtype, assets=args.assets)
     else:
       print(inspect(args.path))
       return 0

@@ -191,7 +191,7 @@ def flatten(state: Any) -> dict[str, Any]:
   from flax import nnx
 
   if isinstance(state, nnx.State):
-    state = state.to_pure_dict()
+    state = nnx.to_pure_dict(state)
   out: dict[str, Any] = {}
 
   def walk(node: Any, prefix: str) -> None:

@@ -78,27 +78,40 @@ class _StreamingNumpyHandler(ocp.type_handlers.NumpyHandler):
 
   def __init__(self):
     super().__init__(deepcopy_host_arrays=False)
-    self._lock: asyncio.Lock | None = None
+    self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+
+  def _serial(self) -> asyncio.Lock:
+    """One lock per event loop (Orbax runs each save in a fresh loop)."""
+    loop = asyncio.get_running_loop()
+    if self._lock is None or self._lock[0] is not loop:
+      self._lock = (loop, asyncio.Lock())
+    return self._lock[1]
 
   async def _open_and_write(self, value: Any, tspec: dict, ts_context: ts.Context) -> None:
-    if self._lock is None:
-      self._lock = asyncio.Lock()
-    async with self._lock:
+    async with self._serial():
       t = await ts.open(ts.Spec(tspec), create=True, open=True, context=ts_context)
-      if isinstance(value, StreamedArray) and value.nbytes <= SMALL_BYTES:
-        value = np.concatenate([np.asarray(value.block(i)) for i in range(value.blocks)])
       if not isinstance(value, StreamedArray):
         await t.write(value, can_reference_source_data_indefinitely=True)
         return
+      name = tspec["kvstore"].get("path")
+      if value.nbytes <= SMALL_BYTES:
+        whole = np.concatenate([_checked_block(value, i, name) for i in range(value.blocks)])
+        await t.write(whole, can_reference_source_data_indefinitely=True)
+        return
       rows = value.shape[0] // value.blocks
       for i in range(value.blocks):
-        block = np.asarray(value.block(i))
-        want = (rows,) + tuple(value.shape[1:])
-        if block.shape != want or block.dtype != np.dtype(value.dtype):
-          raise ValueError(f"{tspec['kvstore'].get('path')}: block {i} is {block.dtype}"
-                           f"{list(block.shape)}, expected {np.dtype(value.dtype)}{list(want)}")
+        block = _checked_block(value, i, name)
         await t[i * rows:(i + 1) * rows].write(block)
         del block
+
+
+def _checked_block(value: StreamedArray, i: int, name: str) -> np.ndarray:
+  block = np.asarray(value.block(i))
+  want = (value.shape[0] // value.blocks,) + tuple(value.shape[1:])
+  if block.shape != want or block.dtype != np.dtype(value.dtype):
+    raise ValueError(f"{name}: block {i} is {block.dtype}{list(block.shape)}, expected "
+                     f"{np.dtype(value.dtype)}{list(want)}")
+  return block
 
 
 def type_handler_registry() -> Any:
