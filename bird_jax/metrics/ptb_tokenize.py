@@ -26,7 +26,7 @@ PUNCTUATIONS = frozenset([
   "''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
   "...", ";"])
 
-_LINE_BREAKS = str.maketrans({c: " " for c in "\r\x0b\x0c\x85\u2028\u2029"})
+_LINE_BREAKS = regex.compile("[\r\x0b\x0c\x85\u2028\u2029]")
 
 # --- token classes -------------------------------------------------------------------------
 _D = r"[\p{Nd}\u07C0-\u07C9]"
@@ -230,17 +230,23 @@ def _alternation(indices: Sequence[int]) -> regex.Pattern:
 
 
 @functools.cache
-def _dispatch() -> tuple[dict[str, regex.Pattern], regex.Pattern]:
-  """Per first ASCII character, the alternation of the rules that can start with it
-  (found with partial matching), plus the full alternation for other characters."""
-  compiled = [regex.compile(f"(?:{r.body})" + (f"(?:{r.context})" if r.context else ""))
-              for r in _RULES]
-  by_char = {}
-  for code in range(128):
-    c = chr(code)
-    idx = [i for i, p in enumerate(compiled) if p.match(c, partial=True) is not None]
-    by_char[c] = _alternation(idx)
-  return by_char, _alternation(range(len(_RULES)))
+def _compiled_rules() -> tuple[regex.Pattern, ...]:
+  return tuple(regex.compile(f"(?:{r.body})" + (f"(?:{r.context})" if r.context else ""))
+               for r in _RULES)
+
+
+@functools.cache
+def _full_alternation() -> regex.Pattern:
+  return _alternation(range(len(_RULES)))
+
+
+@functools.cache
+def _alternation_for(c: str) -> regex.Pattern:
+  """The alternation of the rules that can start with character ``c`` (partial matching)."""
+  if not c.isascii():
+    return _full_alternation()
+  return _alternation([i for i, p in enumerate(_compiled_rules())
+                       if p.match(c, partial=True) is not None])
 
 
 _CURRENCY = {"\u00A2": "cents", "\u00A3": "#", "\u0080": "$", "\u00A4": "$", "\u20A0": "$",
@@ -297,9 +303,8 @@ def _apply(action: str, text: str) -> str | None:
 
 def _lex(text: str, pos: int, stop: int, lines: list[list[str]]) -> int:
   """Runs the lexer from ``pos`` until a token ends at or after ``stop``; returns the new pos."""
-  by_char, full = _dispatch()
   while pos < stop:
-    m = by_char.get(text[pos], full).match(text, pos)
+    m = _alternation_for(text[pos]).match(text, pos)
     i = int(m.lastgroup[1:])
     rule = _RULES[i]
     tok = m.group(f"r{i}")
@@ -407,7 +412,7 @@ def ptb_tokens(text: str) -> list[list[str]]:
 
 def sanitize(caption: str) -> str:
   """pycocoevalcap's "\\n" -> " " plus the other characters Java treats as line breaks."""
-  return caption.replace("\n", " ").translate(_LINE_BREAKS)
+  return _LINE_BREAKS.sub(" ", caption.replace("\n", " "))
 
 
 def tokenize_captions(captions: Sequence[str]) -> list[str]:

@@ -20,60 +20,51 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
 from bird_jax.metrics import meteor as meteor_lib
+from bird_jax.metrics import spice as spice_lib
+from bird_jax.metrics.ngrams import NGRAM, NgramStats, ngram_stats
 from bird_jax.metrics.modality import MODALITIES, group_by_modality, mean_over, mean_present
 from bird_jax.metrics.ptb_tokenize import tokenize_captions
 
-NGRAM = 4
 CIDER_SIGMA = 6.0
 ROUGE_BETA = 1.2
 
 
-def _ngram_counts(words: list[str]) -> list[Counter]:
-  """Counts of 1..4-grams (as tuples) of a token list."""
-  return [Counter(zip(*(words[i:] for i in range(k)))) for k in range(1, NGRAM + 1)]
-
-
 # --- BLEU ----------------------------------------------------------------------------------
-def bleu(refs: Sequence[str], hyps: Sequence[str],
-         counts: tuple[list, list] | None = None) -> tuple[list[float], np.ndarray]:
+def bleu(refs: Sequence[str], hyps: Sequence[str], stats: NgramStats | None = None
+         ) -> tuple[list[float], np.ndarray]:
   """Corpus BLEU-1..4 and the per-sample values [N, 4] of pycocoevalcap's BleuScorer."""
   tiny, small = 1e-15, 1e-9
-  ref_counts, hyp_counts = counts or ([_ngram_counts(r.split()) for r in refs],
-                                      [_ngram_counts(h.split()) for h in hyps])
-  n = len(refs)
+  st = stats or ngram_stats(refs, hyps)
+  n = st.n
+  test_len = st.hyp_len.astype(np.float64)
+  ref_len = st.ref_len.astype(np.float64)
+  correct = np.zeros((NGRAM, n))
+  guess = np.zeros((NGRAM, n))
+  for k in range(NGRAM):
+    h, r = st.hyp[k], st.ref[k]
+    idx, found = st.matches(k)
+    clipped = np.where(found, np.minimum(h.counts, r.counts[idx] if len(r.counts) else 0), 0)
+    correct[k] = np.bincount(h.sample, weights=clipped, minlength=n)
+    guess[k] = np.maximum(0, st.hyp_len - k)
   per_sample = np.zeros((n, NGRAM))
-  tot_guess = [0] * NGRAM
-  tot_correct = [0] * NGRAM
-  tot_test = tot_ref = 0
-  for s in range(n):
-    test_len = sum(hyp_counts[s][0].values())
-    ref_len = sum(ref_counts[s][0].values())
-    tot_test += test_len
-    tot_ref += ref_len
-    b = 1.0
-    ratio = (test_len + tiny) / (ref_len + small)
-    for k in range(NGRAM):
-      guess = max(0, test_len - k)
-      rc = ref_counts[s][k]
-      correct = sum(min(c, rc[g]) for g, c in hyp_counts[s][k].items() if g in rc)
-      tot_guess[k] += guess
-      tot_correct[k] += correct
-      b *= (float(correct) + tiny) / (float(guess) + small)
-      per_sample[s, k] = b ** (1.0 / (k + 1))
-    if ratio < 1:
-      per_sample[s] *= math.exp(1 - 1 / ratio)
+  b = np.ones(n)
+  for k in range(NGRAM):
+    b = b * ((correct[k] + tiny) / (guess[k] + small))
+    per_sample[:, k] = b ** (1.0 / (k + 1))
+  ratio = (test_len + tiny) / (ref_len + small)
+  short = ratio < 1
+  per_sample[short] *= np.exp(1 - 1 / ratio[short])[:, None]
   out = []
   b = 1.0
   for k in range(NGRAM):
-    b *= float(tot_correct[k] + tiny) / (tot_guess[k] + small)
+    b *= float(int(correct[k].sum()) + tiny) / (int(guess[k].sum()) + small)
     out.append(b ** (1.0 / (k + 1)))
-  ratio = (tot_test + tiny) / (tot_ref + small)
+  ratio = (float(test_len.sum()) + tiny) / (float(ref_len.sum()) + small)
   if ratio < 1:
     out = [v * math.exp(1 - 1 / ratio) for v in out]
   return out, per_sample
@@ -108,50 +99,33 @@ def rouge_l(refs: Sequence[str], hyps: Sequence[str]) -> tuple[float, np.ndarray
 
 
 # --- CIDEr ---------------------------------------------------------------------------------
-def cider(refs: Sequence[str], hyps: Sequence[str],
-          counts: tuple[list, list] | None = None) -> tuple[float, np.ndarray]:
+def cider(refs: Sequence[str], hyps: Sequence[str], stats: NgramStats | None = None
+          ) -> tuple[float, np.ndarray]:
   """pycocoevalcap's CIDEr (CIDEr-D form) with IDF from ``refs``, one reference per sample."""
-  ref_counts, hyp_counts = counts or ([_ngram_counts(r.split()) for r in refs],
-                                      [_ngram_counts(h.split()) for h in hyps])
-  n = len(refs)
-  df: Counter = Counter()
-  for rc in ref_counts:
-    for k in range(NGRAM):
-      df.update(rc[k].keys())
+  st = stats or ngram_stats(refs, hyps)
+  n = st.n
+  if n == 0:
+    return math.nan, np.zeros(0)
   ref_len = np.log(float(n))
-
-  def vec(cnts: list[Counter]) -> tuple[list[dict], list[float], int]:
-    v: list[dict] = []
-    norm = []
-    for k in range(NGRAM):
-      d = {}
-      sq = 0.0
-      for g, tf in cnts[k].items():
-        w = float(tf) * (ref_len - np.log(max(1.0, df.get(g, 0.0))))
-        d[g] = w
-        sq += pow(w, 2)
-      v.append(d)
-      norm.append(np.sqrt(sq))
-    return v, norm, sum(cnts[1].values())
-
-  scores = np.zeros(n)
-  for s in range(n):
-    vh, nh, lh = vec(hyp_counts[s])
-    vr, nr, lr = vec(ref_counts[s])
-    delta = float(lh - lr)
-    val = np.zeros(NGRAM)
-    for k in range(NGRAM):
-      acc = 0.0
-      ref_k = vr[k]
-      for g, w in vh[k].items():
-        wr = ref_k.get(g, 0.0)
-        acc += min(w, wr) * wr
-      val[k] = acc
-      if nh[k] != 0 and nr[k] != 0:
-        val[k] /= nh[k] * nr[k]
-      val[k] *= np.e ** (-(delta ** 2) / (2 * CIDER_SIGMA ** 2))
-    scores[s] = np.mean(val) / 1 * 10.0
-  return float(np.mean(scores)) if n else math.nan, scores
+  delta = (np.maximum(st.hyp_len - 1, 0) - np.maximum(st.ref_len - 1, 0)).astype(np.float64)
+  penalty = np.e ** (-(delta ** 2) / (2 * CIDER_SIGMA ** 2))
+  val = np.zeros((NGRAM, n))
+  for k in range(NGRAM):
+    h, r = st.hyp[k], st.ref[k]
+    df = np.bincount(r.gram, minlength=h.n_grams).astype(np.float64)
+    idf = ref_len - np.log(np.maximum(1.0, df))
+    wh = h.counts * idf[h.gram]
+    wr = r.counts * idf[r.gram]
+    norm_h = np.sqrt(np.bincount(h.sample, weights=wh ** 2, minlength=n))
+    norm_r = np.sqrt(np.bincount(r.sample, weights=wr ** 2, minlength=n))
+    idx, found = st.matches(k)
+    wr_m = wr[idx[found]]
+    overlap = np.bincount(h.sample[found], weights=np.minimum(wh[found], wr_m) * wr_m,
+                          minlength=n)
+    nz = (norm_h != 0) & (norm_r != 0)
+    val[k] = np.where(nz, overlap / np.where(nz, norm_h * norm_r, 1.0), overlap) * penalty
+  scores = (((val[0] + val[1]) + val[2]) + val[3]) / NGRAM / 1 * 10.0
+  return float(np.mean(scores)), scores
 
 
 # --- all caption metrics -------------------------------------------------------------------
@@ -163,6 +137,8 @@ class CaptionScores:
   rouge_l: float
   cider: float
   count: int
+  spice: float | None = None          # official SPICE only
+  spice_approx: float | None = None   # spice.APPROX_LABEL, never reported as SPICE
 
   @property
   def mbmr(self) -> float | None:
@@ -174,27 +150,30 @@ class CaptionScores:
   def rounded(self, ndigits: int = 6) -> "CaptionScores":
     r = lambda v: None if v is None else round(v, ndigits)  # noqa: E731
     return CaptionScores(tuple(r(v) for v in self.bleu), r(self.meteor), r(self.rouge_l),
-                         r(self.cider), self.count)
+                         r(self.cider), self.count, r(self.spice), r(self.spice_approx))
 
   def as_dict(self) -> dict[str, float | None]:
     return {"Bleu_1": self.bleu[0], "Bleu_2": self.bleu[1], "Bleu_3": self.bleu[2],
             "Bleu_4": self.bleu[3], "METEOR": self.meteor, "ROUGE_L": self.rouge_l,
-            "CIDEr": self.cider, "mBMR": self.mbmr}
+            "CIDEr": self.cider, "mBMR": self.mbmr, "SPICE": self.spice,
+            spice_lib.APPROX_LABEL: self.spice_approx}
 
 
 def caption_scores(refs: Sequence[str], hyps: Sequence[str], *, meteor: str = "python",
-                   meteor_resources: meteor_lib.Resources | None = None,
+                   spice: str = "none", meteor_resources: meteor_lib.Resources | None = None,
                    tokenized: bool = False) -> CaptionScores:
   """All metrics for one set of samples, tokenizing references and candidates separately
-  like COCOEvalCap. ``meteor``: "python" (ours), "java" (the official jar) or "none"."""
+  like COCOEvalCap. ``meteor``: "python" (ours), "java" (the official jar) or "none".
+  ``spice``: "java" (official, needs CoreNLP 3.6.0), "approx" (labelled approximation),
+  "auto" (java when available, else approx) or "none"."""
   if len(refs) != len(hyps):
     raise ValueError(f"caption_scores: {len(refs)} references but {len(hyps)} candidates")
   if not tokenized:
     refs, hyps = tokenize_captions(refs), tokenize_captions(hyps)
-  counts = ([_ngram_counts(r.split()) for r in refs], [_ngram_counts(h.split()) for h in hyps])
-  b, _ = bleu(refs, hyps, counts)
+  stats = ngram_stats(refs, hyps)
+  b, _ = bleu(refs, hyps, stats)
   r, _ = rouge_l(refs, hyps)
-  c, _ = cider(refs, hyps, counts)
+  c, _ = cider(refs, hyps, stats)
   if meteor == "python":
     m = meteor_lib.meteor_score(refs, hyps, meteor_resources)[0]
   elif meteor == "java":
@@ -203,7 +182,17 @@ def caption_scores(refs: Sequence[str], hyps: Sequence[str], *, meteor: str = "p
     m = None
   else:
     raise ValueError(f"caption_scores: meteor must be 'python', 'java' or 'none', got {meteor!r}")
-  return CaptionScores(tuple(b), m, r, c, len(refs))
+  sp = sp_approx = None
+  if spice == "auto":
+    spice = "java" if spice_lib.spice_status().available else "approx"
+  if spice == "java":
+    sp = spice_lib.spice_java(refs, hyps)[0]
+  elif spice == "approx":
+    sp_approx = spice_lib.spice_approx(refs, hyps, meteor_resources)[0]
+  elif spice != "none":
+    raise ValueError(f"caption_scores: spice must be 'java', 'approx', 'auto' or 'none', "
+                     f"got {spice!r}")
+  return CaptionScores(tuple(b), m, r, c, len(refs), sp, sp_approx)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,15 +204,16 @@ class ModalityCaptionScores:
   whose image prefix is not one of the 8 modalities (BiRD's RC/MIA scripts drop them silently).
   """
   per_modality: dict[str, CaptionScores | None]
-  mean: dict[str, float]
+  mean: dict[str, float | None]
   mean_present: dict[str, float]
   counts: dict[str, int]
   unknown: int
+  spice_status: str
 
 
 def caption_scores_by_modality(images: Sequence[str], refs: Sequence[str],
-                               hyps: Sequence[str], *, meteor: str = "python"
-                               ) -> ModalityCaptionScores:
+                               hyps: Sequence[str], *, meteor: str = "python",
+                               spice: str = "none") -> ModalityCaptionScores:
   """BiRD's RC/MIA scoring: each modality scored separately, then averaged."""
   if not len(images) == len(refs) == len(hyps):
     raise ValueError(
@@ -236,8 +226,11 @@ def caption_scores_by_modality(images: Sequence[str], refs: Sequence[str],
     if idx:
       tokenized[m] = (tokenize_captions([refs[i] for i in idx]),
                       tokenize_captions([hyps[i] for i in idx]))
+  status = spice_lib.spice_status()
+  if spice == "auto":
+    spice = "java" if status.available else "approx"
   res = None
-  if meteor == "python":
+  if meteor == "python" or spice == "approx":
     texts = [t for r, h in tokenized.values() for t in r + [meteor_lib.clean_hypothesis(x)
                                                             for x in h]]
     res = meteor_lib.Resources(meteor_lib.vocabulary(texts))
@@ -247,12 +240,16 @@ def caption_scores_by_modality(images: Sequence[str], refs: Sequence[str],
       per[m] = None
       continue
     r, h = tokenized[m]
-    per[m] = caption_scores(r, h, meteor=meteor, meteor_resources=res,
+    per[m] = caption_scores(r, h, meteor=meteor, spice=spice, meteor_resources=res,
                             tokenized=True).rounded(6)
-  keys = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "mBMR"]
+  keys = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "mBMR",
+          "SPICE", spice_lib.APPROX_LABEL]
   table = {k: {m: (None if per[m] is None else per[m].as_dict()[k]) for m in MODALITIES}
            for k in keys}
   return ModalityCaptionScores(
-    per_modality=per, mean={k: mean_over(table[k]) for k in keys},
+    per_modality=per,
+    mean={k: mean_over(table[k]) if any(v is not None for v in table[k].values()) else None
+          for k in keys},
     mean_present={k: mean_present(table[k]) for k in keys},
-    counts={m: groups.count(m) for m in MODALITIES}, unknown=len(groups.unknown))
+    counts={m: groups.count(m) for m in MODALITIES}, unknown=len(groups.unknown),
+    spice_status=status.reason)

@@ -1,0 +1,122 @@
+"""Caption metrics on hand-computed cases (no Java): BLEU, ROUGE-L, CIDEr, METEOR pieces,
+the PTB tokenizer's rules and the per-modality protocol."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bird_jax.metrics import meteor as M
+from bird_jax.metrics.meteor_data import java_hash
+from bird_jax.metrics.ptb_tokenize import tokenize_captions
+from bird_jax.metrics.text import bleu, caption_scores_by_modality, cider, lcs_length, rouge_l
+
+
+def _lcs_dp(a, b):
+  t = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+  for i in range(1, len(a) + 1):
+    for j in range(1, len(b) + 1):
+      t[i][j] = t[i - 1][j - 1] + 1 if a[i - 1] == b[j - 1] else max(t[i - 1][j], t[i][j - 1])
+  return t[-1][-1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from("abcde"), max_size=30), st.lists(st.sampled_from("abcde"),
+                                                                  max_size=30))
+def test_bit_parallel_lcs_equals_dynamic_programming(a, b):
+  assert lcs_length(a, b) == _lcs_dp(a, b)
+
+
+def test_bleu_hand_computed():
+  b, per = bleu(["a b c d"], ["a b c d"])
+  assert b[3] == pytest.approx(1.0, abs=1e-8)
+  b, per = bleu(["a b c d"], ["a b"])              # precision 1, brevity exp(1 - 4/2)
+  assert b[0] == pytest.approx(math.exp(-1), rel=1e-8)
+  assert b[1] == pytest.approx(math.exp(-1), rel=1e-8)
+  assert per[0, 0] == pytest.approx(math.exp(-1), rel=1e-8)
+  b, _ = bleu(["a b c d", "e f"], ["a x c d", "e f"])   # corpus sums: 1-grams 5/6, 2-grams 2/4
+  assert b[0] == pytest.approx(5 / 6, rel=1e-8)
+  assert b[1] == pytest.approx(math.sqrt(5 / 6 * 2 / 4), rel=1e-8)
+
+
+def test_rouge_l_hand_computed():
+  score, per = rouge_l(["a b c d"], ["a c e"])      # LCS 2, P 2/3, R 1/2
+  p, r = 2 / 3, 1 / 2
+  assert score == pytest.approx((1 + 1.44) * p * r / (r + 1.44 * p), rel=1e-12)
+  assert rouge_l(["a b"], ["c d"])[0] == 0.0
+  assert rouge_l([""], [""])[0] == 1.0              # pycocoevalcap: [''] vs [''] -> LCS 1
+
+
+def test_cider_hand_computed():
+  assert cider(["a b c"], ["a b c"])[0] == 0.0      # one sample: log(1) = 0 -> no weight
+  refs = ["a b c d e", "f g h i j"]                 # disjoint: every idf = log 2
+  score, per = cider(refs, refs)
+  assert score == pytest.approx(10.0, rel=1e-12)
+  score, _ = cider(refs, ["a b c d e", "f g h i"])  # one bigram shorter -> Gaussian penalty
+  assert score < 10.0
+
+
+def test_meteor_normaliser():
+  assert M.normalize("The X-ray of U.S. lungs, isn't it?") == "the x ray of us lungs , isn 't it ?"
+  assert M.normalize("-lrb- 12,34 -rrb-") == "-lrb- 12,34 -rrb-"
+
+
+def test_meteor_identical_and_disjoint():
+  res = M.Resources()
+  assert M.score_stats(M.segment_stats("a small lesion", "a small lesion", res)) == 1.0
+  assert M.score_stats(M.segment_stats("qqq zzz", "a small lesion", res)) == 0.0
+  st_ = M.segment_stats("", "a small lesion", res)
+  assert st_.test_len == 0 and M.score_stats(st_) == 0.0
+
+
+def test_meteor_stem_and_synonym_matches():
+  res = M.Resources()
+  st_ = M.segment_stats("the lesions are", "the lesion is", res)
+  assert st_.stage[0] == [0, 0, 1, 1]                      # "the": exact, function word
+  assert st_.stage[1] == [1, 1, 0, 0]                      # lesions ~ lesion: stem
+  assert st_.stage[2] == [0, 0, 1, 1]                      # are ~ is: synonym, function
+  # a lone non-exact match with two candidates loses to skipping (the jar's int weights)
+  assert M.segment_stats("lesions", "lesion", res).test_total == 0
+  st_ = M.segment_stats("large", "big", res)               # WordNet synonyms (index 2)
+  assert st_.stage[2][0] == 1
+
+
+def test_java_hash():
+  assert java_hash("hello") == 99162322 and java_hash("Aa") == java_hash("BB") == 2112
+
+
+@pytest.mark.parametrize("text, tokens", [
+  ("The <ref>left kidney</ref><box>(12,34),(56,78)</box>.",
+   "the <ref> left kidney </ref> <box> -lrb- 12,34 -rrb- -lrb- 56,78 -rrb- </box>"),
+  ("It isn't 3.5cm (approx.) -- about 50%...", "it is n't 3.5 cm -lrb- approx -rrb- about 50 %"),
+  ('"Clear" e.g. U.S. x-ray; T1/T2', "clear e.g. u.s. x-ray t1/t2"),
+])
+def test_ptb_tokenizer_cases(text, tokens):
+  # the leading word keeps "``" etc. out of the first-token position
+  assert tokenize_captions(["x " + text])[0] == "x " + tokens
+
+
+def test_ptb_line_breaks_are_sanitised():
+  assert tokenize_captions(["a\rb", "c\u2028d", "e"]) == ["a b", "c d", "e"]
+
+
+def test_caption_scores_by_modality_rounds_and_averages():
+  rng = random.Random(0)
+  words = "the liver lesion is small large in left right kidney".split()
+  refs = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(12)]
+  hyps = [" ".join(rng.choice(words) for _ in range(7)) for _ in range(12)]
+  images = [f"ct_{i}.png" for i in range(6)] + [f"mr_{i}.png" for i in range(5)] + ["x_0.png"]
+  out = caption_scores_by_modality(images, refs, hyps, meteor="none")
+  ct = out.per_modality["ct"]
+  b, _ = bleu(tokenize_captions(refs[:6]), tokenize_captions(hyps[:6]))
+  assert ct.bleu[3] == round(b[3], 6)
+  assert out.per_modality["x"].cider == 0.0                 # one sample -> CIDEr 0
+  assert out.per_modality["pet"] is None and out.counts["pet"] == 0
+  bleu4 = [out.per_modality[m].bleu[3] for m in ("ct", "mr", "x")]
+  assert out.mean["Bleu_4"] == pytest.approx(sum(bleu4) / 8, abs=1e-12)
+  assert out.mean_present["Bleu_4"] == pytest.approx(sum(bleu4) / 3, abs=1e-12)
+  assert out.mean["METEOR"] is None and out.mean["SPICE"] is None
