@@ -1,0 +1,137 @@
+"""``python -m datagen``: Med-GRIT-style conversations from image/mask sources.
+
+    python -m datagen --source phantom --out data/phantom                # ~1000 images, offline
+    python -m datagen --source samed2d --root /data/SAMed2Dv1 --out data/samed2d --num-images 60000
+    python -m datagen --source atlas --out data/atlas                    # apt-get install mricron-data
+    OPENAI_API_KEY=... python -m datagen --source phantom --out data/p --backend openai \\
+        --base-url https://api.openai.com/v1 --model gpt-4o-mini --price-in 0.15 --price-out 0.6
+
+Rerun the same command to resume an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from datagen.config import BACKENDS, DEFAULT_ATLAS_DIR, SOURCES, GenConfig, LLMConfig
+from datagen.meta import COMPONENT_RULES, DEFAULT_MIN_AREA
+from datagen.run import ConfigMismatch, clean_output, generate
+from datagen.sources.base import SourceError
+from datagen.summary import format_summary
+from datagen.tasks import TaskCounts
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m datagen", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--source", choices=SOURCES, default="phantom")
+  p.add_argument("--out", required=True, help="output folder (resumed when it exists)")
+  p.add_argument("--num-images", type=int, default=1000,
+                 help="images to sample (0 = all candidates; samed2d/atlas)")
+  p.add_argument("--seed", type=int, default=0)
+  g = p.add_argument_group("phantom")
+  g.add_argument("--image-size", type=int, default=112, help="phantom image side in pixels")
+  g = p.add_argument_group("samed2d")
+  g.add_argument("--root", default="", help="the SAMed2Dv1 folder")
+  g.add_argument("--index", default="", help="JSON index (default ROOT/SAMed2D_v1.json)")
+  g.add_argument("--class-mapping", default="",
+                 help="class mapping (default ROOT/SAMed2D_v1_class_mapping_id.json)")
+  g.add_argument("--min-aspect", type=float, default=0.5,
+                 help="skip images whose short side is below this fraction of the long side")
+  g = p.add_argument_group("atlas")
+  g.add_argument("--atlas-dir", default=DEFAULT_ATLAS_DIR)
+  g.add_argument("--atlas-labels", choices=("aal", "brodmann"), default="aal")
+  g.add_argument("--atlas-planes", default="axial,coronal,sagittal")
+  g = p.add_argument_group("sampling and meta")
+  g.add_argument("--slice-stride", type=int, default=3,
+                 help="keep every k-th slice of a volume")
+  g.add_argument("--dedup-iou", type=float, default=0.9,
+                 help="drop a slice whose boxes all match the previous kept slice of its case "
+                 "at this IoU (> 1 disables)")
+  g.add_argument("--min-area", type=float, default=DEFAULT_MIN_AREA,
+                 help="speck threshold, fraction of the image area")
+  g.add_argument("--components", choices=COMPONENT_RULES, default="union",
+                 help="several connected components in one instance mask")
+  g = p.add_argument_group("text")
+  g.add_argument("--backend", choices=BACKENDS, default="template")
+  for task, n in (("vg", 2), ("roc", 1), ("rc", 1), ("mia", 1)):
+    g.add_argument(f"--{task}", type=int, default=n, help=f"{task.upper()} turns per image")
+  g.add_argument("--negatives", type=float, default=0.2,
+                 help="probability of one absent-structure question per image (0 = none)")
+  g = p.add_argument_group("openai backend (key from OPENAI_API_KEY only)")
+  d = LLMConfig()
+  g.add_argument("--base-url", default=d.base_url)
+  g.add_argument("--model", default=d.model)
+  g.add_argument("--temperature", type=float, default=d.temperature)
+  g.add_argument("--json-mode", choices=("json_object", "json_schema", "none"),
+                 default=d.json_mode)
+  g.add_argument("--prompt-version", default=d.prompt_version)
+  g.add_argument("--max-attempts", type=int, default=d.max_attempts,
+                 help="answers per stage before falling back to the template backend")
+  g.add_argument("--concurrency", type=int, default=d.concurrency)
+  g.add_argument("--timeout", type=float, default=d.timeout, help="seconds per request")
+  g.add_argument("--max-retries", type=int, default=d.max_retries)
+  g.add_argument("--backoff", type=float, default=d.backoff)
+  g.add_argument("--max-backoff", type=float, default=d.max_backoff)
+  g.add_argument("--max-failures", type=int, default=d.max_failures)
+  g.add_argument("--cache-dir", default="")
+  g.add_argument("--price-in", type=float, default=None, help="USD per 1M prompt tokens")
+  g.add_argument("--price-out", type=float, default=None, help="USD per 1M completion tokens")
+  g = p.add_argument_group("split and output")
+  g.add_argument("--test-fraction", type=float, default=0.12)
+  g.add_argument("--chunk-size", type=int, default=64)
+  g.add_argument("--images", dest="write_images", action="store_true", default=None,
+                 help="write images/<id>.png (default: yes, except for samed2d)")
+  g.add_argument("--no-images", dest="write_images", action="store_false")
+  g.add_argument("--workers", type=int, default=0, help="processes (0 = number of CPUs)")
+  g.add_argument("--host-index", type=int, default=0)
+  g.add_argument("--host-count", type=int, default=1)
+  g.add_argument("--overwrite", action="store_true", help="delete a previous run in --out")
+  g.add_argument("--no-progress", action="store_true")
+  return p
+
+
+def config_from_args(a: argparse.Namespace) -> GenConfig:
+  llm = LLMConfig(base_url=a.base_url, model=a.model, temperature=a.temperature,
+                  json_mode=a.json_mode, prompt_version=a.prompt_version,
+                  max_attempts=a.max_attempts, concurrency=a.concurrency, timeout=a.timeout,
+                  max_retries=a.max_retries, backoff=a.backoff, max_backoff=a.max_backoff,
+                  max_failures=a.max_failures, cache_dir=a.cache_dir, price_in=a.price_in,
+                  price_out=a.price_out)
+  return GenConfig(
+      out=a.out, source=a.source, num_images=a.num_images, seed=a.seed,
+      image_size=a.image_size, samed2d_root=a.root, samed2d_index=a.index,
+      samed2d_mapping=a.class_mapping, min_aspect=a.min_aspect, atlas_dir=a.atlas_dir,
+      atlas_labels=a.atlas_labels,
+      atlas_planes=tuple(x.strip() for x in a.atlas_planes.split(",") if x.strip()),
+      slice_stride=a.slice_stride, dedup_iou=a.dedup_iou, min_area=a.min_area,
+      components=a.components,
+      tasks=TaskCounts(vg=a.vg, roc=a.roc, rc=a.rc, mia=a.mia, negatives=a.negatives),
+      backend=a.backend, llm=llm, test_fraction=a.test_fraction, chunk_size=a.chunk_size,
+      write_images=a.write_images, workers=a.workers, host_index=a.host_index,
+      host_count=a.host_count, progress=not a.no_progress)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parser().parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  try:
+    cfg = config_from_args(args).validate()
+    if args.overwrite:
+      clean_output(cfg.out)
+    result = generate(cfg)
+  except (ValueError, ConfigMismatch, SourceError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if result.get("status") in ("incomplete", "host_done"):
+    print(f"datagen: this host's chunks are written; stage {result['stage']!r} still misses "
+          f"chunks {result['missing_chunks'][:10]}... from other hosts; rerun when they are "
+          "done to finish" if result["missing_chunks"] else
+          "datagen: this host's chunks are written; host 0 writes the final files")
+    return 0
+  print(format_summary(result))
+  return 0
+

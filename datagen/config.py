@@ -1,0 +1,143 @@
+"""The options of one generation run, and the source/backend they name."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from datagen.meta import COMPONENT_RULES, DEFAULT_MIN_AREA
+from datagen.tasks import TaskCounts
+
+SOURCES = ("phantom", "samed2d", "atlas")
+BACKENDS = ("template", "openai")
+DEFAULT_ATLAS_DIR = "/usr/share/mricron/templates"
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMConfig:
+  """The openai backend (see datagen.llm.openai_backend)."""
+
+  base_url: str = "https://api.openai.com/v1"
+  model: str = "gpt-4o-mini"
+  temperature: float = 0.7
+  json_mode: str = "json_object"  # json_object | json_schema | none
+  prompt_version: str = "v1"
+  max_attempts: int = 3  # answers rejected by validation -> ask again, then template fallback
+  concurrency: int = 8  # requests in flight
+  timeout: float = 60.0  # seconds per request
+  max_retries: int = 6  # per request, on 429 / 5xx / timeouts / connection errors
+  backoff: float = 1.0  # first retry wait (doubles each time) when no Retry-After is given
+  max_backoff: float = 60.0
+  max_failures: int = 20  # images whose requests failed for good before the run stops
+  cache_dir: str = ""  # default: OUT/.work/llm_cache
+  price_in: float | None = None  # USD per 1M prompt tokens (for the cost estimate)
+  price_out: float | None = None  # USD per 1M completion tokens
+  max_tokens: int = 1500
+
+
+@dataclasses.dataclass(frozen=True)
+class GenConfig:
+  out: str
+  source: str = "phantom"
+  num_images: int = 1000  # 0 = every candidate (samed2d / atlas)
+  seed: int = 0
+  # phantom
+  image_size: int = 112
+  # samed2d
+  samed2d_root: str = ""
+  samed2d_index: str = ""  # default: ROOT/SAMed2D_v1.json (or the one SAMed2D*.json)
+  samed2d_mapping: str = ""  # default: ROOT/SAMed2D_v1_class_mapping_id.json
+  min_aspect: float = 0.5  # short side / long side below this: image skipped
+  # atlas
+  atlas_dir: str = DEFAULT_ATLAS_DIR
+  atlas_labels: str = "aal"  # aal | brodmann
+  atlas_planes: tuple[str, ...] = ("axial", "coronal", "sagittal")
+  # sampling and meta
+  slice_stride: int = 3
+  dedup_iou: float = 0.9  # > 1 disables similarity de-duplication
+  min_area: float = DEFAULT_MIN_AREA
+  components: str = "union"
+  # text
+  tasks: TaskCounts = TaskCounts()
+  backend: str = "template"
+  llm: LLMConfig = LLMConfig()
+  # split and output
+  test_fraction: float = 0.12
+  chunk_size: int = 64
+  write_images: bool | None = None  # None: yes, except for samed2d (images already on disk)
+  # execution (not part of the output's identity)
+  workers: int = 0  # 0 = number of CPUs
+  host_index: int = 0
+  host_count: int = 1
+  progress: bool = True
+
+  def validate(self) -> "GenConfig":
+    checks = [
+        (self.source in SOURCES, f"source {self.source!r} is not one of {SOURCES}"),
+        (self.backend in BACKENDS, f"backend {self.backend!r} is not one of {BACKENDS}"),
+        (self.num_images >= 0, f"num_images {self.num_images} must be >= 0"),
+        (self.slice_stride >= 1, f"slice_stride {self.slice_stride} must be >= 1"),
+        (self.components in COMPONENT_RULES, f"components {self.components!r} is not one of "
+         f"{COMPONENT_RULES}"),
+        (0 <= self.min_area < 1, f"min_area {self.min_area} must be in [0, 1)"),
+        (0 <= self.test_fraction < 1, f"test_fraction {self.test_fraction} must be in [0, 1)"),
+        (self.chunk_size >= 1, f"chunk_size {self.chunk_size} must be >= 1"),
+        (0 <= self.host_index < self.host_count, f"host_index {self.host_index} must be in "
+         f"[0, host_count={self.host_count})"),
+        (self.llm.json_mode in ("json_object", "json_schema", "none"),
+         f"json_mode {self.llm.json_mode!r} is not json_object | json_schema | none"),
+        (self.llm.concurrency >= 1, "concurrency must be >= 1"),
+        (self.llm.max_attempts >= 1, "max_attempts must be >= 1"),
+    ]
+    for ok, msg in checks:
+      if not ok:
+        raise ValueError(f"invalid datagen options: {msg}")
+    if self.source == "samed2d" and not self.samed2d_root:
+      raise ValueError("--source samed2d needs --root (the SAMed2Dv1 folder)")
+    self.tasks.validate()
+    return self
+
+  @property
+  def n_workers(self) -> int:
+    return self.workers or os.cpu_count() or 1
+
+  @property
+  def images_on_disk(self) -> bool:
+    return self.write_images if self.write_images is not None else self.source != "samed2d"
+
+  def fingerprint(self) -> dict[str, Any]:
+    """The options that decide the output (a resumed run must use the same)."""
+    d = dataclasses.asdict(self)
+    for k in ("out", "workers", "host_index", "host_count", "progress"):
+      d.pop(k)
+    for k in ("concurrency", "timeout", "max_retries", "backoff", "max_backoff", "max_failures",
+              "cache_dir", "price_in", "price_out", "base_url"):
+      d["llm"].pop(k)
+    if self.backend != "openai":
+      d.pop("llm")
+    d["atlas_planes"] = list(self.atlas_planes)
+    d["write_images"] = self.images_on_disk
+    return d
+
+
+def make_source(cfg: GenConfig):
+  if cfg.source == "phantom":
+    from datagen.sources.phantom import PhantomSource
+    return PhantomSource(seed=cfg.seed, image_size=cfg.image_size, num_images=cfg.num_images,
+                         slice_stride=cfg.slice_stride)
+  if cfg.source == "samed2d":
+    from datagen.sources.samed2d import SAMed2DSource
+    return SAMed2DSource(cfg.samed2d_root, index=cfg.samed2d_index or None,
+                         mapping=cfg.samed2d_mapping or None, min_aspect=cfg.min_aspect)
+  from datagen.sources.atlas import AtlasSource
+  return AtlasSource(cfg.atlas_dir, labels=cfg.atlas_labels, planes=cfg.atlas_planes)
+
+
+def make_backend(cfg: GenConfig, work_dir: str):
+  from datagen.llm.template import TemplateBackend
+  if cfg.backend == "template":
+    return TemplateBackend(cfg.seed)
+  from datagen.llm.openai_backend import OpenAIBackend
+  return OpenAIBackend(cfg.llm, seed=cfg.seed,
+                       cache_dir=cfg.llm.cache_dir or os.path.join(work_dir, "llm_cache"))

@@ -1,0 +1,1 @@
+"""Text backends: template (offline, default) and openai (any OpenAI-compatible server)."""

@@ -1,0 +1,46 @@
+"""The text backend interface: meta + turn plan -> caption and question/answer pairs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+from typing import Protocol
+
+from datagen.meta import ImageMeta
+from datagen.tasks import TurnSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class QA:
+  task: str
+  question: str
+  answer: str
+  negative: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  """The text of one image and where it came from."""
+
+  caption: str
+  qas: tuple[QA, ...]
+  backend: str  # backend that wrote the conversation ("openai", "template", ...)
+  model: str = ""
+  prompt_version: str = ""
+
+
+Item = tuple[ImageMeta, Sequence[TurnSpec]]
+
+
+class Backend(Protocol):
+  name: str
+  model: str
+  prompt_version: str
+  uses_processes: bool  # True: run chunks in worker processes; False: one process, threads
+
+  def generate_many(self, items: Sequence[Item]) -> list[Generation]:
+    """One generation per item, in order."""
+
+  def take_stats(self) -> Counter:
+    """Counters since the last call (requests, retries, fallbacks, tokens, ...), then reset."""

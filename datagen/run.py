@@ -1,0 +1,218 @@
+"""One generation run: plan -> meta -> de-duplicate + split -> text + records -> files.
+
+Output folder ``OUT``:
+
+    train/train-cNNNNN-00000-of-00001.array_record   self-contained records, one per chunk
+    test/test-cNNNNN-00000-of-00001.array_record
+    medgrit/train.json, test.json                    Med-GRIT JSON (multi-turn)
+    medgrit/test_{VG,ROC,RC,MIA}.json                single-turn evaluation files
+    images/<id>.png                                  (unless --no-images; samed2d: off)
+    summary.json
+    .work/                                           resume state (plan, chunks, LLM cache)
+
+Resume: every stage saves its results per chunk of ``chunk_size`` images (atomically) under
+``.work``; a rerun with the same options skips what exists, so a killed run continues
+where it stopped and ends with exactly the files of an uninterrupted run. Chunks are fixed
+by the plan, not by the workers, so the output does not depend on the number of workers.
+Several hosts sharing ``OUT`` split the chunks (``host_index``/``host_count``); the split
+and the final files need every chunk, which a last run (any host) completes.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from datagen.config import GenConfig, make_backend, make_source
+from datagen.fileio import read_json, remove_temp_files, write_json_atomic
+from datagen.meta import ImageMeta
+from datagen.sampling import dedup, iter_chunks, select
+from datagen.sources.base import stable_seed
+from datagen.split import TEST, TRAIN, split_cases, split_counts
+from datagen.stages import merge_counts, meta_chunk, text_chunk
+from datagen.summary import build_summary
+from datagen.writer import chunk_shard, export_json_files
+
+log = logging.getLogger(__name__)
+OUTPUT_ENTRIES = ("train", "test", "medgrit", "images", "summary.json", ".work")
+
+
+class ConfigMismatch(RuntimeError):
+  """OUT holds a run made with other options."""
+
+
+def clean_output(out: str | Path) -> None:
+  """Removes what a previous run wrote into ``out`` (nothing else)."""
+  for name in OUTPUT_ENTRIES:
+    p = Path(out) / name
+    if p.is_dir():
+      shutil.rmtree(p)
+    elif p.exists():
+      p.unlink()
+
+
+def check_config(work: Path, cfg: GenConfig) -> None:
+  path = work / "config.json"
+  fp = cfg.fingerprint()
+  if path.exists():
+    old = read_json(path)
+    if old != fp:
+      diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+      raise ConfigMismatch(f"{cfg.out} holds a run made with other options (differing: "
+                           f"{', '.join(diff)}); use another --out, the same options, or "
+                           "--overwrite")
+  else:
+    write_json_atomic(path, fp, indent=1)
+
+
+def make_plan(work: Path, source, cfg: GenConfig) -> dict[str, Any]:
+  path = work / "plan.json"
+  if path.exists():
+    return read_json(path)
+  skips: Counter = Counter()
+
+  def refs():
+    skips.clear()
+    return source.refs(skips)
+
+  chosen, counts = select(refs, cfg.num_images, stride=cfg.slice_stride, seed=cfg.seed)
+  plan = {"refs": [r.to_dict() for r in chosen], "counts": counts, "skips": dict(skips)}
+  write_json_atomic(path, plan)
+  return plan
+
+
+def run_chunks(fn: Callable[..., Any], tasks: Sequence[tuple[int, tuple, int]], workers: int,
+               on_done: Callable[[int, Any], None], bar: tqdm) -> None:
+  """Runs ``fn(*args)`` for each (chunk, args, n_images); ``on_done`` in this process."""
+  if workers <= 1 or len(tasks) <= 1:
+    for k, args, n in tasks:
+      on_done(k, fn(*args))
+      bar.update(n)
+    return
+  ctx = multiprocessing.get_context("spawn")
+  with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as ex:
+    futures = {ex.submit(fn, *args): (k, n) for k, args, n in tasks}
+    try:
+      for f in as_completed(futures):
+        k, n = futures[f]
+        on_done(k, f.result())
+        bar.update(n)
+    except BaseException:
+      ex.shutdown(wait=True, cancel_futures=True)
+      raise
+
+
+def _mine(cfg: GenConfig, k: int) -> bool:
+  return k % cfg.host_count == cfg.host_index
+
+
+def _chunk_key(ids: Sequence[str]) -> int:
+  return stable_seed(*ids)
+
+
+def generate(cfg: GenConfig) -> dict[str, Any]:
+  """Runs (or resumes) generation into ``cfg.out``; returns the summary (or, when chunks of
+  other hosts are missing, ``{"status": "incomplete", ...}``)."""
+  cfg.validate()
+  t0 = time.time()
+  out, work = Path(cfg.out), Path(cfg.out) / ".work"
+  work.mkdir(parents=True, exist_ok=True)
+  check_config(work, cfg)
+  source = make_source(cfg)
+  plan = make_plan(work, source, cfg)
+  refs = plan["refs"]
+  timings = {"plan_s": time.time() - t0}
+
+  # -- stage 1: meta, per chunk of the plan
+  t = time.time()
+  meta_dir = work / "meta"
+  chunks = list(iter_chunks(refs, cfg.chunk_size))
+  path = lambda k: meta_dir / f"chunk-{k:05d}.json"  # noqa: E731
+  tasks = [(k, (source, cfg, c), len(c)) for k, c in chunks if _mine(cfg, k) and
+           not path(k).exists()]
+  with tqdm(total=sum(n for *_, n in tasks), unit="img", desc="meta", disable=not cfg.progress,
+            ) as bar:
+    run_chunks(meta_chunk, tasks, cfg.n_workers,
+               lambda k, res: write_json_atomic(path(k), res), bar)
+  missing = [k for k, _ in chunks if not path(k).exists()]
+  if missing:
+    return {"status": "incomplete", "stage": "meta", "missing_chunks": missing}
+  metas, meta_skips, skipped = [], Counter(), []
+  for k, _ in chunks:
+    res = read_json(path(k))
+    meta_skips.update(res["skips"])
+    for item in res["items"]:
+      if "skip" in item:
+        skipped.append(item)
+      else:
+        metas.append(ImageMeta.from_dict(item))
+  timings["meta_s"] = time.time() - t
+
+  # -- de-duplication and split (cheap, recomputed on every run)
+  kept, duplicates = dedup(metas, cfg.dedup_iou)
+  pairs = [(f"{m.dataset}--{m.case_id}", m.modality) for m in kept]
+  sides = split_cases(pairs, cfg.test_fraction, cfg.seed)
+
+  # -- stage 2: text and records, per chunk of the kept images
+  t = time.time()
+  text_dir = work / "text"
+  for side in (TRAIN, TEST):
+    remove_temp_files(out / side)
+  remove_temp_files(out / "images")
+  tchunks = list(iter_chunks(kept, cfg.chunk_size))
+  done = lambda k: text_dir / f"chunk-{k:05d}.json"  # noqa: E731
+  keys = {k: _chunk_key([m.id for m in c]) for k, c in tchunks}
+
+  def is_done(k: int) -> bool:
+    return done(k).exists() and read_json(done(k)).get("key") == keys[k]
+
+  def finish(k: int, stats: dict[str, Any]) -> None:
+    write_json_atomic(done(k), {"key": keys[k], "stats": stats})
+
+  todo = [(k, c) for k, c in tchunks if _mine(cfg, k) and not is_done(k)]
+  backend = None if _uses_processes(cfg) else make_backend(cfg, str(work))
+  tasks = []
+  for k, c in todo:
+    chunk_sides = {case: sides[case] for case in {f"{m.dataset}--{m.case_id}" for m in c}}
+    args = (source, cfg, str(work), k, [m.to_dict() for m in c], chunk_sides, backend)
+    tasks.append((k, args, len(c)))
+  with tqdm(total=sum(n for *_, n in tasks), unit="img", desc=f"text ({cfg.backend})",
+            disable=not cfg.progress) as bar:
+    run_chunks(text_chunk, tasks, cfg.n_workers if backend is None else 1, finish, bar)
+  if backend is not None and hasattr(backend, "close"):
+    backend.close()
+  missing = [k for k, _ in tchunks if not is_done(k)]
+  if missing or cfg.host_index != 0:
+    return {"status": "incomplete" if missing else "host_done", "stage": "text",
+            "missing_chunks": missing}
+  timings["text_s"] = time.time() - t
+
+  # -- final files
+  t = time.time()
+  stats: dict[str, Any] = {}
+  for k, _ in tchunks:
+    merge_counts(stats, read_json(done(k))["stats"])
+  shards = {side: [chunk_shard(out / side, f"{side}-c{k:05d}") for k, _ in tchunks]
+            for side in (TRAIN, TEST)}
+  files = export_json_files(shards[TRAIN], shards[TEST], out / "medgrit")
+  timings["export_s"] = time.time() - t
+  timings["total_s"] = time.time() - t0
+  summary = build_summary(cfg, plan=plan, meta_skips=meta_skips, skipped=skipped,
+                          duplicates=duplicates, split=split_counts(pairs, sides), stats=stats,
+                          files=files, timings=timings)
+  write_json_atomic(out / "summary.json", summary, indent=1)
+  return summary
+
+
+def _uses_processes(cfg: GenConfig) -> bool:
+  return cfg.backend == "template"
+
