@@ -16,6 +16,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from datagen.llm.base import FatalAPIError
 from datagen.config import BACKENDS, DEFAULT_ATLAS_DIR, SOURCES, GenConfig, LLMConfig
 from datagen.meta import COMPONENT_RULES, DEFAULT_MIN_AREA
 from datagen.run import ConfigMismatch, clean_output, generate
@@ -118,12 +119,14 @@ def config_from_args(a: argparse.Namespace) -> GenConfig:
 def main(argv: Sequence[str] | None = None) -> int:
   args = parser().parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  for name in ("httpx", "httpx2", "openai"):  # one line per request otherwise
+    logging.getLogger(name).setLevel(logging.WARNING)
   try:
     cfg = config_from_args(args).validate()
     if args.overwrite:
       clean_output(cfg.out)
     result = generate(cfg)
-  except (ValueError, ConfigMismatch, SourceError, FileNotFoundError) as e:
+  except (ValueError, ConfigMismatch, SourceError, FileNotFoundError, FatalAPIError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if result.get("status") in ("incomplete", "host_done"):

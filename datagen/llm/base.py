@@ -11,6 +11,10 @@ from datagen.meta import ImageMeta
 from datagen.tasks import TurnSpec
 
 
+class FatalAPIError(RuntimeError):
+  """The server refuses the requests (bad key, model, URL) or too many images failed."""
+
+
 @dataclasses.dataclass(frozen=True)
 class QA:
   task: str
