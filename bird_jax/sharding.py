@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
@@ -76,13 +77,108 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, mesh_axes=mesh.axis_names))
 
 
-def param_specs(tree: Any) -> Any:
-  """PartitionSpecs for an nnx State / module, from each Variable's `axes` metadata."""
+def param_specs(tree: Any, mesh: jax.sharding.Mesh | None = None) -> Any:
+  """PartitionSpecs for an nnx State / module, from each Variable's `axes` metadata.
+
+  With a mesh, mesh axes absent from it or not dividing the dimension are dropped (that
+  dimension is then replicated; `check_replication` reports it when it matters).
+  """
 
   def spec(v: Any) -> Any:
-    if isinstance(v, nnx.Variable):
-      axes = v.get_metadata().get("axes")
-      return v.replace(P() if axes is None else logical_to_spec(axes))
-    return P()
+    if not isinstance(v, nnx.Variable):
+      return P()
+    axes = v.get_metadata().get("axes")
+    if axes is None:
+      return v.replace(P())
+    if mesh is None:
+      return v.replace(logical_to_spec(axes))
+    out = []
+    for dim, s in zip(v.shape, logical_to_spec(axes, mesh_axes=mesh.axis_names)):
+      size = int(np.prod([mesh.shape[a] for a in ((s,) if isinstance(s, str) else s or ())]))
+      out.append(s if s is not None and dim % size == 0 else None)
+    return v.replace(P(*out))
 
   return jax.tree.map(spec, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+# ---- meshes ------------------------------------------------------------------------------
+
+def initialize_distributed() -> None:
+  """`jax.distributed.initialize()` when launched as one of several processes (SLURM, or the
+  JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment); else nothing."""
+  import os
+
+  multi = (int(os.environ.get("SLURM_NTASKS", "1")) > 1
+           or int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1)
+  if multi and not jax.distributed.is_initialized():
+    jax.distributed.initialize()
+
+
+def mesh_shape(data: int = -1, fsdp: int = 1, tensor: int = 1,
+               n_devices: int | None = None) -> tuple[int, int, int]:
+  """Mesh axis sizes; one of them may be -1 (= the devices left over)."""
+  n = jax.device_count() if n_devices is None else n_devices
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh: at most one axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if n % known:
+      raise ValueError(f"mesh: {n} devices are not divisible by the fixed axes ({known})")
+    sizes[sizes.index(-1)] = n // known
+  if int(np.prod(sizes)) != n:
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+                     f"there are {n}")
+  return tuple(sizes)  # type: ignore[return-value]
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
+              devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh over `devices` (default: all devices of all processes),
+  with classic GSPMD (Auto) axes."""
+  from jax.sharding import AxisType
+
+  n = None if devices is None else len(devices)
+  return jax.make_mesh(mesh_shape(data, fsdp, tensor, n), MESH_AXES,
+                       axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def named_shardings(specs: Any, mesh: jax.sharding.Mesh) -> Any:
+  """PartitionSpec tree (e.g. from `param_specs`) -> NamedSharding tree."""
+  return jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def replicated_fraction(shapes: Any, specs: Any, mesh: jax.sharding.Mesh,
+                        min_bytes: int = 1 << 20) -> tuple[float, list[str]]:
+  """Fraction of the bytes of arrays >= min_bytes that are fully replicated on a mesh whose
+  sharding axes (fsdp, tensor) are > 1, and the paths of those arrays."""
+  import math
+
+  flat_shapes = jax.tree_util.tree_flatten_with_path(shapes)[0]
+  flat_specs = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
+  total = replicated = 0
+  names = []
+  for (path, x), spec in zip(flat_shapes, flat_specs):
+    nbytes = math.prod(x.shape) * np.dtype(x.dtype).itemsize
+    if nbytes < min_bytes:
+      continue
+    total += nbytes
+    axes = [a for s in spec if s is not None for a in ((s,) if isinstance(s, str) else s)]
+    if not any(mesh.shape[a] > 1 for a in axes if a in ("fsdp", "tensor")):
+      replicated += nbytes
+      names.append(jax.tree_util.keystr(path))
+  return (replicated / total if total else 0.0), names
+
+
+def check_replication(shapes: Any, specs: Any, mesh: jax.sharding.Mesh,
+                      tolerance: float = 0.02) -> None:
+  """Fails fast when large parameters end up replicated on a mesh meant to shard them."""
+  if mesh.shape["fsdp"] * mesh.shape["tensor"] == 1:
+    return  # pure data parallelism replicates by design
+  frac, names = replicated_fraction(shapes, specs, mesh)
+  if frac > tolerance:
+    raise ValueError(f"{frac:.1%} of the large parameter bytes are replicated on mesh "
+                     f"{dict(mesh.shape)} (tolerance {tolerance:.0%}): {names[:10]}"
+                     f"{' ...' if len(names) > 10 else ''}; check LOGICAL_RULES and the "
+                     f"divisibility of the sharded dimensions")

@@ -174,22 +174,32 @@ def stack(make: Callable[[nnx.Rngs], nnx.Module], n: int, rngs: nnx.Rngs) -> nnx
 
 
 def scan(layers: nnx.Module, x: Array, apply: Callable[..., Any], remat: str = "none",
-         xs: Any = None) -> Any:
+         xs: Any = None, carry_axes: Sequence[str | None] = ("batch", "length", "act_embed")
+         ) -> Any:
   """Runs the stacked `layers` in order as one `lax.scan` (+ remat per layer).
 
   Without xs: apply(layer, x) -> x; returns x. With xs (arrays with a leading layer axis, e.g.
   a KV cache): apply(layer, x, xs_i) -> (x, ys_i); returns (x, stacked ys).
+  The carry is sharding-constrained (logical `carry_axes`) on entry and exit of every layer
+  and of the loop: XLA's partitioner otherwise may pick a layout for the loop's result that
+  later ops mis-partition (seen on CPU: wrong resampler outputs on a data x fsdp x tensor mesh).
   """
+  from bird_jax.sharding import constrain
+
   graphdef, state = nnx.split(layers)
 
   def body(carry: Array, inputs: Any) -> tuple[Array, Any]:
     layer_state, layer_xs = inputs
     layer = nnx.merge(graphdef, layer_state)
+    carry = constrain(carry, carry_axes)
     if xs is None:
-      return apply(layer, carry), None
-    return apply(layer, carry, layer_xs)
+      out, ys = apply(layer, carry), None
+    else:
+      out, ys = apply(layer, carry, layer_xs)
+    return constrain(out, carry_axes), ys
 
   if REMAT[remat] is not None:
     body = jax.checkpoint(body, policy=REMAT[remat], prevent_cse=False)
-  carry, ys = jax.lax.scan(body, x, (state, xs))
+  carry, ys = jax.lax.scan(body, constrain(x, carry_axes), (state, xs))
+  carry = constrain(carry, carry_axes)
   return carry if xs is None else (carry, ys)

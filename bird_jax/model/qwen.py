@@ -142,7 +142,9 @@ class QwenLM(nnx.Module):
     self.cfg, self.dtype, self.remat = c, kw["dtype"], cfg.remat
 
   def embed(self, tokens: Array) -> Array:
-    h = jnp.take(self.wte[...], tokens, axis=0).astype(self.dtype)
+    # vocab-parallel lookup: the table stays split over the vocabulary, gathered over fsdp
+    table = constrain(self.wte[...], ("vocab", None))
+    h = jnp.take(table, tokens, axis=0).astype(self.dtype)
     return constrain(h, ("batch", "length", "act_embed"))
 
   def decode(self, h: Array, *, positions: Array | None = None,
