@@ -4,7 +4,8 @@
     for ref in src.refs(Counter()): loaded = src.load(ref)
 
 Every case draws its geometry from ``(seed, modality, case)``: a field of view (scaled and
-shifted, so boxes spread over the whole image) and the structures of
+shifted; a large one is a zoomed view cropped by the image border, so boxes spread over the
+whole image) and the structures of
 :mod:`datagen.sources.phantom_specs` (presence, count, centre, size, rotation, boundary
 harmonics; for 3-D modalities also a centre and extent along the volume). A slice is the
 cross-section of every structure at its ``z`` plus the modality's background and noise, so
@@ -83,10 +84,9 @@ def case_geometry(spec: ModalitySpec, seed: int, case: int) -> Case:
   rng = np.random.default_rng(case_seed)
   w = _uniform(rng, spec.field_scale)
   h = w * spec.field_aspect
-  if h > 0.96:
-    w, h = w * 0.96 / h, 0.96
-  x0 = float(rng.uniform(0.02, max(0.02, 0.98 - w)))
-  y0 = float(rng.uniform(0.02, max(0.02, 0.98 - h)))
+  cx, cy = (float(rng.uniform(lo, 1 - lo)) for lo in (min(w / 2 + 0.02, 0.32),
+                                                       min(h / 2 + 0.02, 0.32)))
+  x0, y0 = cx - w / 2, cy - h / 2
   field = Field(x0, y0, w, h)
   insts: list[Inst] = []
   by_label: dict[str, list[int]] = {}

@@ -56,7 +56,7 @@ class ModalitySpec:
   volume: bool  # multi-slice cases
   rgb: bool
   background: str  # painter in phantom.py
-  field_scale: Range  # field width as a fraction of the image
+  field_scale: Range  # field width as a fraction of the image (> 1: a zoomed, cropped view)
   field_aspect: float  # field height / width
   labels: tuple[LabelSpec, ...]
   noise: float = 0.03  # final grain noise
@@ -66,7 +66,7 @@ class ModalitySpec:
 
 CT = ModalitySpec(
     key="ct", sub="ct_00", dataset="PhantomAbdomenCT", region="abdomen", orientation="axial",
-    volume=True, rgb=False, background="ct_body", field_scale=(0.72, 0.96), field_aspect=0.78,
+    volume=True, rgb=False, background="ct_body", field_scale=(0.65, 1.3), field_aspect=0.78,
     labels=(
         LabelSpec("liver", Look(0.60, "mottled", 0.05),
                   "a large, moderately bright organ with a mottled texture",
@@ -93,7 +93,7 @@ CT = ModalitySpec(
 
 MR = ModalitySpec(
     key="mr", sub="mr_t1c", dataset="PhantomBrainMR", region="head and neck",
-    orientation="axial", volume=True, rgb=False, background="mr_head", field_scale=(0.62, 0.86),
+    orientation="axial", volume=True, rgb=False, background="mr_head", field_scale=(0.55, 1.05),
     field_aspect=1.18, z_span=(0.2, 0.8),
     labels=(
         LabelSpec("lateral ventricle", Look(0.10), "a dark, elongated fluid-filled space",
@@ -113,7 +113,7 @@ MR = ModalitySpec(
 
 XRAY = ModalitySpec(
     key="x", sub="x_ray", dataset="PhantomChestXray", region="chest", orientation="frontal",
-    volume=False, rgb=False, background="xray_chest", field_scale=(0.78, 0.96), field_aspect=1.0,
+    volume=False, rgb=False, background="xray_chest", field_scale=(0.7, 1.3), field_aspect=1.0,
     noise=0.02,
     labels=(
         LabelSpec("right lung", Look(0.22, "stripes", 0.06),
@@ -133,7 +133,7 @@ XRAY = ModalitySpec(
 
 PET = ModalitySpec(
     key="pet", sub="pet_00", dataset="PhantomWholeBodyPET", region="whole body",
-    orientation="axial", volume=True, rgb=False, background="pet_body", field_scale=(0.7, 0.94),
+    orientation="axial", volume=True, rgb=False, background="pet_body", field_scale=(0.65, 1.3),
     field_aspect=0.72, noise=0.025, colormap="hot", z_span=(0.05, 0.95),
     labels=(
         LabelSpec("liver", Look(0.36, "mottled", 0.04), "a large organ with mild, mottled uptake",
@@ -158,7 +158,7 @@ ENDOSCOPY = ModalitySpec(
         LabelSpec("polyp", Look((0.93, 0.62, 0.50), "mottled", 0.05, rim=(0.62, 0.22, 0.2),
                                 rim_width=0.15),
                   "a raised pinkish mass with a darker red margin",
-                  (0.08, 0.15), ((0.18, 0.82, 0.18, 0.82),), count=(1, 2), irregular=0.12),
+                  (0.08, 0.15), ((0.12, 0.88, 0.12, 0.88),), count=(1, 2), irregular=0.12),
         LabelSpec("surgical instrument", Look((0.72, 0.74, 0.78), "stripes", 0.05),
                   "a grey metallic elongated object",
                   (0.22, 0.3), ((0.12, 0.3, 0.15, 0.85), (0.7, 0.88, 0.15, 0.85)),
@@ -176,18 +176,18 @@ DERMOSCOPY = ModalitySpec(
     labels=(
         LabelSpec("melanoma", Look((0.24, 0.13, 0.09), "mottled", 0.16),
                   "a large, irregular, dark and variegated pigmented lesion",
-                  (0.16, 0.24), ((0.3, 0.7, 0.3, 0.7),), irregular=0.22, p=0.45),
+                  (0.16, 0.24), ((0.22, 0.78, 0.22, 0.78),), irregular=0.22, p=0.45),
         LabelSpec("nevus", Look((0.62, 0.42, 0.30)), "a small, round, evenly light-brown lesion",
-                  (0.07, 0.11), ((0.2, 0.8, 0.2, 0.8),), irregular=0.02, count=(1, 2), p=0.8),
+                  (0.07, 0.11), ((0.12, 0.88, 0.12, 0.88),), irregular=0.02, count=(1, 2), p=0.8),
         LabelSpec("seborrheic keratosis", Look((0.56, 0.50, 0.40), "stripes", 0.12),
                   "a tan, squarish lesion with a striped, cerebriform pattern",
-                  (0.09, 0.13), ((0.2, 0.8, 0.2, 0.8),), shape="rect", aspect=(0.7, 1.0),
+                  (0.09, 0.13), ((0.14, 0.86, 0.14, 0.86),), shape="rect", aspect=(0.7, 1.0),
                   p=0.35),
     ))
 
 FUNDUS = ModalitySpec(
     key="fundus", sub="fundus_photography", dataset="PhantomFundus", region="eye",
-    orientation="", volume=False, rgb=True, background="fundus_eye", field_scale=(0.84, 0.96),
+    orientation="", volume=False, rgb=True, background="fundus_eye", field_scale=(0.75, 1.05),
     field_aspect=1.0,
     labels=(
         LabelSpec("optic disc", Look((0.98, 0.84, 0.52)),
@@ -210,7 +210,7 @@ FUNDUS = ModalitySpec(
 ULTRASOUND = ModalitySpec(
     key="ultrasound", sub="ultrasound_00", dataset="PhantomThyroidUS", region="neck",
     orientation="transverse", volume=False, rgb=False, background="us_fan",
-    field_scale=(0.86, 0.98), field_aspect=0.85, noise=0.0,
+    field_scale=(0.75, 1.2), field_aspect=0.85, noise=0.0,
     labels=(
         LabelSpec("thyroid gland", Look(0.58), "a wide, bright and finely speckled oval structure",
                   (0.26, 0.32), ((0.42, 0.58, 0.36, 0.46),), aspect=(0.38, 0.48),

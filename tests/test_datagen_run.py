@@ -1,0 +1,188 @@
+"""datagen end to end with the template backend: every box in every conversation is a box of
+the record's meta (and those are the boxes of the source masks), output identical for 1 and
+2 workers and after resuming, case-level split, negatives, varied phrasings, Med-GRIT files,
+and the records load through the Grain training pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bird_jax.boxes import parse_boxes, quantize_box
+from bird_jax.data.medgrit import import_medgrit_json
+from bird_jax.data.records import TASKS, ImageRoot
+from bird_jax.data.shards import read_shards
+from bird_jax.metrics.modality import MODALITIES
+from datagen.cli import main
+from datagen.language import modality_name
+from datagen.config import GenConfig
+from datagen.meta import objects_from_instances
+from datagen.run import ConfigMismatch, generate
+from datagen.sources.base import ImageRef
+from datagen.sources.phantom import PhantomSource
+from datagen.sources.phantom_specs import SPECS
+
+CFG = dict(source="phantom", num_images=120, image_size=48, chunk_size=16, progress=False,
+           test_fraction=0.2)
+
+
+def files_of(out: Path) -> dict[str, bytes]:
+  return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+          if p.is_file() and ".work" not in p.parts and p.name != "summary.json"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  base = tmp_path_factory.mktemp("datagen")
+  one = generate(GenConfig(out=str(base / "w1"), workers=1, **CFG))
+  two = generate(GenConfig(out=str(base / "w2"), workers=2, **CFG))
+  return base, one, two
+
+
+@pytest.fixture(scope="module")
+def records(runs):
+  base, _, _ = runs
+  return {side: list(read_shards(base / "w1" / side)) for side in ("train", "test")}
+
+
+def test_output_does_not_depend_on_the_number_of_workers(runs):
+  base, one, two = runs
+  a, b = files_of(base / "w1"), files_of(base / "w2")
+  assert a.keys() == b.keys() and a == b
+  assert {k.split("/")[0] for k in a} == {"train", "test", "medgrit", "images"}
+  assert one["per_task"] == two["per_task"] and one["images"] == two["images"]
+
+
+def test_every_box_is_a_meta_box_and_meta_boxes_come_from_the_masks(records):
+  src = PhantomSource(seed=0, image_size=48, num_images=120, slice_stride=3)
+  n_boxes = 0
+  for rec in records["train"] + records["test"]:
+    rec.validate()
+    known = {quantize_box(o.box) for o in rec.objects}
+    for turn in rec.conversations:
+      parsed = parse_boxes(turn.value)
+      assert parsed.ok, (rec.id, turn.value)
+      for b in parsed.boxes:
+        assert b.tagged and tuple(int(v) for v in b.coords) in known, (rec.id, turn.value)
+        n_boxes += 1
+    case = int(rec.case_id.removeprefix("case"))
+    sl = int(rec.id.rsplit("_", 1)[1]) if not rec.id.endswith("2d_none") else None
+    ref = ImageRef(rec.id, rec.modality, rec.dataset, rec.case_id, sl, {"case": case})
+    objs, _, _ = objects_from_instances(src.load(ref).instances)
+    assert [(o.label, o.box) for o in objs] == [(o.label, o.box) for o in rec.objects]
+    assert rec.image_bytes == src.image_bytes(ref)
+    assert rec.image == rec.id + ".png" and rec.id.split("_")[0] == rec.modality
+  assert n_boxes > 400
+
+
+def test_split_is_by_case_and_near_the_fraction(runs, records):
+  _, summary, _ = runs
+  cases = {side: {(r.dataset, r.case_id) for r in recs} for side, recs in records.items()}
+  assert cases["train"] and cases["test"] and not cases["train"] & cases["test"]
+  n_test, n = len(records["test"]), len(records["train"]) + len(records["test"])
+  assert abs(n_test / n - 0.2) < 0.06
+  assert summary["images"]["written"] == n and summary["images"]["test"] == n_test
+  assert set(summary["split"]["test"]["images_per_modality"]) == set(MODALITIES)
+
+
+def test_turns_tasks_negatives_and_phrasings(runs, records):
+  _, summary, _ = runs
+  recs = records["train"] + records["test"]
+  tasks = Counter(t for r in recs for t in r.tasks)
+  negatives = 0
+  questions: dict[str, set] = {t: set() for t in TASKS}
+  for r in recs:
+    assert r.conversations[0].value.startswith(f"Picture 1: <img>{r.image}</img>\n")
+    assert r.caption and r.provenance.backend == "template"
+    labels = {o.label for o in r.objects}
+    for k, task in enumerate(r.tasks):
+      q, a = r.conversations[2 * k].value, r.conversations[2 * k + 1].value
+      if task == "vg" and not parse_boxes(a).boxes:
+        negatives += 1
+        absent = max((l.name for l in SPECS[r.modality].labels if l.name in q), key=len)
+        assert absent not in labels and absent in a and re.search(r"\b(no|not)\b", a, re.IGNORECASE)
+        continue
+      if task == "roc":
+        label = a.rstrip(".").lower()
+        assert label in labels
+      q = re.sub(r"<box>.*?</box>", "B", q.split("\n", 1)[-1])
+      for label in sorted(labels, key=len, reverse=True):
+        q = q.replace(label, "X")
+      questions[task].add(q.replace(modality_name(r.modality), "M"))
+  total = sum(len(r.tasks) for r in recs)
+  assert sum(summary["per_task"].values()) == total
+  assert summary["per_task"]["vg_negative"] == negatives
+  assert negatives > 0.1 * len(recs) and tasks["mia"] == len(recs) and tasks["roc"] == len(recs)
+  assert [len(questions[t]) for t in TASKS] == [8, 8, 6, 6]  # every phrasing is used
+
+
+def test_medgrit_json_files(runs, records):
+  base, summary, _ = runs
+  out = base / "w1"
+  train = import_medgrit_json(out / "medgrit" / "train.json", image_root=ImageRoot(str(out / "images")))
+  assert [r.conversations for r in train] == [r.conversations for r in records["train"]]
+  assert [(r.width, r.height) for r in train] == [(48, 48)] * len(train)
+  for task, name in (("vg", "VG"), ("roc", "ROC"), ("rc", "RC"), ("mia", "MIA")):
+    entries = json.loads((out / "medgrit" / f"test_{name}.json").read_text())
+    expect = [(r.id, k) for r in records["test"] for k, t in enumerate(r.tasks)
+              if t == task and (t != "vg" or parse_boxes(r.conversations[2 * k + 1].value).boxes)]
+    assert len(entries) == len(expect) == summary["files"][f"test_{name}.json"]
+    for e, (rid, k) in zip(entries, expect):
+      rec = next(r for r in records["test"] if r.id == rid)
+      assert len(e["conversations"]) == 2 and e["id"] == rid
+      assert e["conversations"][0]["value"].startswith(f"Picture 1: <img>{rid}.png</img>\n")
+      assert e["conversations"][1]["value"] == rec.conversations[2 * k + 1].value
+
+
+def test_resume_after_losing_chunks_gives_the_same_files(runs, tmp_path):
+  base, _, _ = runs
+  out = tmp_path / "resumed"
+  shutil.copytree(base / "w1", out)
+  work = out / ".work"
+  for p in sorted((work / "text").glob("chunk-*.json"))[1::2]:
+    k = p.stem.split("-")[1]
+    p.unlink()
+    for side in ("train", "test"):
+      (out / side / f"{side}-c{k}-00000-of-00001.array_record").unlink(missing_ok=True)
+  (work / "meta" / "chunk-00003.json").unlink()
+  (out / "train" / ".train-c00001-00000-of-00001.array_record.tmp999").write_bytes(b"partial")
+  shutil.rmtree(out / "medgrit")
+  generate(GenConfig(out=str(out), workers=1, **CFG))
+  assert files_of(out) == files_of(base / "w1")
+  with pytest.raises(ConfigMismatch, match="seed"):
+    generate(GenConfig(out=str(out), workers=1, **{**CFG, "seed": 1}))
+
+
+def test_records_load_through_the_training_pipeline(runs):
+  from bird_jax.config import get_preset
+  from bird_jax.data.pipeline import DataConfig, make_dataset
+  base, _, _ = runs
+  ds = make_dataset(DataConfig(shards=str(base / "w1" / "train"), batch_size=4, max_len=1024,
+                               num_epochs=1, shuffle=False), get_preset("tiny"),
+                    process_index=0, process_count=1)
+  it = iter(ds)
+  batch = next(it)
+  assert batch["images"].shape[0] == 4 and batch["images"].shape[-3:] == (56, 56, 3)
+  assert batch["tokens"].shape == (4, 1024)
+  assert it.stats["bad_records"] == 0 and it.stats["samples"] >= 4
+
+
+def test_cli(tmp_path, capsys):
+  out = tmp_path / "cli"
+  assert main(["--source", "phantom", "--out", str(out), "--num-images", "16", "--image-size",
+               "32", "--workers", "1", "--no-progress", "--test-fraction", "0.25"]) == 0
+  printed = capsys.readouterr().out
+  assert "datagen: phantom -> " in printed and "test_VG.json" in printed
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["images"]["written"] == len(list((out / "images").iterdir()))
+  assert main(["--source", "phantom", "--out", str(out), "--num-images", "17", "--image-size",
+               "32", "--no-progress", "--test-fraction", "0.25"]) == 2
+  assert "other options (differing: num_images)" in capsys.readouterr().err
+  assert main(["--source", "samed2d", "--out", str(tmp_path / "x")]) == 2
+  assert "--root" in capsys.readouterr().err
