@@ -267,70 +267,82 @@ def candidate_matches(words1: list[str], words2: list[str], res: Resources
 
 
 # --- alignment -----------------------------------------------------------------------------
-def _resolve(matches: list[list[Match]], fixed: list[Match | None], used1: int, used2: int
-             ) -> tuple:
+@dataclasses.dataclass
+class Problem:
+  """One segment's alignment search: candidate matches per reference position, the fixed
+  (unambiguous) matches and the words they use as bit sets."""
+  n1: int
+  n2: int
+  matches: list[list[Match]]
+  fixed: list[Match | None]
+  used1: int
+  used2: int
+
+
+def _resolve(problem: Problem) -> tuple:
   """The jar's left-to-right beam search over reference positions.
 
-  A path is a tuple (fields of the jar's PartialAlignment):
-  (-(matches1 + matches2), chunks, distance, order, matches1, matches2, idx, last_match_end,
-  used1_bits, used2_bits, chosen); the first four fields make Python's tuple order equal to
-  the jar's stable sort. matches1/2 are ints in the jar (each += truncates). ``chosen`` is a
-  linked list (match, rest) of the matches picked by the search; fixed matches stay apart.
-  The parent path's distance grows with each child, as in the jar.
+  A path is a tuple (-(matches1 + matches2), chunks, distance, order, idx, last_match_end,
+  used1_bits, used2_bits, chosen): the first four fields make Python's tuple order the jar's
+  stable sort. matches1/2 are ints in the jar, so a match adds floor(length x weight) to each.
+  ``chosen`` is a linked list (match, rest) of the matches picked by the search. The parent
+  path's distance grows with each child it spawns, as in the jar.
   """
-  n2 = len(matches)
-  weights = ALIGN_WEIGHTS
-  cands = [[(m[0], m[1], m[2], m[3], weights[m[4]], ((1 << m[3]) - 1) << m[2],
-             ((1 << m[1]) - 1) << m[0], m) for m in row] for row in matches]
-  paths = [(0, 0, 0, 0, 0, 0, 0, -1, used1, used2, None)]
+  n2 = problem.n2
+  fixed = problem.fixed
+  cands = []
+  for row in problem.matches:
+    out = []
+    for m in row:
+      start, length, mstart, mlength, module = m
+      w = ALIGN_WEIGHTS[module]
+      out.append((int(mlength * w) + int(length * w), mstart, start + length, mstart + mlength,
+                  ((1 << mlength) - 1) << mstart, ((1 << length) - 1) << start,
+                  abs(start - mstart), m))
+    cands.append(out)
+  paths = [(0, 0, 0, 0, 0, -1, problem.used1, problem.used2, None)]
   for current in range(n2):
     paths.sort()
     nxt = []
+    append = nxt.append
     bit = 1 << current
     order = 0
-    for (_, chunks, dist, _, m1, m2, idx, last, u1, u2, chosen) in paths[:BEAM_SIZE]:
+    row = cands[current]
+    for (neg, chunks, dist, _, idx, last, u1, u2, chosen) in paths[:BEAM_SIZE]:
       if u2 & bit:
         if current < idx:
-          nxt.append((-(m1 + m2), chunks, dist, order, m1, m2, idx, last, u1, u2, chosen))
+          append((neg, chunks, dist, order, idx, last, u1, u2, chosen))
           order += 1
         else:
           m = fixed[idx]
           if m is not None:
             start, length, mstart, mlength, module = m
-            w = weights[module]
-            m1 = int(m1 + mlength * w)
-            m2 = int(m2 + length * w)
+            w = ALIGN_WEIGHTS[module]
             if last != -1 and mstart != last:
               chunks += 1
-            dist += abs(start - mstart)
-            nxt.append((-(m1 + m2), chunks, dist, order, m1, m2, start + length,
-                        mstart + mlength, u1, u2, chosen))
+            append((neg - int(mlength * w) - int(length * w), chunks,
+                    dist + abs(start - mstart), order, start + length, mstart + mlength, u1, u2,
+                    chosen))
             order += 1
         continue
-      for start, length, mstart, mlength, w, mask1, mask2, m in cands[current]:
+      for inc, mstart, new_idx, new_last, mask1, mask2, absd, m in row:
         if u2 & mask2 or u1 & mask1:
           continue
-        c1 = int(m1 + mlength * w)
-        c2 = int(m2 + length * w)
-        cchunks = chunks + 1 if last != -1 and mstart != last else chunks
-        nxt.append((-(c1 + c2), cchunks, dist, order, c1, c2, start + length, mstart + mlength,
-                    u1 | mask1, u2 | mask2, (m, chosen)))
+        append((neg - inc, chunks + 1 if last != -1 and mstart != last else chunks, dist,
+                order, new_idx, new_last, u1 | mask1, u2 | mask2, (m, chosen)))
         order += 1
-        dist += abs(start - mstart)   # the jar adds it to the parent path
-      if last != -1:
-        chunks += 1
-      nxt.append((-(m1 + m2), chunks, dist, order, m1, m2, idx + 1, -1, u1, u2, chosen))
+        dist += absd                       # the jar adds it to the parent path
+      append((neg, chunks + 1 if last != -1 else chunks, dist, order, idx + 1, -1, u1, u2,
+              chosen))
       order += 1
     if not nxt:
       nxt.append(paths[0])
     paths = nxt
   paths.sort()
   final = []
-  for order, p in enumerate(paths[:BEAM_SIZE]):
-    neg, chunks, dist, _, m1, m2, idx, last, u1, u2, chosen = p
-    if last != -1:
-      chunks += 1
-    final.append((neg, chunks, dist, order, m1, m2, idx, last, u1, u2, chosen))
+  for order, (neg, chunks, dist, _, idx, last, u1, u2, chosen) in enumerate(paths[:BEAM_SIZE]):
+    final.append((neg, chunks + 1 if last != -1 else chunks, dist, order, idx, last, u1, u2,
+                  chosen))
   final.sort()
   return final[0]
 
@@ -409,8 +421,9 @@ def score_stats(st: Stats) -> float:
   return 0.0 if math.isnan(score) else max(score, 0.0)
 
 
-def segment_stats(test: str, ref: str, res: Resources) -> Stats:
-  """Statistics of one hypothesis (``test``) against one reference, both normalised here."""
+def prepare(test: str, ref: str, res: Resources
+            ) -> tuple[list[str], list[str], Problem]:
+  """Normalised words and the alignment search problem of one segment."""
   words1 = tokens_of(normalize(test))
   words2 = tokens_of(normalize(ref))
   matches, cov1, cov2, _ = candidate_matches(words1, words2, res)
@@ -426,12 +439,30 @@ def segment_stats(test: str, ref: str, res: Resources) -> Stats:
         fixed[j] = m
         used2 |= ((1 << length) - 1) << j0
         used1 |= ((1 << mlength) - 1) << i0
-  best = _resolve(matches, fixed, used1, used2)
-  final = fixed[:]
+  return words1, words2, Problem(n1, n2, matches, fixed, used1, used2)
+
+
+def search(problem: Problem) -> list[Match | None]:
+  """Final matches per reference position (the chosen ones plus the fixed ones)."""
+  best = _resolve(problem)
+  final = problem.fixed[:]
   node = best[-1]
   while node is not None:
     final[node[0][0]] = node[0]
     node = node[1]
+  return final
+
+
+def segment_stats(test: str, ref: str, res: Resources) -> Stats:
+  """Statistics of one hypothesis (``test``) against one reference, both normalised here."""
+  words1, words2, problem = prepare(test, ref, res)
+  return finish(words1, words2, search(problem), res)
+
+
+def finish(words1: list[str], words2: list[str], final: list[Match | None], res: Resources
+           ) -> Stats:
+  """Statistics from the chosen alignment (function/content words per module, chunks)."""
+  n1, n2 = len(words1), len(words2)
   fw = res.function_words
   func1 = [w in fw for w in words1]
   func2 = [w in fw for w in words2]
@@ -497,21 +528,53 @@ def vocabulary(texts: Sequence[str]) -> set[str]:
   return out
 
 
-def meteor_score(refs: Sequence[str], hyps: Sequence[str], res: Resources | None = None
-                 ) -> tuple[float, list[float]]:
-  """Corpus METEOR and per-segment scores, one reference per hypothesis (pycocoevalcap)."""
+_WORKER: dict[str, Resources] = {}
+
+
+def _init_worker(vocab: set[str]) -> None:
+  _WORKER["res"] = Resources(vocab)
+
+
+def _stats_batch(pairs: Sequence[tuple[str, str]], res: Resources) -> list[Stats]:
+  """Statistics of (reference, hypothesis) pairs."""
+  return [segment_stats(h, r, res) for r, h in pairs]
+
+
+def _worker_stats(pairs: list[tuple[str, str]]) -> list[Stats]:
+  return _stats_batch(pairs, _WORKER["res"])
+
+
+def segment_stats_many(refs: Sequence[str], hyps: Sequence[str], res: Resources | None = None,
+                       workers: int = 1) -> list[Stats]:
+  """Statistics of every (reference, hypothesis) pair; identical pairs are aligned once, and
+  ``workers`` > 1 spreads the unique pairs over that many processes (spawned: JAX-safe)."""
   if len(refs) != len(hyps):
-    raise ValueError(f"meteor_score: {len(refs)} references but {len(hyps)} hypotheses")
+    raise ValueError(f"meteor: {len(refs)} references but {len(hyps)} hypotheses")
   hyps = [clean_hypothesis(h) for h in hyps]
-  if res is None:
-    res = Resources(vocabulary(list(refs) + hyps))
-  cache: dict[tuple[str, str], Stats] = {}
-  stats = []
-  for r, h in zip(refs, hyps):
-    st = cache.get((h, r))
-    if st is None:
-      st = cache[(h, r)] = segment_stats(h, r, res)
-    stats.append(st)
+  unique = list(dict.fromkeys(zip(refs, hyps)))
+  if workers > 1 and len(unique) > 2000:
+    import concurrent.futures
+    import multiprocessing
+    vocab = vocabulary([t for pair in unique for t in pair])
+    chunks = [unique[k::workers * 4] for k in range(workers * 4)]
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+        initargs=(vocab,)) as pool:
+      done = dict(zip(range(len(chunks)), pool.map(_worker_stats, chunks)))
+    by_pair = {}
+    for k, chunk in enumerate(chunks):
+      by_pair.update(zip(chunk, done[k]))
+  else:
+    if res is None:
+      res = Resources(vocabulary([t for pair in unique for t in pair]))
+    by_pair = dict(zip(unique, _stats_batch(unique, res)))
+  return [by_pair[pair] for pair in zip(refs, hyps)]
+
+
+def meteor_score(refs: Sequence[str], hyps: Sequence[str], res: Resources | None = None,
+                 workers: int = 1) -> tuple[float, list[float]]:
+  """Corpus METEOR and per-segment scores, one reference per hypothesis (pycocoevalcap)."""
+  stats = segment_stats_many(refs, hyps, res, workers)
   return score_stats(aggregate(stats)), [score_stats(st) for st in stats]
 
 

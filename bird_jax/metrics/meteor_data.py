@@ -172,9 +172,9 @@ def _paraphrase_arrays() -> dict[str, np.ndarray | list[str] | dict[str, int]]:
     _build_cache(src, dst)
   with np.load(dst) as z:
     arrays = {k: z[k] for k in z.files}
-  words = arrays.pop("vocab").tobytes().decode("utf-8", errors="surrogateescape").split("\n")
+  words = arrays.pop("vocab").tobytes().split(b"\n")
   arrays["words"] = words
-  arrays["index"] = {w: i for i, w in enumerate(words)}
+  arrays["index"] = dict(zip(words, range(len(words))))
   return arrays
 
 
@@ -184,7 +184,7 @@ def paraphrases_for(vocabulary: Iterable[str]) -> ParaphraseTable:
   index, words = a["index"], a["words"]
   known = np.zeros(len(words) + 1, bool)
   for w in vocabulary:
-    i = index.get(w)
+    i = index.get(w.encode("utf-8", errors="surrogateescape"))
     if i is not None:
       known[i] = True
 
@@ -198,6 +198,7 @@ def paraphrases_for(vocabulary: Iterable[str]) -> ParaphraseTable:
                     all_known(a["para_ids"], a["para_off"]))[0]
 
   def phrases(ids: np.ndarray, off: np.ndarray) -> list[tuple[str, ...]]:
-    return [tuple(words[t] for t in ids[off[k]:off[k + 1]]) for k in keep]
+    return [tuple(words[t].decode("utf-8", errors="replace") for t in ids[off[k]:off[k + 1]])
+            for k in keep]
 
   return ParaphraseTable(phrases(a["ref_ids"], a["ref_off"]), phrases(a["para_ids"], a["para_off"]))

@@ -213,8 +213,9 @@ class ModalityCaptionScores:
 
 def caption_scores_by_modality(images: Sequence[str], refs: Sequence[str],
                                hyps: Sequence[str], *, meteor: str = "python",
-                               spice: str = "none") -> ModalityCaptionScores:
-  """BiRD's RC/MIA scoring: each modality scored separately, then averaged."""
+                               spice: str = "none", workers: int = 1) -> ModalityCaptionScores:
+  """BiRD's RC/MIA scoring: each modality scored separately, then averaged. ``workers`` > 1
+  computes METEOR's per-segment statistics in that many processes."""
   if not len(images) == len(refs) == len(hyps):
     raise ValueError(
       f"caption_scores_by_modality: images ({len(images)}), references ({len(refs)}) and "
@@ -230,18 +231,31 @@ def caption_scores_by_modality(images: Sequence[str], refs: Sequence[str],
   if spice == "auto":
     spice = "java" if status.available else "approx"
   res = None
-  if meteor == "python" or spice == "approx":
+  if meteor == "python" and workers <= 1 or spice == "approx":
     texts = [t for r, h in tokenized.values() for t in r + [meteor_lib.clean_hypothesis(x)
                                                             for x in h]]
     res = meteor_lib.Resources(meteor_lib.vocabulary(texts))
+  meteor_stats = {}
+  if meteor == "python":
+    all_refs = [t for m in tokenized for t in tokenized[m][0]]
+    all_hyps = [t for m in tokenized for t in tokenized[m][1]]
+    stats = meteor_lib.segment_stats_many(all_refs, all_hyps, res, workers)
+    k = 0
+    for m in tokenized:
+      meteor_stats[m] = stats[k:k + len(tokenized[m][0])]
+      k += len(tokenized[m][0])
   per: dict[str, CaptionScores | None] = {}
   for m in MODALITIES:
     if m not in tokenized:
       per[m] = None
       continue
     r, h = tokenized[m]
-    per[m] = caption_scores(r, h, meteor=meteor, spice=spice, meteor_resources=res,
-                            tokenized=True).rounded(6)
+    scores = caption_scores(r, h, meteor="none" if meteor == "python" else meteor,
+                            spice=spice, meteor_resources=res, tokenized=True)
+    if meteor == "python":
+      value = meteor_lib.score_stats(meteor_lib.aggregate(meteor_stats[m]))
+      scores = dataclasses.replace(scores, meteor=value)
+    per[m] = scores.rounded(6)
   keys = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "mBMR",
           "SPICE", spice_lib.APPROX_LABEL]
   table = {k: {m: (None if per[m] is None else per[m].as_dict()[k]) for m in MODALITIES}
