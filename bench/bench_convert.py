@@ -28,7 +28,7 @@ import ml_dtypes
 import numpy as np
 
 from bird_jax.checkpoint import safetensors_io as st
-from bird_jax.config import LLMConfig, QwenVLConfig, VisionConfig, get_preset
+from bird_jax.config import QwenVLConfig, get_preset
 
 GB = 1e9
 BASE_BYTES = 1.5 * GB
@@ -113,7 +113,8 @@ def run_depth(cfg: QwenVLConfig, work: Path, args: argparse.Namespace, label: st
 
 
 def main() -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--llm-layers", type=int, default=3)
   p.add_argument("--vit-layers", type=int, default=6)
   p.add_argument("--vocab", type=int, default=32768)

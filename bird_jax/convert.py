@@ -1,8 +1,9 @@
 """Checkpoint conversion between the HF Qwen-VL release and bird_jax's Orbax checkpoints.
 
-    python -m bird_jax.convert hf-to-jax --hf Qwen-VL-Chat --out ckpt/qwen_vl_chat [--dtype auto|bf16|fp32]
-    python -m bird_jax.convert jax-to-hf --ckpt ckpt/run1 [--step N] --out hf_out [--shard-size 4GB] [--dtype auto|bf16|fp32|fp16]
-    python -m bird_jax.convert inspect DIR     # an HF folder / .safetensors file or an Orbax checkpoint
+    python -m bird_jax.convert hf-to-jax --hf Qwen-VL-Chat --out ckpt/qwen_vl_chat [--dtype auto]
+    python -m bird_jax.convert jax-to-hf --ckpt ckpt/run1 [--step N] --out hf_out \
+        [--shard-size 4GB] [--dtype auto|bf16|fp32|fp16] [--assets Qwen-VL-Chat]
+    python -m bird_jax.convert inspect DIR   # HF folder / .safetensors file / Orbax checkpoint
 
 Both directions stream tensor by tensor (one tensor, or one layer of a stacked parameter, in
 memory at a time); the name/layout table is `bird_jax.checkpoint.hf.RULES`. The HF folder's
@@ -292,9 +293,9 @@ def _inspect_orbax(path: Path) -> str:
     shape, dt = reader.shapes[p], reader.dtypes[p]
     total += int(np.prod(shape, dtype=np.int64)) * dt.itemsize
     rules = by_path.get(p)
+    layers = "{0.." + str(shape[0] - 1) + "}" if shape else ""
     target = ("NOT MAPPED (no rule in the table)" if not rules else
-              ", ".join(f"{r.hf.replace('{i}', '{0..' + str(shape[0] - 1) + '}') if r.layered else r.hf}"
-                        f" ({r.transform.name})" for r in rules))
+              ", ".join(f"{r.hf.replace('{i}', layers)} ({r.transform.name})" for r in rules))
     lines.append(f"  {p:<{width}}  {str(dt):<8} {str(list(shape)):<22} -> {target}")
   lines.append(f"{len(reader.arrays)} parameters, {total / 1e9:.3f} GB")
   if cfg is not None:

@@ -73,7 +73,8 @@ def converted(request, tmp_path_factory, tiny_cfg, hf_weights):
 def test_round_trip_is_bitwise_with_the_same_index(converted):
   root, index, kind = converted
   if kind == "bf16":
-    assert convert.main(["jax-to-hf", "--ckpt", str(root / "jax"), "--out", str(root / "back")]) == 0
+    argv = ["jax-to-hf", "--ckpt", str(root / "jax"), "--out", str(root / "back")]
+    assert convert.main(argv) == 0
   else:
     convert.jax_to_hf(root / "jax", root / "back", progress=False)
   assert_bitwise(tensors_of(root / "hf"), tensors_of(root / "back"))

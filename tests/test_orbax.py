@@ -27,7 +27,8 @@ def tiny_params(tiny_model):
 def test_restore_onto_a_different_mesh(tmp_path, tiny_cfg, tiny_params):
   save_mesh, restore_mesh = mesh((1, 8, 1)), mesh((2, 2, 2))
   saved_target = hf.flatten(ckpt.abstract_params(tiny_cfg, save_mesh))
-  on_save_mesh = {p: jax.device_put(v, saved_target[p].sharding) for p, v in tiny_params.items()}
+  on_save_mesh = {p: jax.device_put(np.asarray(v), saved_target[p].sharding)
+                  for p, v in tiny_params.items()}
   w1 = on_save_mesh["llm.h.mlp.w1.kernel"]
   assert w1.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
   assert len(w1.addressable_shards) == 8 and w1.addressable_shards[0].data.shape == (2, 32, 512)
@@ -92,7 +93,8 @@ def test_streamed_block_of_the_wrong_shape_is_an_error(tmp_path):
 def test_trainer_items_share_the_manager(tmp_path, tiny_cfg):
   """The API the trainer uses: extra items (optimizer state, run config) beside params, the
   latest step found, old steps pruned by max_to_keep."""
-  extra = {"opt_state": ocp.StandardCheckpointHandler(), "train_config": ocp.JsonCheckpointHandler()}
+  extra = {"opt_state": ocp.StandardCheckpointHandler(),
+           "train_config": ocp.JsonCheckpointHandler()}
   manager = ckpt.checkpoint_manager(tmp_path / "t", max_to_keep=2, extra_handlers=extra)
   for step in (10, 20, 30):
     ckpt.save(manager, step, params={"w": np.full((3,), step, np.float32)}, config=tiny_cfg,

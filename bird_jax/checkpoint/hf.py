@@ -7,6 +7,10 @@ scanned stack share one parameter with a leading layer axis.
 HF layouts (PyTorch): Linear weight [out, in]; conv OIHW; the ViT's in_proj rows are
 interleaved per head ([heads, q|k|v, head_dim]); the resampler's in_proj_weight and the LLM's
 c_attn are blocked ([q|k|v, heads, head_dim]); `proj` is stored [in, out] (no transpose).
+
+Read HF -> JAX: `expected_tensors` (names + shapes to validate with `check_tensors`), then
+`param_plans` (block i of a parameter from one HF tensor, for streaming) or `hf_to_params`
+(in memory). Read JAX -> HF: `to_hf_tensor` / `hf_tensors` / `params_to_hf`.
 """
 
 from __future__ import annotations
@@ -169,9 +173,11 @@ def expected_tensors(cfg: QwenVLConfig, param_shapes: Mapping[str, Shape]) -> di
       stack = _stack_start(rule)
       for i in range(num_layers(rule, cfg)):
         name = rule.hf.format(i=i)
-        keyed.append(((stack, i, pos), Entry(name, rule, i, tuple(rule.transform.hf_shape(shape[1:])))))
+        hf_shape = tuple(rule.transform.hf_shape(shape[1:]))
+        keyed.append(((stack, i, pos), Entry(name, rule, i, hf_shape)))
     else:
-      keyed.append(((pos, -1, pos), Entry(rule.hf, rule, None, tuple(rule.transform.hf_shape(shape)))))
+      hf_shape = tuple(rule.transform.hf_shape(shape))
+      keyed.append(((pos, -1, pos), Entry(rule.hf, rule, None, hf_shape)))
   return {e.name: e for _, e in sorted(keyed, key=lambda kv: kv[0])}
 
 
@@ -266,10 +272,6 @@ class ParamPlan:
   @property
   def layered(self) -> bool:
     return self.rule.layered
-
-  @property
-  def block_shape(self) -> Shape:
-    return (1,) + self.shape[1:] if self.layered else self.shape
 
   def block(self, i: int, get: Callable[[str], np.ndarray], dtype: Any) -> np.ndarray:
     """Block i in the JAX layout and `dtype`; the HF tensor is dropped before the cast, so at

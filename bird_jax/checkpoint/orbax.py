@@ -40,9 +40,10 @@ from bird_jax.config import LLMConfig, QwenVLConfig, VisionConfig
 PARAMS = "params"
 MODEL_CONFIG = "model_config"
 HF_SOURCE = "hf_source"
-# Blocks of one array are written as chunks of at most this many bytes (bounds the encoder's
-# buffers and lets readers fetch one layer without touching the others).
-CHUNK_BYTES = 256 * 2**20
+# Large arrays are stored in chunks of at most this many bytes (one layer of a stacked
+# parameter per chunk where it fits) and written / read in row bands of about this size, one
+# band at a time: the encoder's buffers stay small whatever the array or the core count.
+CHUNK_BYTES = 64 * 2**20
 # A StreamedArray up to this size is assembled in memory and written as one chunk.
 SMALL_BYTES = 64 * 2**20
 
@@ -91,7 +92,7 @@ class _StreamingNumpyHandler(ocp.type_handlers.NumpyHandler):
     async with self._serial():
       t = await ts.open(ts.Spec(tspec), create=True, open=True, context=ts_context)
       if not isinstance(value, StreamedArray):
-        await t.write(value, can_reference_source_data_indefinitely=True)
+        await _write_bands(t, np.asarray(value))
         return
       name = tspec["kvstore"].get("path")
       if value.nbytes <= SMALL_BYTES:
@@ -101,7 +102,7 @@ class _StreamingNumpyHandler(ocp.type_handlers.NumpyHandler):
       rows = value.shape[0] // value.blocks
       for i in range(value.blocks):
         block = _checked_block(value, i, name)
-        await t[i * rows:(i + 1) * rows].write(block)
+        await _write_bands(t, block, offset=i * rows)
         del block
 
 
@@ -112,6 +113,25 @@ def _checked_block(value: StreamedArray, i: int, name: str) -> np.ndarray:
     raise ValueError(f"{name}: block {i} is {block.dtype}{list(block.shape)}, expected "
                      f"{np.dtype(value.dtype)}{list(want)}")
   return block
+
+
+def _row_bands(shape: tuple[int, ...], itemsize: int, chunk_rows: int) -> list[tuple[int, int]]:
+  """[a, b) ranges over axis 0, whole chunks, about CHUNK_BYTES each."""
+  row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize)
+  step = max(1, (CHUNK_BYTES // row_bytes) // chunk_rows) * chunk_rows
+  return [(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
+
+
+async def _write_bands(t: ts.TensorStore, value: np.ndarray, offset: int = 0) -> None:
+  """Writes `value` at rows [offset, offset + len) one band at a time."""
+  if value.ndim == 0 or value.nbytes <= CHUNK_BYTES:
+    whole = value.ndim == 0 or value.shape == tuple(t.shape)
+    target = t if whole else t[offset:offset + len(value)]
+    await target.write(value, can_reference_source_data_indefinitely=True)
+    return
+  chunk_rows = int(t.chunk_layout.write_chunk.shape[0])
+  for a, b in _row_bands(value.shape, value.dtype.itemsize, chunk_rows):
+    await t[offset + a:offset + b].write(value[a:b])
 
 
 def type_handler_registry() -> Any:
@@ -132,7 +152,8 @@ def checkpoint_manager(directory: str | os.PathLike, *, max_to_keep: int | None 
                        ) -> ocp.CheckpointManager:
   """The run's CheckpointManager with handlers for params / model_config / hf_source, plus
   `extra_handlers` (e.g. {"opt_state": ocp.StandardCheckpointHandler(),
-  "data_iter": grain.checkpoint.CheckpointHandler(), "train_config": ocp.JsonCheckpointHandler()})."""
+  "data_iter": grain.checkpoint.CheckpointHandler(),
+  "train_config": ocp.JsonCheckpointHandler()})."""
   handlers = {PARAMS: ocp.PyTreeCheckpointHandler(type_handler_registry=type_handler_registry()),
               MODEL_CONFIG: ocp.JsonCheckpointHandler(), HF_SOURCE: ocp.JsonCheckpointHandler(),
               **(extra_handlers or {})}
@@ -145,12 +166,13 @@ def checkpoint_manager(directory: str | os.PathLike, *, max_to_keep: int | None 
 
 def _save_args(leaf: Any) -> ocp.SaveArgs:
   """Chunking: a large StreamedArray gets (at most) one block per chunk, so each block is
-  encoded and written once; other large arrays get chunks of at most CHUNK_BYTES."""
+  encoded and written once; other large arrays get chunks of at most CHUNK_BYTES, split along
+  axis 0 first (so row bands are whole chunks)."""
   nbytes = int(np.prod(leaf.shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
   if isinstance(leaf, StreamedArray) and leaf.nbytes > SMALL_BYTES and leaf.blocks > 1:
     return ocp.SaveArgs(chunk_byte_size=min(nbytes // leaf.blocks, CHUNK_BYTES), shard_axes=(0,))
   if nbytes > CHUNK_BYTES:
-    return ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES)
+    return ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES, shard_axes=(0,))
   return ocp.SaveArgs()
 
 
@@ -276,6 +298,17 @@ class ParamReader:
     return ts.open(spec, context=self._context).result()
 
   def read(self, path: str, layer: int | None = None) -> np.ndarray:
+    """The parameter (layer None) or its `layer`-th slice along axis 0, read in row bands into
+    one preallocated array."""
     t = self._open(path)
-    out = (t if layer is None else t[layer]).read().result()
-    return np.asarray(out)
+    if layer is not None:
+      t = t[layer]
+    dtype = np.dtype(t.dtype.numpy_dtype)
+    nbytes = int(np.prod(t.shape, dtype=np.int64)) * dtype.itemsize
+    if t.rank == 0 or nbytes <= CHUNK_BYTES:
+      return np.asarray(t.read().result())
+    out = np.empty(tuple(t.shape), dtype)
+    chunk_rows = int(t.chunk_layout.read_chunk.shape[0])
+    for a, b in _row_bands(out.shape, dtype.itemsize, chunk_rows):
+      out[a:b] = t[a:b].read().result()
+    return out

@@ -120,8 +120,8 @@ class HFReader:
     else:
       raise CheckpointFormatError(f"{path}: no such file or folder")
     # pickle files next to safetensors weights are never read (reported by `inspect`)
-    self.ignored_pickles = sorted(p.name for p in self.directory.iterdir()
-                                  if p.name.lower().endswith(PICKLE_SUFFIXES)) if path.is_dir() else []
+    self.ignored_pickles = [] if not path.is_dir() else sorted(
+        p.name for p in self.directory.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
     self.files = files
     self.weight_map = weight_map
     self.tensors: dict[str, TensorInfo] = {}
