@@ -165,7 +165,7 @@ class SAMed2DSource:
     if min(width, height) < self.min_aspect * max(width, height):
       loaded.skip_image = "aspect"
       return loaded
-    if len(np.unique(np.asarray(im.convert("L")))) <= 2:
+    if np.count_nonzero(np.bincount(np.asarray(im.convert("L")).ravel(), minlength=256)) <= 2:
       loaded.skip_image = "binary_image"
       return loaded
     stem = ref.id
