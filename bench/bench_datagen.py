@@ -41,7 +41,7 @@ def build_folder(root: Path, n_images: int) -> tuple[int, int]:
   (root / "images").mkdir(parents=True)
   (root / "masks").mkdir()
   for ref in refs:
-    img, instances = src._render(ref)
+    img, instances = src.render_ref(ref)
     Image.fromarray(img).save(root / "images" / f"{ref.id}.png", compress_level=1)
     classes = mapping.setdefault(ref.dataset, {})
     seen: Counter = Counter()

@@ -1,8 +1,8 @@
 """``python -m datagen``: Med-GRIT-style conversations from image/mask sources.
 
     python -m datagen --source phantom --out data/phantom                # ~1000 images, offline
-    python -m datagen --source samed2d --root /data/SAMed2Dv1 --out data/samed2d --num-images 60000
-    python -m datagen --source atlas --out data/atlas                    # apt-get install mricron-data
+    python -m datagen --source samed2d --root /data/SAMed2Dv1 --out data/sam --num-images 60000
+    python -m datagen --source atlas --out data/atlas      # needs: apt-get install mricron-data
     OPENAI_API_KEY=... python -m datagen --source phantom --out data/p --backend openai \\
         --base-url https://api.openai.com/v1 --model gpt-4o-mini --price-in 0.15 --price-out 0.6
 
@@ -16,8 +16,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from datagen.llm.base import FatalAPIError
 from datagen.config import BACKENDS, DEFAULT_ATLAS_DIR, SOURCES, GenConfig, LLMConfig
+from datagen.llm.base import FatalAPIError
 from datagen.meta import COMPONENT_RULES, DEFAULT_MIN_AREA
 from datagen.run import ConfigMismatch, clean_output, generate
 from datagen.sources.base import SourceError

@@ -145,6 +145,11 @@ class ImageMeta:
     return cls(**kw)
 
   @property
+  def case_key(self) -> str:
+    """Unique across datasets (as :attr:`datagen.sources.base.ImageRef.case_key`)."""
+    return f"{self.dataset}--{self.case_id}"
+
+  @property
   def labels(self) -> list[str]:
     """Distinct object labels in first-seen order."""
     return list(dict.fromkeys(o.label for o in self.objects))

@@ -159,7 +159,7 @@ def generate(cfg: GenConfig) -> dict[str, Any]:
 
   # -- de-duplication and split (cheap, recomputed on every run)
   kept, duplicates = dedup(metas, cfg.dedup_iou)
-  pairs = [(f"{m.dataset}--{m.case_id}", m.modality) for m in kept]
+  pairs = [(m.case_key, m.modality) for m in kept]
   sides = split_cases(pairs, cfg.test_fraction, cfg.seed)
 
   # -- stage 2: text and records, per chunk of the kept images
@@ -179,15 +179,16 @@ def generate(cfg: GenConfig) -> dict[str, Any]:
     write_json_atomic(done(k), {"key": keys[k], "stats": stats})
 
   todo = [(k, c) for k, c in tchunks if _mine(cfg, k) and not is_done(k)]
-  backend = None if _uses_processes(cfg) else make_backend(cfg, str(work))
+  in_process = cfg.backend != "template"  # the openai backend runs threads in this process
+  backend = make_backend(cfg, str(work)) if in_process and todo else None
   tasks = []
   for k, c in todo:
-    chunk_sides = {case: sides[case] for case in {f"{m.dataset}--{m.case_id}" for m in c}}
+    chunk_sides = {m.case_key: sides[m.case_key] for m in c}
     args = (source, cfg, str(work), k, [m.to_dict() for m in c], chunk_sides, backend)
     tasks.append((k, args, len(c)))
   with tqdm(total=sum(n for *_, n in tasks), unit="img", desc=f"text ({cfg.backend})",
             disable=not cfg.progress) as bar:
-    run_chunks(text_chunk, tasks, cfg.n_workers if backend is None else 1, finish, bar)
+    run_chunks(text_chunk, tasks, 1 if in_process else cfg.n_workers, finish, bar)
   if backend is not None and hasattr(backend, "close"):
     backend.close()
   missing = [k for k, _ in tchunks if not is_done(k)]
@@ -212,7 +213,4 @@ def generate(cfg: GenConfig) -> dict[str, Any]:
   write_json_atomic(out / "summary.json", summary, indent=1)
   return summary
 
-
-def _uses_processes(cfg: GenConfig) -> bool:
-  return cfg.backend == "template"
 

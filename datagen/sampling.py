@@ -126,7 +126,7 @@ def dedup(metas: Sequence[ImageMeta], min_iou: float) -> tuple[list[ImageMeta], 
   by_case: dict[str, list[int]] = defaultdict(list)
   for i, m in enumerate(metas):
     if m.slice is not None:
-      by_case[f"{m.dataset}--{m.case_id}"].append(i)
+      by_case[m.case_key].append(i)
   dropped: set[int] = set()
   if min_iou <= 1.0:
     for idx in by_case.values():

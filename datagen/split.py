@@ -58,5 +58,6 @@ def split_counts(items: Iterable[tuple[str, str]], sides: Mapping[str, str]) -> 
     images[sides[case]][modality] += 1
     cases[sides[case]].add(case)
   return {s: {"images": sum(images[s].values()), "cases": len(cases[s]),
-              "images_per_modality": dict(sorted(images[s].items(), key=lambda t: _mod_order(t[0])))}
+              "images_per_modality": dict(sorted(images[s].items(),
+                                                 key=lambda t: _mod_order(t[0])))}
           for s in (TRAIN, TEST)}

@@ -75,7 +75,7 @@ def text_chunk(source, cfg: GenConfig, work_dir: str, index: int,
     rec = build_record(m, gen, data)
     if cfg.images_on_disk:
       write_bytes_atomic(out / "images" / rec.image, data)
-    side = sides[f"{m.dataset}--{m.case_id}"]
+    side = sides[m.case_key]
     by_side[side].append(rec)
     _count(stats, m, specs, gen, side)
   for side, recs in by_side.items():

@@ -23,6 +23,7 @@ import pytest
 from bird_jax.boxes import parse_boxes, quantize_box
 from bird_jax.data.shards import read_shards
 from datagen.config import GenConfig, LLMConfig
+from datagen.llm.base import FatalAPIError
 from datagen.llm.openai_backend import OpenAIBackend, retry_after
 from datagen.meta import ImageMeta, MetaObject
 from datagen.run import generate
@@ -61,7 +62,7 @@ class FakeLLM:
 
     self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     self.httpd.daemon_threads = True
-    self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+    self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
     self.thread.start()
     self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
@@ -278,6 +279,18 @@ def test_malformed_and_hallucinated_answers_are_retried_then_fall_back(server, t
   assert always.paid == 1 + 3
 
 
+def test_requests_failing_for_good_fall_back_then_stop_the_run(server, tmp_path, monkeypatch):
+  s = server(fault=lambda req, first: "500")
+  be = backend(s.url, tmp_path, monkeypatch, max_retries=1, max_failures=1)
+  gen = be.generate(meta_fixture(), SPECS)
+  assert gen.backend == "template-fallback"
+  stats = be.take_stats()
+  assert stats["failed_images"] == 1 and stats["failed_requests"] == 1
+  assert stats["server_errors"] == 2 and stats["retries"] == 1
+  with pytest.raises(FatalAPIError, match="2 images failed"):
+    be.generate(meta_fixture(), SPECS)
+
+
 def test_retry_after_forms():
   class R:
     def __init__(self, headers):
@@ -295,7 +308,6 @@ def test_missing_key_and_rejected_key_stop_with_a_message(server, tmp_path, monk
   s = server()
   monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
   be = OpenAIBackend(llm_cfg(s.url), seed=0, cache_dir=str(tmp_path))
-  from datagen.llm.base import FatalAPIError
   with pytest.raises(FatalAPIError, match="HTTP 401") as e:
     be.generate(meta_fixture(), SPECS)
   assert "sk-wrong" not in str(e.value)
@@ -320,8 +332,8 @@ def cli_args(out: Path, url: str) -> list[str]:
           "--num-images", "24", "--image-size", "32", "--chunk-size", "4", "--workers", "1",
           "--backend", "openai", "--base-url", url, "--model", "fake-model", "--concurrency",
           "4", "--timeout", "0.5", "--max-retries", "4", "--backoff", "0.01", "--max-backoff",
-          "2", "--price-in", "1", "--price-out", "2", "--negatives", "0.5", "--test-fraction", "0.3",
-          "--no-progress"]
+          "2", "--price-in", "1", "--price-out", "2", "--negatives", "0.5", "--test-fraction",
+          "0.3", "--no-progress"]
 
 
 def test_killed_run_resumes_to_the_records_of_an_uninterrupted_run(server, tmp_path,

@@ -5,7 +5,6 @@ and the records load through the Grain training pipeline."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import shutil
@@ -125,7 +124,8 @@ def test_turns_tasks_negatives_and_phrasings(runs, records):
 def test_medgrit_json_files(runs, records):
   base, summary, _ = runs
   out = base / "w1"
-  train = import_medgrit_json(out / "medgrit" / "train.json", image_root=ImageRoot(str(out / "images")))
+  train = import_medgrit_json(out / "medgrit" / "train.json",
+                              image_root=ImageRoot(str(out / "images")))
   assert [r.conversations for r in train] == [r.conversations for r in records["train"]]
   assert [(r.width, r.height) for r in train] == [(48, 48)] * len(train)
   for task, name in (("vg", "VG"), ("roc", "ROC"), ("rc", "RC"), ("mia", "MIA")):

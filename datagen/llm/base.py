@@ -41,7 +41,6 @@ class Backend(Protocol):
   name: str
   model: str
   prompt_version: str
-  uses_processes: bool  # True: run chunks in worker processes; False: one process, threads
 
   def generate_many(self, items: Sequence[Item]) -> list[Generation]:
     """One generation per item, in order."""

@@ -74,7 +74,6 @@ def retry_after(response: Any) -> float | None:
 
 class OpenAIBackend:
   name = "openai"
-  uses_processes = False
 
   def __init__(self, cfg: LLMConfig, *, seed: int, cache_dir: str, client: Any = None):
     self.cfg, self.seed = cfg, seed
@@ -136,25 +135,26 @@ class OpenAIBackend:
     for attempt in range(self.cfg.max_retries + 1):
       if self._abort:
         raise FatalAPIError(self._abort)
-      if wait:
+      if attempt:
+        self._count(retries=1)
         time.sleep(wait)
       try:
         resp = self.client.chat.completions.create(**req, timeout=self.cfg.timeout)
       except openai.RateLimitError as e:
-        self._count(rate_limited=1, retries=1)
+        self._count(rate_limited=1)
         wait = self._wait(attempt, retry_after(e.response))
         continue
       except openai.APITimeoutError:
-        self._count(timeouts=1, retries=1)
+        self._count(timeouts=1)
         wait = self._wait(attempt, None)
         continue
       except openai.APIConnectionError:
-        self._count(connection_errors=1, retries=1)
+        self._count(connection_errors=1)
         wait = self._wait(attempt, None)
         continue
       except openai.APIStatusError as e:
         if e.status_code >= 500 or e.status_code in (408, 409):
-          self._count(server_errors=1, retries=1)
+          self._count(server_errors=1)
           wait = self._wait(attempt, retry_after(e.response))
           continue
         self._abort = (f"{self.cfg.base_url} answered HTTP {e.status_code} for model "
@@ -167,7 +167,7 @@ class OpenAIBackend:
       content = content or ""
       self.cache.put(key, req, {"content": content, "usage": usage, "model": resp.model})
       return content
-    self._count(failed_requests=1, retries=-1)
+    self._count(failed_requests=1)
     raise RequestFailed(f"no answer after {self.cfg.max_retries + 1} tries")
 
   def _wait(self, attempt: int, hinted: float | None) -> float:

@@ -222,7 +222,6 @@ class TemplateBackend:
   name = "template"
   model = ""
   prompt_version = VERSION
-  uses_processes = True
 
   def __init__(self, seed: int = 0):
     self.seed = seed

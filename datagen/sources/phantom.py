@@ -280,7 +280,7 @@ class PhantomSource:
           yield ImageRef(make_id(spec.sub, spec.dataset, case_id, "z", sl), key, spec.dataset,
                          case_id, sl, {"case": case})
 
-  def _render(self, ref: ImageRef) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
+  def render_ref(self, ref: ImageRef) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
     case = self.case(ref.modality, int(ref.payload["case"]))
     spec = case.spec
     z = None if ref.slice is None else (
@@ -289,19 +289,19 @@ class PhantomSource:
 
   def load(self, ref: ImageRef) -> Loaded:
     spec = SPECS[ref.modality]
-    _, instances = self._render(ref)
+    _, instances = self.render_ref(ref)
     return Loaded(self.size, self.size, instances, spec.region, spec.orientation,
                   tuple(ls.name for ls in spec.labels), {ls.name: ls.note for ls in spec.labels})
 
   def image_bytes(self, ref: ImageRef) -> bytes:
-    return png_bytes(self._render(ref)[0])
+    return png_bytes(self.render_ref(ref)[0])
 
 
 def preview(src: PhantomSource, refs: list[ImageRef], columns: int = 8) -> Image.Image:
   """A contact sheet of rendered refs (for looking at the phantoms)."""
   tiles = []
   for ref in refs:
-    img, _ = src._render(ref)
+    img, _ = src.render_ref(ref)
     tiles.append(np.repeat(img[..., None], 3, -1) if img.ndim == 2 else img)
   rows = math.ceil(len(tiles) / columns)
   sheet = np.zeros((rows * src.size, columns * src.size, 3), np.uint8)
