@@ -12,6 +12,7 @@ from datagen.tasks import TaskCounts
 SOURCES = ("phantom", "samed2d", "atlas")
 BACKENDS = ("template", "openai")
 DEFAULT_ATLAS_DIR = "/usr/share/mricron/templates"
+KEY_ENV = "OPENAI_API_KEY"  # the only place the openai backend reads its key from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +110,8 @@ class GenConfig:
   def fingerprint(self) -> dict[str, Any]:
     """The options that decide the output (a resumed run must use the same)."""
     d = dataclasses.asdict(self)
-    for k in ("out", "workers", "host_index", "host_count", "progress"):
+    for k in ("out", "workers", "host_index", "host_count", "progress", "samed2d_root",
+              "samed2d_index", "samed2d_mapping", "atlas_dir"):  # data may move between runs
       d.pop(k)
     for k in ("concurrency", "timeout", "max_retries", "backoff", "max_backoff", "max_failures",
               "cache_dir", "price_in", "price_out", "base_url"):
@@ -132,6 +134,21 @@ def make_source(cfg: GenConfig):
                          mapping=cfg.samed2d_mapping or None, min_aspect=cfg.min_aspect)
   from datagen.sources.atlas import AtlasSource
   return AtlasSource(cfg.atlas_dir, labels=cfg.atlas_labels, planes=cfg.atlas_planes)
+
+
+def api_key() -> str:
+  """The openai backend's key, from the environment only (never logged or stored)."""
+  key = os.environ.get(KEY_ENV)
+  if not key:
+    raise ValueError(f"the openai backend reads its API key from {KEY_ENV} only: set it (any "
+                     "non-empty value for servers without keys)")
+  return key
+
+
+def check_backend_ready(cfg: GenConfig) -> None:
+  """Fails before any work when the openai backend has no key."""
+  if cfg.backend == "openai":
+    api_key()
 
 
 def make_backend(cfg: GenConfig, work_dir: str):

@@ -32,7 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from datagen.config import GenConfig, make_backend, make_source
+from datagen.config import GenConfig, check_backend_ready, make_backend, make_source
 from datagen.fileio import read_json, remove_temp_files, write_json_atomic
 from datagen.meta import ImageMeta
 from datagen.sampling import dedup, iter_chunks, select
@@ -125,9 +125,10 @@ def generate(cfg: GenConfig) -> dict[str, Any]:
   cfg.validate()
   t0 = time.time()
   out, work = Path(cfg.out), Path(cfg.out) / ".work"
+  check_backend_ready(cfg)
+  source = make_source(cfg)  # fails early (missing files) before anything is written
   work.mkdir(parents=True, exist_ok=True)
   check_config(work, cfg)
-  source = make_source(cfg)
   plan = make_plan(work, source, cfg)
   refs = plan["refs"]
   timings = {"plan_s": time.time() - t0}

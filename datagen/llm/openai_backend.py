@@ -21,7 +21,6 @@ hash (:mod:`datagen.llm.cache`).
 from __future__ import annotations
 
 import email.utils
-import os
 import random
 import threading
 import time
@@ -32,7 +31,7 @@ from typing import Any
 
 import openai
 
-from datagen.config import LLMConfig
+from datagen.config import LLMConfig, api_key
 from datagen.llm import template
 from datagen.llm.base import QA, FatalAPIError, Generation, Item
 from datagen.llm.cache import ResponseCache, request_key
@@ -42,9 +41,6 @@ from datagen.llm.validate import check_items
 from datagen.meta import ImageMeta
 from datagen.sources.base import stable_seed
 from datagen.tasks import TurnSpec
-
-KEY_ENV = "OPENAI_API_KEY"
-
 
 class RequestFailed(RuntimeError):
   """One request still failed after all retries."""
@@ -82,11 +78,7 @@ class OpenAIBackend:
     self.prompt_version = cfg.prompt_version
     self.cache = ResponseCache(cache_dir)
     if client is None:
-      key = os.environ.get(KEY_ENV)
-      if not key:
-        raise ValueError(f"the openai backend reads its API key from {KEY_ENV} only: set it "
-                         "(any non-empty value for servers without keys)")
-      client = openai.OpenAI(api_key=key, base_url=cfg.base_url, max_retries=0,
+      client = openai.OpenAI(api_key=api_key(), base_url=cfg.base_url, max_retries=0,
                              timeout=cfg.timeout)
     self.client = client
     self._lock = threading.Lock()

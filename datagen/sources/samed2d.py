@@ -20,7 +20,9 @@ Known quirks handled (each counted in the summary):
 - class indices missing from the mapping: skipped (``unknown_class``);
 - names that do not parse: skipped (``bad_image_name``, ``bad_mask_name``).
 Region is inferred from the class names (keyword table); orientation from the slice axis
-(x sagittal, y coronal, z axial, assuming volumes stored in the usual RAS order).
+(x sagittal, y coronal, z axial, assuming volumes stored in the usual RAS order). The
+vocabulary used for negative questions is the dataset's class list (not ``union_``), on the
+assumption that a dataset annotates its classes wherever they appear.
 """
 
 from __future__ import annotations
