@@ -115,13 +115,73 @@ def _mine(cfg: GenConfig, k: int) -> bool:
   return k % cfg.host_count == cfg.host_index
 
 
-def _chunk_key(ids: Sequence[str]) -> int:
-  return stable_seed(*ids)
+def meta_stage(cfg: GenConfig, source, work: Path, refs: Sequence[dict]
+               ) -> tuple[list[ImageMeta], Counter, list[dict]] | list[int]:
+  """Stage 1 (meta of every planned image, per chunk): (metas, skip counts, skipped items),
+  or the chunks still missing (other hosts')."""
+  chunks = list(iter_chunks(refs, cfg.chunk_size))
+  path = lambda k: work / "meta" / f"chunk-{k:05d}.json"  # noqa: E731
+  tasks = [(k, (source, cfg, c), len(c)) for k, c in chunks if _mine(cfg, k) and
+           not path(k).exists()]
+  with tqdm(total=sum(n for *_, n in tasks), unit="img", desc="meta",
+            disable=not cfg.progress) as bar:
+    run_chunks(meta_chunk, tasks, cfg.n_workers,
+               lambda k, res: write_json_atomic(path(k), res), bar)
+  missing = [k for k, _ in chunks if not path(k).exists()]
+  if missing:
+    return missing
+  metas, skips, skipped = [], Counter(), []
+  for k, _ in chunks:
+    res = read_json(path(k))
+    skips.update(res["skips"])
+    for item in res["items"]:
+      if "skip" in item:
+        skipped.append(item)
+      else:
+        metas.append(ImageMeta.from_dict(item))
+  return metas, skips, skipped
+
+
+def text_stage(cfg: GenConfig, source, work: Path, kept: Sequence[ImageMeta],
+               sides: dict[str, str]) -> tuple[list[int], list[int], dict[str, Any]]:
+  """Stage 2 (text, records, shards, per chunk of the kept images): (chunk indices, chunks
+  still missing, merged counts of the chunks done)."""
+  out = Path(cfg.out)
+  for folder in (out / TRAIN, out / TEST, out / "images"):
+    remove_temp_files(folder)
+  chunks = list(iter_chunks(kept, cfg.chunk_size))
+  done = lambda k: work / "text" / f"chunk-{k:05d}.json"  # noqa: E731
+  keys = {k: stable_seed(*(m.id for m in c)) for k, c in chunks}
+
+  def is_done(k: int) -> bool:
+    return done(k).exists() and read_json(done(k)).get("key") == keys[k]
+
+  def finish(k: int, stats: dict[str, Any]) -> None:
+    write_json_atomic(done(k), {"key": keys[k], "stats": stats})
+
+  todo = [(k, c) for k, c in chunks if _mine(cfg, k) and not is_done(k)]
+  in_process = cfg.backend != "template"  # the openai backend runs threads in this process
+  backend = make_backend(cfg, str(work)) if in_process and todo else None
+  tasks = [(k, (source, cfg, str(work), k, [m.to_dict() for m in c],
+                {m.case_key: sides[m.case_key] for m in c}, backend), len(c)) for k, c in todo]
+  try:
+    with tqdm(total=sum(n for *_, n in tasks), unit="img", desc=f"text ({cfg.backend})",
+              disable=not cfg.progress) as bar:
+      run_chunks(text_chunk, tasks, 1 if in_process else cfg.n_workers, finish, bar)
+  finally:
+    if backend is not None and hasattr(backend, "close"):
+      backend.close()
+  missing = [k for k, _ in chunks if not is_done(k)]
+  stats: dict[str, Any] = {}
+  for k, _ in chunks:
+    if k not in missing:
+      merge_counts(stats, read_json(done(k))["stats"])
+  return [k for k, _ in chunks], missing, stats
 
 
 def generate(cfg: GenConfig) -> dict[str, Any]:
-  """Runs (or resumes) generation into ``cfg.out``; returns the summary (or, when chunks of
-  other hosts are missing, ``{"status": "incomplete", ...}``)."""
+  """Runs (or resumes) generation into ``cfg.out``; returns the summary, or, when chunks of
+  other hosts are missing, ``{"status": "incomplete" | "host_done", ...}``."""
   cfg.validate()
   t0 = time.time()
   out, work = Path(cfg.out), Path(cfg.out) / ".work"
@@ -130,80 +190,28 @@ def generate(cfg: GenConfig) -> dict[str, Any]:
   work.mkdir(parents=True, exist_ok=True)
   check_config(work, cfg)
   plan = make_plan(work, source, cfg)
-  refs = plan["refs"]
   timings = {"plan_s": time.time() - t0}
 
-  # -- stage 1: meta, per chunk of the plan
   t = time.time()
-  meta_dir = work / "meta"
-  chunks = list(iter_chunks(refs, cfg.chunk_size))
-  path = lambda k: meta_dir / f"chunk-{k:05d}.json"  # noqa: E731
-  tasks = [(k, (source, cfg, c), len(c)) for k, c in chunks if _mine(cfg, k) and
-           not path(k).exists()]
-  with tqdm(total=sum(n for *_, n in tasks), unit="img", desc="meta", disable=not cfg.progress,
-            ) as bar:
-    run_chunks(meta_chunk, tasks, cfg.n_workers,
-               lambda k, res: write_json_atomic(path(k), res), bar)
-  missing = [k for k, _ in chunks if not path(k).exists()]
-  if missing:
-    return {"status": "incomplete", "stage": "meta", "missing_chunks": missing}
-  metas, meta_skips, skipped = [], Counter(), []
-  for k, _ in chunks:
-    res = read_json(path(k))
-    meta_skips.update(res["skips"])
-    for item in res["items"]:
-      if "skip" in item:
-        skipped.append(item)
-      else:
-        metas.append(ImageMeta.from_dict(item))
+  got = meta_stage(cfg, source, work, plan["refs"])
+  if not isinstance(got, tuple):
+    return {"status": "incomplete", "stage": "meta", "missing_chunks": got}
+  metas, meta_skips, skipped = got
   timings["meta_s"] = time.time() - t
 
-  # -- de-duplication and split (cheap, recomputed on every run)
-  kept, duplicates = dedup(metas, cfg.dedup_iou)
+  kept, duplicates = dedup(metas, cfg.dedup_iou)  # cheap: recomputed on every run
   pairs = [(m.case_key, m.modality) for m in kept]
   sides = split_cases(pairs, cfg.test_fraction, cfg.seed)
 
-  # -- stage 2: text and records, per chunk of the kept images
   t = time.time()
-  text_dir = work / "text"
-  for side in (TRAIN, TEST):
-    remove_temp_files(out / side)
-  remove_temp_files(out / "images")
-  tchunks = list(iter_chunks(kept, cfg.chunk_size))
-  done = lambda k: text_dir / f"chunk-{k:05d}.json"  # noqa: E731
-  keys = {k: _chunk_key([m.id for m in c]) for k, c in tchunks}
-
-  def is_done(k: int) -> bool:
-    return done(k).exists() and read_json(done(k)).get("key") == keys[k]
-
-  def finish(k: int, stats: dict[str, Any]) -> None:
-    write_json_atomic(done(k), {"key": keys[k], "stats": stats})
-
-  todo = [(k, c) for k, c in tchunks if _mine(cfg, k) and not is_done(k)]
-  in_process = cfg.backend != "template"  # the openai backend runs threads in this process
-  backend = make_backend(cfg, str(work)) if in_process and todo else None
-  tasks = []
-  for k, c in todo:
-    chunk_sides = {m.case_key: sides[m.case_key] for m in c}
-    args = (source, cfg, str(work), k, [m.to_dict() for m in c], chunk_sides, backend)
-    tasks.append((k, args, len(c)))
-  with tqdm(total=sum(n for *_, n in tasks), unit="img", desc=f"text ({cfg.backend})",
-            disable=not cfg.progress) as bar:
-    run_chunks(text_chunk, tasks, 1 if in_process else cfg.n_workers, finish, bar)
-  if backend is not None and hasattr(backend, "close"):
-    backend.close()
-  missing = [k for k, _ in tchunks if not is_done(k)]
+  chunks, missing, stats = text_stage(cfg, source, work, kept, sides)
   if missing or cfg.host_index != 0:
     return {"status": "incomplete" if missing else "host_done", "stage": "text",
             "missing_chunks": missing}
   timings["text_s"] = time.time() - t
 
-  # -- final files
   t = time.time()
-  stats: dict[str, Any] = {}
-  for k, _ in tchunks:
-    merge_counts(stats, read_json(done(k))["stats"])
-  shards = {side: [chunk_shard(out / side, f"{side}-c{k:05d}") for k, _ in tchunks]
+  shards = {side: [chunk_shard(out / side, f"{side}-c{k:05d}") for k in chunks]
             for side in (TRAIN, TEST)}
   files = export_json_files(shards[TRAIN], shards[TEST], out / "medgrit")
   timings["export_s"] = time.time() - t
@@ -213,5 +221,3 @@ def generate(cfg: GenConfig) -> dict[str, Any]:
                           files=files, timings=timings)
   write_json_atomic(out / "summary.json", summary, indent=1)
   return summary
-
-
