@@ -120,3 +120,15 @@ def test_caption_scores_by_modality_rounds_and_averages():
   assert out.mean["Bleu_4"] == pytest.approx(sum(bleu4) / 8, abs=1e-12)
   assert out.mean_present["Bleu_4"] == pytest.approx(sum(bleu4) / 3, abs=1e-12)
   assert out.mean["METEOR"] is None and out.mean["SPICE"] is None
+
+
+def test_native_search_equals_python_search():
+  from bird_jax.metrics import meteor_native
+  from bird_jax.metrics.synthetic import corpus
+  assert meteor_native.library() is not None, "no C compiler: METEOR would run in pure Python"
+  _, refs, hyps = corpus(150, seed=3)
+  refs, hyps = tokenize_captions(refs), tokenize_captions(hyps)
+  res = M.Resources(M.vocabulary(refs + hyps))
+  for r, h in zip(refs, hyps):
+    problem = M.prepare(M.clean_hypothesis(h), r, res)[2]
+    assert M.search(problem, native=True) == M.search(problem, native=False)

@@ -27,7 +27,7 @@ import re
 import subprocess
 from collections.abc import Sequence
 
-from bird_jax.metrics import meteor_data
+from bird_jax.metrics import meteor_data, meteor_native
 
 ALPHA, BETA, GAMMA, DELTA = 0.85, 0.20, 0.60, 0.75
 MODULE_WEIGHTS = (1.0, 0.6, 0.8, 0.6)      # scoring: exact, stem, synonym, paraphrase
@@ -40,6 +40,7 @@ _ALPHA = "A-Za-z\u0160\u017d\u0161\u017e\u0178\u00c0-\u00d6\u00d8-\u00f6\u00f8-\
 _ALNUM = "0-9" + _ALPHA
 _JAVA_SPACE = " \t\n\x0b\x0c\r"
 _SEP_OTHER = re.compile(f"([^{_ALNUM}{_JAVA_SPACE}.'`,\\-\u2018\u2019])")
+_NEEDS_SEP = _SEP_OTHER
 _MULTI_DOT = re.compile(r"\.([.]+)")
 _MULTI_DOT2 = re.compile(r"DOTMULTI\.([^.])")
 _COMMA = (re.compile(r"([^0-9]),([^0-9])"), re.compile(r"([0-9]),([^0-9])"),
@@ -73,20 +74,29 @@ def tokens_of(line: str) -> list[str]:
 
 
 def normalize(line: str) -> str:
-  """METEOR's English normaliser with punctuation kept (``-norm``), then lower-cased."""
-  s = _SEP_OTHER.sub(r" \1 ", " " + line + " ")
-  s = _MULTI_DOT.sub(r" DOTMULTI\1", s)
-  while "DOTMULTI." in s:
-    s = _MULTI_DOT2.sub(r"DOTDOTMULTI \1", s)
-    s = s.replace("DOTMULTI.", "DOTDOTMULTI")
-  for pattern in _COMMA:
-    s = pattern.sub(r"\1 , \2", s)
-  s = _QUOTE.sub("'", s)
-  s = _QUOTE2.sub(' " ', s)
-  s = s.replace("\u2013", "-").replace("--", "-")
-  s = _RM_DASH.sub(r"\1 \2", s)
-  for pattern, repl in _CONT:
-    s = pattern.sub(repl, s)
+  """METEOR's English normaliser with punctuation kept (``-norm``), then lower-cased.
+  (Each rewrite only runs when the characters it needs occur; the result is the same.)"""
+  s = " " + line + " "
+  if _NEEDS_SEP.search(s):
+    s = _SEP_OTHER.sub(r" \1 ", s)
+  if ".." in s or "DOTMULTI" in s:
+    s = _MULTI_DOT.sub(r" DOTMULTI\1", s)
+    while "DOTMULTI." in s:
+      s = _MULTI_DOT2.sub(r"DOTDOTMULTI \1", s)
+      s = s.replace("DOTMULTI.", "DOTDOTMULTI")
+  if "," in s:
+    for pattern in _COMMA:
+      s = pattern.sub(r"\1 , \2", s)
+  if "`" in s or "\u2018" in s or "\u2019" in s:
+    s = _QUOTE.sub("'", s)
+  if "''" in s or "\u201c" in s or "\u201d" in s:
+    s = _QUOTE2.sub(' " ', s)
+  if "\u2013" in s or "-" in s:
+    s = s.replace("\u2013", "-").replace("--", "-")
+    s = _RM_DASH.sub(r"\1 \2", s)
+  if "'" in s:
+    for pattern, repl in _CONT:
+      s = pattern.sub(repl, s)
   words = tokens_of(s)
   nbp = meteor_data.nonbreaking_prefixes()
   out = []
@@ -128,6 +138,7 @@ class Resources:
     self.function_words = meteor_data.function_words()
     self._hash: dict[str, int] = {}
     self._synsets: dict[str, frozenset[int]] = {}
+    self.syn_pair: dict[tuple[str, str], bool] = {}
     self.trie: dict = {}
     self.paras: list[tuple[str, ...]] = []
     if vocabulary is not None:
@@ -226,42 +237,51 @@ def candidate_matches(words1: list[str], words2: list[str], res: Resources
         matches[j].append((j, 1, i, 1, 1))
         cov1[i] += 1
         cov2[j] += 1
-  by_synset: dict[int, set[int]] = {}
+  pos1: dict[str, list[int]] = {}
   for i, w in enumerate(words1):
-    for k in res.synsets(w):
-      by_synset.setdefault(k, set()).add(i)
-  if by_synset:
-    for j, w in enumerate(words2):
-      found: set[int] = set()
-      for k in res.synsets(w):
-        hit = by_synset.get(k)
-        if hit:
-          found |= hit
-      for i in sorted(found):
-        if h1[i] != h2[j]:
-          matches[j].append((j, 1, i, 1, 2))
-          cov1[i] += 1
-          cov2[j] += 1
+    pos1.setdefault(w, []).append(i)
+  syn_pair = res.syn_pair
+  for j, w2 in enumerate(words2):
+    if not res.synsets(w2):
+      continue
+    hits = []
+    for w1, where in pos1.items():
+      key = (w1, w2)
+      hit = syn_pair.get(key)
+      if hit is None:
+        hit = syn_pair[key] = not res.synsets(w1).isdisjoint(res.synsets(w2))
+      if hit:
+        hits.extend(where)
+    for i in sorted(hits):
+      if h1[i] != h2[j]:
+        matches[j].append((j, 1, i, 1, 2))
+        cov1[i] += 1
+        cov2[j] += 1
   if res.trie:
+    pos2: dict[str, list[int]] = {}
+    for j, w in enumerate(words2):
+      pos2.setdefault(w, []).append(j)
     for j in range(n2):
       for length, k in res.reference_paths(words2, j):
         para = res.paras[k]
-        for i in range(n1):
-          if tuple(words1[i:i + len(para)]) == para:
-            matches[j].append((j, length, i, len(para), 3))
-            for t in range(len(para)):
+        size = len(para)
+        for i in (pos1.get(para[0], ()) if size else range(n1)):
+          if tuple(words1[i:i + size]) == para:
+            matches[j].append((j, length, i, size, 3))
+            for t in range(size):
               cov1[i + t] += 1
             for t in range(length):
               cov2[j + t] += 1
     for i in range(n1):
       for length, k in res.reference_paths(words1, i):
         para = res.paras[k]
-        for j in range(n2):
-          if tuple(words2[j:j + len(para)]) == para:
-            matches[j].append((j, len(para), i, length, 3))
+        size = len(para)
+        for j in (pos2.get(para[0], ()) if size else range(n2)):
+          if tuple(words2[j:j + size]) == para:
+            matches[j].append((j, size, i, length, 3))
             for t in range(length):
               cov1[i + t] += 1
-            for t in range(len(para)):
+            for t in range(size):
               cov2[j + t] += 1
   return matches, cov1, cov2, False
 
@@ -442,8 +462,13 @@ def prepare(test: str, ref: str, res: Resources
   return words1, words2, Problem(n1, n2, matches, fixed, used1, used2)
 
 
-def search(problem: Problem) -> list[Match | None]:
-  """Final matches per reference position (the chosen ones plus the fixed ones)."""
+def search(problem: Problem, native: bool = True) -> list[Match | None]:
+  """Final matches per reference position (the chosen ones plus the fixed ones), by the
+  compiled search when available (``meteor_native``), else in Python."""
+  if native:
+    final = meteor_native.resolve(problem, BEAM_SIZE, ALIGN_WEIGHTS)
+    if final is not None:
+      return final
   best = _resolve(problem)
   final = problem.fixed[:]
   node = best[-1]
