@@ -159,6 +159,23 @@ def test_resume_after_losing_chunks_gives_the_same_files(runs, tmp_path):
     generate(GenConfig(out=str(out), workers=1, **{**CFG, "seed": 1}))
 
 
+def test_hosts_sharing_the_output_split_the_chunks(runs, tmp_path):
+  base, _, _ = runs
+  out = str(tmp_path / "hosts")
+
+  def host(i):
+    return generate(GenConfig(out=out, workers=1, host_index=i, host_count=2, **CFG))
+
+  first = host(1)
+  assert first["status"] == "incomplete" and first["stage"] == "meta"
+  assert first["missing_chunks"] == list(range(0, len(first["missing_chunks"]) * 2, 2))
+  second = host(0)
+  assert second["status"] == "incomplete" and second["stage"] == "text"
+  assert host(1)["status"] == "host_done"
+  assert host(0)["images"]["written"] > 100
+  assert files_of(tmp_path / "hosts") == files_of(base / "w1")
+
+
 def test_records_load_through_the_training_pipeline(runs):
   from bird_jax.config import get_preset
   from bird_jax.data.pipeline import DataConfig, make_dataset
