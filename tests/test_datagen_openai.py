@@ -373,6 +373,7 @@ def test_killed_run_resumes_to_the_records_of_an_uninterrupted_run(server, tmp_p
   res = subprocess.run(cli_args(out, s.url), cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=180)
   assert res.returncode == 0, res.stderr
+  assert re.search(r"openai: \d+ requests, \d+ cache hits, .* estimated cost \$\d", res.stdout)
   assert records_of(out) == want
   assert json.loads((out / "medgrit" / "test_VG.json").read_text()) == json.loads(
       (tmp_path / "ref" / "medgrit" / "test_VG.json").read_text())
