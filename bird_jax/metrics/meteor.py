@@ -3,17 +3,17 @@
 pycocoevalcap starts ``meteor-1.5.jar - - -stdio -l en -norm`` and, per image, sends
 ``SCORE ||| reference ||| hypothesis``, collects the sufficient statistics and finally sends
 ``EVAL`` with all of them: the corpus score is computed from the summed statistics, not as a
-mean of segment scores. This module reproduces each step of the jar:
+mean of segment scores. This package reproduces each step of the jar:
 
-- normalisation (Moses-style tokenisation, dots dropped from acronyms, dashes between words
-  split, contractions split, nonbreaking prefixes) and lower-casing;
-- candidate matches by four modules in order: exact, stem (Snowball), synonym (WordNet synsets
-  plus base forms from the exception list or suffix rules), paraphrase (phrase table); words are
-  compared by Java String.hashCode like the jar;
+- normalisation (``meteor_normalize``): Moses-style tokenisation, dots dropped from acronyms,
+  dashes between words split, contractions split, nonbreaking prefixes, lower-casing;
+- candidate matches (``meteor_match``) by four modules in order: exact, stem (Snowball),
+  synonym (WordNet synsets plus base forms from the exception list or suffix rules), paraphrase
+  (phrase table); words are compared by Java String.hashCode like the jar;
 - the aligner: unambiguous one-to-one matches are fixed, the rest is resolved by a beam search
   (beam 40) ranked by weighted match count (integer arithmetic, weights 1/.5/.5/.5), then chunks,
   then distance, including the jar's quirks (truncated integer sums, distance added to the
-  parent path);
+  parent path); compiled from C when a compiler exists (``meteor_native``), else in Python;
 - statistics and score with the English ranking-task parameters alpha 0.85, beta 0.20,
   gamma 0.60, delta 0.75 and module weights 1.0 / 0.6 / 0.8 / 0.6.
 ``meteor_java`` runs the official jar instead, for exact audits.
@@ -23,270 +23,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import subprocess
 from collections.abc import Sequence
 
 from bird_jax.metrics import meteor_data, meteor_native
+from bird_jax.metrics.meteor_match import Match, Resources, candidate_matches
+from bird_jax.metrics.meteor_normalize import normalize, tokens_of
 
 ALPHA, BETA, GAMMA, DELTA = 0.85, 0.20, 0.60, 0.75
 MODULE_WEIGHTS = (1.0, 0.6, 0.8, 0.6)      # scoring: exact, stem, synonym, paraphrase
 ALIGN_WEIGHTS = (1.0, 0.5, 0.5, 0.5)       # ranking partial alignments
 BEAM_SIZE = 40
 
-# --- normaliser ----------------------------------------------------------------------------
-_ALPHA = "A-Za-z\u0160\u017d\u0161\u017e\u0178\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u017e" \
-         "\u0400-\u04ff\u0500-\u0527\ua640-\ua66e\ua67e-\ua697\u1d00-\u1d7f"
-_ALNUM = "0-9" + _ALPHA
-_JAVA_SPACE = " \t\n\x0b\x0c\r"
-_SEP_OTHER = re.compile(f"([^{_ALNUM}{_JAVA_SPACE}.'`,\\-\u2018\u2019])")
-_NEEDS_SEP = _SEP_OTHER
-_MULTI_DOT = re.compile(r"\.([.]+)")
-_MULTI_DOT2 = re.compile(r"DOTMULTI\.([^.])")
-_COMMA = (re.compile(r"([^0-9]),([^0-9])"), re.compile(r"([0-9]),([^0-9])"),
-          re.compile(r"([^0-9]),([0-9])"))
-_QUOTE = re.compile("([`\u2018\u2019])")
-_QUOTE2 = re.compile("([\u201c\u201d]|'')")
-_RM_DASH = re.compile(f"([{_ALNUM}.])-([{_ALNUM}])")
-_CONT = (
-  (re.compile(f"([^{_ALPHA}])'([^{_ALPHA}])"), r"\1 ' \2"),
-  (re.compile(f"([^{_ALPHA}0-9])'([{_ALPHA}])"), r"\1 ' \2"),
-  (re.compile(f"([{_ALPHA}])'([^{_ALPHA}])"), r"\1 ' \2"),
-  (re.compile(f"([{_ALPHA}])'([{_ALPHA}])"), r"\1 '\2"),
-  (re.compile("([0-9])'(s)"), r"\1 '\2"))
-_NBP_LETTER = re.compile(f"[{_ALPHA}]")
-_WHITE = re.compile("[ \u2000-\u200a\u202f\u205f\u3000\u00a0]+")
-_TOKEN_SPLIT = re.compile("[ \t\n\r\x0c]+")
 
-
-def _java_trim(s: str) -> str:
-  start, end = 0, len(s)
-  while start < end and s[start] <= " ":
-    start += 1
-  while end > start and s[end - 1] <= " ":
-    end -= 1
-  return s[start:end]
-
-
-def tokens_of(line: str) -> list[str]:
-  """Java StringTokenizer split (space, tab, newline, carriage return, form feed)."""
-  return [t for t in _TOKEN_SPLIT.split(line) if t]
-
-
-def normalize(line: str) -> str:
-  """METEOR's English normaliser with punctuation kept (``-norm``), then lower-cased.
-  (Each rewrite only runs when the characters it needs occur; the result is the same.)"""
-  s = " " + line + " "
-  if _NEEDS_SEP.search(s):
-    s = _SEP_OTHER.sub(r" \1 ", s)
-  if ".." in s or "DOTMULTI" in s:
-    s = _MULTI_DOT.sub(r" DOTMULTI\1", s)
-    while "DOTMULTI." in s:
-      s = _MULTI_DOT2.sub(r"DOTDOTMULTI \1", s)
-      s = s.replace("DOTMULTI.", "DOTDOTMULTI")
-  if "," in s:
-    for pattern in _COMMA:
-      s = pattern.sub(r"\1 , \2", s)
-  if "`" in s or "\u2018" in s or "\u2019" in s:
-    s = _QUOTE.sub("'", s)
-  if "''" in s or "\u201c" in s or "\u201d" in s:
-    s = _QUOTE2.sub(' " ', s)
-  if "\u2013" in s or "-" in s:
-    s = s.replace("\u2013", "-").replace("--", "-")
-    s = _RM_DASH.sub(r"\1 \2", s)
-  if "'" in s:
-    for pattern, repl in _CONT:
-      s = pattern.sub(repl, s)
-  words = tokens_of(s)
-  nbp = meteor_data.nonbreaking_prefixes()
-  out = []
-  for i, w in enumerate(words):
-    if len(w) > 1 and w.endswith("."):
-      pre = w[:-1]
-      kind = nbp.get(pre)
-      nxt = words[i + 1] if i + 1 < len(words) else None
-      if "." in pre and _NBP_LETTER.search(pre):
-        out.append(w.replace(".", ""))
-      elif kind == 1 or (nxt is not None and "a" <= nxt[0] <= "z"):
-        out.append(w)
-      elif kind == 2 and nxt is not None and "0" <= nxt[0] <= "9":
-        out.append(w)
-      else:
-        out.append(pre + " .")
-    else:
-      out.append(w)
-    out.append(" ")
-  s = "".join(out)
-  while "DOTDOTMULTI" in s:
-    s = s.replace("DOTDOTMULTI", "DOTMULTI.")
-  s = s.replace("DOTMULTI", ".")
-  return _java_trim(_WHITE.sub(" ", s)).lower()
-
-
-# --- matching ------------------------------------------------------------------------------
-# A match: (start, length) in the reference (line 2), (match_start, match_length) in the
-# hypothesis (line 1), and the module (0 exact, 1 stem, 2 synonym, 3 paraphrase).
-Match = tuple[int, int, int, int, int]
-
-
-class Resources:
-  """Stemmer, synonym dictionary and (corpus-filtered) paraphrase trie, with word caches."""
-
-  def __init__(self, vocabulary: set[str] | None = None):
-    self.stem = meteor_data.Stemmer()
-    self.syn = meteor_data.synonyms()
-    self.function_words = meteor_data.function_words()
-    self._hash: dict[str, int] = {}
-    self._synsets: dict[str, frozenset[int]] = {}
-    self.syn_pair: dict[tuple[str, str], bool] = {}
-    self.trie: dict = {}
-    self.paras: list[tuple[str, ...]] = []
-    if vocabulary is not None:
-      self.set_vocabulary(vocabulary)
-
-  def set_vocabulary(self, vocabulary: set[str]) -> None:
-    """Loads the paraphrase entries that can match within ``vocabulary``."""
-    table = meteor_data.paraphrases_for(vocabulary)
-    trie: dict = {}   # word -> (children, indices of the entries whose phrase ends here)
-    for k, ref in enumerate(table.refs):
-      if not ref:
-        continue
-      node = trie
-      for w in ref[:-1]:
-        node = node.setdefault(w, ({}, []))[0]
-      node.setdefault(ref[-1], ({}, []))[1].append(k)
-    self.trie, self.paras = trie, table.paras
-
-  def hash(self, word: str) -> int:
-    h = self._hash.get(word)
-    if h is None:
-      h = self._hash[word] = meteor_data.java_hash(word)
-    return h
-
-  def synsets(self, word: str) -> frozenset[int]:
-    out = self._synsets.get(word)
-    if out is None:
-      w2s = self.syn.word_to_synsets
-      own = w2s.get(word, frozenset())
-      bases = self.syn.word_to_bases.get(word)
-      if bases is not None:
-        stem_sets = frozenset().union(*(w2s.get(b, frozenset()) for b in bases))
-      else:
-        stem_sets = w2s.get(_morph(word, w2s), frozenset())
-      out = self._synsets[word] = own | stem_sets
-    return out
-
-  def reference_paths(self, words: Sequence[str], start: int) -> list[tuple[int, int]]:
-    """(phrase length, entry index) of every table phrase that starts at ``words[start]``."""
-    out = []
-    node = self.trie
-    for i in range(len(words) - start):
-      nxt = node.get(words[start + i])
-      if nxt is None:
-        break
-      node_children, emit = nxt
-      out.extend((i + 1, k) for k in emit)
-      node = node_children
-    return out
-
-
-_SUFFIX = ("s", "ses", "xes", "zes", "ches", "shes", "men", "ies", "s", "ies", "es", "es", "ed",
-           "ed", "ing", "ing", "er", "est", "er", "est")
-_ADD = ("", "s", "x", "z", "ch", "sh", "man", "y", "", "y", "e", "", "e", "", "e", "", "", "",
-        "e", "e")
-
-
-def _morph(word: str, w2s: dict) -> str:
-  """WordNet-style base form used by METEOR's synonym module (its suffix rules, verbatim)."""
-  tail = "ful" if word.endswith("ful") else ""
-  if word.endswith("ss") or len(word) <= 2:
-    return word
-  for suf, add in zip(_SUFFIX, _ADD):
-    if word.endswith(suf):
-      base = word[:len(word) - len(suf)] + add
-      if base in w2s:
-        return base + tail
-  return ""
-
-
-def candidate_matches(words1: list[str], words2: list[str], res: Resources
-                      ) -> tuple[list[list[Match]], list[int], list[int], bool]:
-  """All module matches per reference position, plus coverage counts per word."""
-  n1, n2 = len(words1), len(words2)
-  h1 = [res.hash(w) for w in words1]
-  h2 = [res.hash(w) for w in words2]
-  matches: list[list[Match]] = [[] for _ in range(n2)]
-  cov1, cov2 = [0] * n1, [0] * n2
-  identical = h1 == h2
-  by_word: dict[int, list[int]] = {}
-  for i, h in enumerate(h1):
-    by_word.setdefault(h, []).append(i)
-  for j in range(n2):
-    for i in by_word.get(h2[j], ()):
-      matches[j].append((j, 1, i, 1, 0))
-      cov1[i] += 1
-      cov2[j] += 1
-  if identical:
-    return matches, cov1, cov2, True
-  by_stem: dict[int, list[int]] = {}
-  for i, w in enumerate(words1):
-    by_stem.setdefault(res.hash(res.stem(w)), []).append(i)
-  for j, w in enumerate(words2):
-    for i in by_stem.get(res.hash(res.stem(w)), ()):
-      if h1[i] != h2[j]:
-        matches[j].append((j, 1, i, 1, 1))
-        cov1[i] += 1
-        cov2[j] += 1
-  pos1: dict[str, list[int]] = {}
-  for i, w in enumerate(words1):
-    pos1.setdefault(w, []).append(i)
-  syn_pair = res.syn_pair
-  for j, w2 in enumerate(words2):
-    if not res.synsets(w2):
-      continue
-    hits = []
-    for w1, where in pos1.items():
-      key = (w1, w2)
-      hit = syn_pair.get(key)
-      if hit is None:
-        hit = syn_pair[key] = not res.synsets(w1).isdisjoint(res.synsets(w2))
-      if hit:
-        hits.extend(where)
-    for i in sorted(hits):
-      if h1[i] != h2[j]:
-        matches[j].append((j, 1, i, 1, 2))
-        cov1[i] += 1
-        cov2[j] += 1
-  if res.trie:
-    pos2: dict[str, list[int]] = {}
-    for j, w in enumerate(words2):
-      pos2.setdefault(w, []).append(j)
-    for j in range(n2):
-      for length, k in res.reference_paths(words2, j):
-        para = res.paras[k]
-        size = len(para)
-        for i in (pos1.get(para[0], ()) if size else range(n1)):
-          if tuple(words1[i:i + size]) == para:
-            matches[j].append((j, length, i, size, 3))
-            for t in range(size):
-              cov1[i + t] += 1
-            for t in range(length):
-              cov2[j + t] += 1
-    for i in range(n1):
-      for length, k in res.reference_paths(words1, i):
-        para = res.paras[k]
-        size = len(para)
-        for j in (pos2.get(para[0], ()) if size else range(n2)):
-          if tuple(words2[j:j + size]) == para:
-            matches[j].append((j, size, i, length, 3))
-            for t in range(length):
-              cov1[i + t] += 1
-            for t in range(size):
-              cov2[j + t] += 1
-  return matches, cov1, cov2, False
-
-
-# --- alignment -----------------------------------------------------------------------------
 @dataclasses.dataclass
 class Problem:
   """One segment's alignment search: candidate matches per reference position, the fixed

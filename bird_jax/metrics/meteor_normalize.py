@@ -1,0 +1,101 @@
+"""METEOR 1.5's English normaliser (``-norm``: punctuation kept, lower-cased), as in the jar.
+
+Moses-style tokenisation with METEOR's additions: non-alphanumerics split off (except . ' ` , -),
+runs of dots kept together, commas split outside numbers, quotes and dashes normalised, dashes
+between words removed (x-ray -> x ray), English contractions split ("isn't" -> "isn 't"), final
+dots split unless the word is a nonbreaking prefix (the jar's list) or followed by a lower-case
+word, dots dropped from acronyms (U.S. -> US).
+"""
+
+from __future__ import annotations
+
+import re
+
+from bird_jax.metrics import meteor_data
+
+_ALPHA = "A-Za-z\u0160\u017d\u0161\u017e\u0178\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u017e" \
+         "\u0400-\u04ff\u0500-\u0527\ua640-\ua66e\ua67e-\ua697\u1d00-\u1d7f"
+_ALNUM = "0-9" + _ALPHA
+_JAVA_SPACE = " \t\n\x0b\x0c\r"
+_SEP_OTHER = re.compile(f"([^{_ALNUM}{_JAVA_SPACE}.'`,\\-\u2018\u2019])")
+_NEEDS_SEP = _SEP_OTHER
+_MULTI_DOT = re.compile(r"\.([.]+)")
+_MULTI_DOT2 = re.compile(r"DOTMULTI\.([^.])")
+_COMMA = (re.compile(r"([^0-9]),([^0-9])"), re.compile(r"([0-9]),([^0-9])"),
+          re.compile(r"([^0-9]),([0-9])"))
+_QUOTE = re.compile("([`\u2018\u2019])")
+_QUOTE2 = re.compile("([\u201c\u201d]|'')")
+_RM_DASH = re.compile(f"([{_ALNUM}.])-([{_ALNUM}])")
+_CONT = (
+  (re.compile(f"([^{_ALPHA}])'([^{_ALPHA}])"), r"\1 ' \2"),
+  (re.compile(f"([^{_ALPHA}0-9])'([{_ALPHA}])"), r"\1 ' \2"),
+  (re.compile(f"([{_ALPHA}])'([^{_ALPHA}])"), r"\1 ' \2"),
+  (re.compile(f"([{_ALPHA}])'([{_ALPHA}])"), r"\1 '\2"),
+  (re.compile("([0-9])'(s)"), r"\1 '\2"))
+_NBP_LETTER = re.compile(f"[{_ALPHA}]")
+_WHITE = re.compile("[ \u2000-\u200a\u202f\u205f\u3000\u00a0]+")
+_TOKEN_SPLIT = re.compile("[ \t\n\r\x0c]+")
+
+
+def _java_trim(s: str) -> str:
+  start, end = 0, len(s)
+  while start < end and s[start] <= " ":
+    start += 1
+  while end > start and s[end - 1] <= " ":
+    end -= 1
+  return s[start:end]
+
+
+def tokens_of(line: str) -> list[str]:
+  """Java StringTokenizer split (space, tab, newline, carriage return, form feed)."""
+  return [t for t in _TOKEN_SPLIT.split(line) if t]
+
+
+def normalize(line: str) -> str:
+  """METEOR's English normaliser with punctuation kept (``-norm``), then lower-cased.
+  (Each rewrite only runs when the characters it needs occur; the result is the same.)"""
+  s = " " + line + " "
+  if _NEEDS_SEP.search(s):
+    s = _SEP_OTHER.sub(r" \1 ", s)
+  if ".." in s or "DOTMULTI" in s:
+    s = _MULTI_DOT.sub(r" DOTMULTI\1", s)
+    while "DOTMULTI." in s:
+      s = _MULTI_DOT2.sub(r"DOTDOTMULTI \1", s)
+      s = s.replace("DOTMULTI.", "DOTDOTMULTI")
+  if "," in s:
+    for pattern in _COMMA:
+      s = pattern.sub(r"\1 , \2", s)
+  if "`" in s or "\u2018" in s or "\u2019" in s:
+    s = _QUOTE.sub("'", s)
+  if "''" in s or "\u201c" in s or "\u201d" in s:
+    s = _QUOTE2.sub(' " ', s)
+  if "\u2013" in s or "-" in s:
+    s = s.replace("\u2013", "-").replace("--", "-")
+    s = _RM_DASH.sub(r"\1 \2", s)
+  if "'" in s:
+    for pattern, repl in _CONT:
+      s = pattern.sub(repl, s)
+  words = tokens_of(s)
+  nbp = meteor_data.nonbreaking_prefixes()
+  out = []
+  for i, w in enumerate(words):
+    if len(w) > 1 and w.endswith("."):
+      pre = w[:-1]
+      kind = nbp.get(pre)
+      nxt = words[i + 1] if i + 1 < len(words) else None
+      if "." in pre and _NBP_LETTER.search(pre):
+        out.append(w.replace(".", ""))
+      elif kind == 1 or (nxt is not None and "a" <= nxt[0] <= "z"):
+        out.append(w)
+      elif kind == 2 and nxt is not None and "0" <= nxt[0] <= "9":
+        out.append(w)
+      else:
+        out.append(pre + " .")
+    else:
+      out.append(w)
+    out.append(" ")
+  s = "".join(out)
+  while "DOTDOTMULTI" in s:
+    s = s.replace("DOTDOTMULTI", "DOTMULTI.")
+  s = s.replace("DOTMULTI", ".")
+  return _java_trim(_WHITE.sub(" ", s)).lower()
