@@ -29,7 +29,8 @@ Shape = tuple[int, ...]
 @dataclasses.dataclass(frozen=True)
 class Transform:
   """to_jax(hf_array, jax_shape) -> array of jax_shape; to_hf(jax_array) -> hf array;
-  hf_shape(jax_shape) -> the HF shape (used to validate before loading)."""
+  hf_shape(jax_shape) -> the HF shape (used to validate before loading). to_jax / to_hf may
+  return views: callers materialise once, casting in the same pass (`_materialize`)."""
 
   name: str
   to_jax: Callable[[np.ndarray, Shape], np.ndarray]
@@ -45,19 +46,19 @@ def _linear(n_in: int) -> Transform:
 
   return Transform(
       f"linear{n_in}",
-      to_jax=lambda w, shape: np.ascontiguousarray(w.T).reshape(shape),
-      to_hf=lambda k: np.ascontiguousarray(k.reshape(split(k.shape)).T),
+      to_jax=lambda w, shape: w.T.reshape(shape),  # splits one axis of a view: no copy
+      to_hf=lambda k: k.reshape(split(k.shape)).T,
       hf_shape=lambda shape: split(shape)[::-1])
 
 
 def _vit_qkv_to_jax(w: np.ndarray, shape: Shape) -> np.ndarray:
   width, _, heads, hd = shape  # HF rows: [heads, q|k|v, head_dim]
-  return np.ascontiguousarray(w.T.reshape(width, heads, 3, hd).transpose(0, 2, 1, 3))
+  return w.T.reshape(width, heads, 3, hd).transpose(0, 2, 1, 3)
 
 
 def _vit_qkv_to_hf(k: np.ndarray) -> np.ndarray:
   width, three, heads, hd = k.shape
-  return np.ascontiguousarray(k.transpose(0, 2, 1, 3).reshape(width, heads * three * hd).T)
+  return k.transpose(0, 2, 1, 3).reshape(width, heads * three * hd).T
 
 
 IDENTITY = Transform("identity", lambda w, shape: w.reshape(shape), lambda k: k, lambda s: s)
@@ -65,16 +66,22 @@ LINEAR1 = _linear(1)
 LINEAR2 = _linear(2)
 BIAS = Transform("flatten", lambda w, shape: w.reshape(shape), lambda k: k.reshape(-1),
                  lambda s: (int(np.prod(s)),))
-CONV = Transform("oihw<->hwio", lambda w, shape: np.ascontiguousarray(w.transpose(2, 3, 1, 0)),
-                 lambda k: np.ascontiguousarray(k.transpose(3, 2, 0, 1)),
+CONV = Transform("oihw<->hwio", lambda w, shape: w.transpose(2, 3, 1, 0),
+                 lambda k: k.transpose(3, 2, 0, 1),
                  lambda s: (s[3], s[2], s[0], s[1]))
 VIT_QKV = Transform("vit_interleaved_qkv", _vit_qkv_to_jax, _vit_qkv_to_hf,
                     lambda s: (s[1] * s[2] * s[3], s[0]))
 VIT_QKV_BIAS = Transform(
     "vit_interleaved_qkv_bias",
-    lambda w, shape: np.ascontiguousarray(w.reshape(shape[1], 3, shape[2]).transpose(1, 0, 2)),
-    lambda k: np.ascontiguousarray(k.transpose(1, 0, 2)).reshape(-1),
+    lambda w, shape: w.reshape(shape[1], 3, shape[2]).transpose(1, 0, 2),
+    lambda k: k.transpose(1, 0, 2).reshape(-1),
     lambda s: (int(np.prod(s)),))
+
+
+def _materialize(x: np.ndarray, dtype: Any = None) -> np.ndarray:
+  """A C-contiguous array of `dtype` (None: x's own) from a possibly strided view, in one
+  copy-and-cast pass; no copy when x already is one."""
+  return np.ascontiguousarray(x, dtype=x.dtype if dtype is None else dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,12 +281,11 @@ class ParamPlan:
     return self.rule.layered
 
   def block(self, i: int, get: Callable[[str], np.ndarray], dtype: Any) -> np.ndarray:
-    """Block i in the JAX layout and `dtype`; the HF tensor is dropped before the cast, so at
-    most the source and one converted copy are alive at once."""
-    w = get(self.names[i])
-    x = self.rule.transform.to_jax(w, self.shape[1:] if self.layered else self.shape)
-    del w
-    x = x.astype(dtype, copy=False)
+    """Block i in the JAX layout and `dtype`: at most the HF tensor and one converted copy
+    are alive at once."""
+    shape = self.shape[1:] if self.layered else self.shape
+    x = self.rule.transform.to_jax(get(self.names[i]), shape)
+    x = _materialize(x, dtype)  # the HF tensor (a view's base) is freed right after
     return x[None] if self.layered else x
 
 
@@ -327,7 +333,7 @@ def to_hf_tensor(entry: Entry, read: Callable[[str, int | None], np.ndarray],
   if tuple(x.shape) != entry.shape:
     raise CheckpointMismatch(f"{entry.name}: parameter {entry.rule.path} gives shape "
                              f"{list(x.shape)}, HF expects {list(entry.shape)}")
-  return x if dtype is None else x.astype(dtype, copy=False)
+  return _materialize(x, dtype)
 
 
 def hf_tensors(read: Callable[[str, int | None], np.ndarray], entries: Mapping[str, Entry],
