@@ -1,0 +1,81 @@
+"""The run configuration: one `ml_collections.ConfigDict` schema with defaults.
+
+Files in configs/ start from `default_config()` and change what they need; every field can be
+overridden on the command line (`--config.optim.lr=1e-5`). The typed configs the library
+uses (QwenVLConfig, DataConfig, OptimConfig, ...) are built from it here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from bird_jax.config import QwenVLConfig, get_preset
+from bird_jax.data.pipeline import DataConfig
+from bird_jax.train.optimizer import BIRD_FREEZE, OptimConfig
+from bird_jax.train.step import StepConfig
+
+
+def _fields(cls: type) -> dict[str, Any]:
+  out = {}
+  for f in dataclasses.fields(cls):
+    if f.default is not dataclasses.MISSING:
+      out[f.name] = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+      out[f.name] = f.default_factory()  # type: ignore[misc]
+  return out
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # model: a preset by name plus field overrides, e.g. model.overrides.remat = "full",
+  # model.overrides.llm.layers = 4 (nested for the vision/llm sub-configs).
+  c.model = ml_collections.ConfigDict({"preset": "tiny", "overrides": {}})
+  # initialisation: an HF Qwen-VL folder (converted on the fly), an Orbax params checkpoint,
+  # or random weights (both empty).
+  c.init = ml_collections.ConfigDict({"hf": "", "ckpt": "", "seed": 0})
+  c.data = ml_collections.ConfigDict({k: (list(v) if isinstance(v, tuple) else v)
+                                      for k, v in _fields(DataConfig).items()})
+  c.data.shards = ""
+  c.optim = ml_collections.ConfigDict(_fields(OptimConfig))
+  c.optim.mu_dtype = ""
+  c.optim.grad_accum = 1  # micro-batches (of data.batch_size rows) per optimizer step
+  c.freeze = list(BIRD_FREEZE)  # regexes of parameter paths that are not trained
+  c.step = ml_collections.ConfigDict(_fields(StepConfig))
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.train = ml_collections.ConfigDict({
+      "workdir": "runs/default",
+      "steps": 100,  # optimizer steps (the schedule's length)
+      "log_every": 10,
+      "ckpt_every": 500,  # also at the end, on SIGTERM/SIGINT
+      "keep": 3,  # checkpoints kept
+      "resume": True,  # continue from the latest checkpoint in workdir when there is one
+      "peak_tflops": 0.0,  # per device, for MFU (0 = do not report MFU)
+      "replication_tolerance": 0.02,
+      "tensorboard": True,
+  })
+  return c
+
+
+def model_config(c: ml_collections.ConfigDict) -> QwenVLConfig:
+  base = get_preset(c.model.preset)
+  over = c.model.overrides.to_dict() if hasattr(c.model.overrides, "to_dict") else dict(c.model.overrides)
+  sub = {k: dataclasses.replace(getattr(base, k), **over.pop(k)) for k in ("vision", "llm")
+         if k in over}
+  return base.replace(**over, **sub).validate()
+
+
+def data_config(c: ml_collections.ConfigDict) -> DataConfig:
+  return DataConfig(**c.data.to_dict()).validate()
+
+
+def optim_config(c: ml_collections.ConfigDict) -> OptimConfig:
+  d = {k: v for k, v in c.optim.to_dict().items() if k != "grad_accum"}
+  d["mu_dtype"] = d["mu_dtype"] or None
+  return OptimConfig(**d)
+
+
+def step_config(c: ml_collections.ConfigDict) -> StepConfig:
+  return StepConfig(**c.step.to_dict())

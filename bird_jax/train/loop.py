@@ -1,0 +1,192 @@
+"""The training loop: mesh, state, data, jitted step, logging, checkpoints, preemption.
+
+    train(get_config())      # what train.py runs
+
+- resumes from the latest checkpoint in `<workdir>/checkpoints` (params, optimizer, step and
+  the data iterator, so the batches continue exactly where they stopped);
+- saves every `train.ckpt_every` steps, at the end, and on SIGTERM/SIGINT (then exits);
+- stops at a NaN/inf loss, naming the step and the batch, without saving the bad state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+
+from bird_jax import sharding
+from bird_jax.data.pipeline import make_dataset
+from bird_jax.train import config as C
+from bird_jax.train.checkpointing import TrainCheckpointer
+from bird_jax.train.flops import mfu, step_flops
+from bird_jax.train.logger import MetricLogger
+from bird_jax.train.optimizer import make_optimizer
+from bird_jax.train.state import (hf_param_source, initial_state, loaded_params, make_layout,
+                                  random_params)
+from bird_jax.train.step import BATCH_KEYS, batch_sharding, jit_step, make_train_step
+
+
+class NonFiniteLoss(RuntimeError):
+  pass
+
+
+class _Preemption:
+  """SIGTERM / SIGINT set a flag; the loop saves and exits at the next step boundary."""
+
+  def __init__(self):
+    self.signal: int | None = None
+    self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+  def _handle(self, signum, frame) -> None:
+    self.signal = signum
+
+  def restore(self) -> None:
+    for s, h in self._old.items():
+      signal.signal(s, h)
+
+
+@dataclasses.dataclass
+class TrainResult:
+  step: int
+  stopped_by: str  # "done" | "data" | "signal"
+  metrics: dict[str, float]
+
+
+def global_batch(micro: list[dict[str, np.ndarray]], mesh) -> dict[str, jax.Array]:
+  """Stacks this process's micro-batches into [A, B_local, ...] and assembles global arrays."""
+  shard = batch_sharding(mesh)
+  out = {}
+  for k in BATCH_KEYS:
+    local = np.stack([m[k] for m in micro])
+    out[k] = jax.make_array_from_process_local_data(shard(local.ndim), local)
+  return out
+
+
+def next_micro_batches(it: Iterator, n: int) -> list[dict[str, np.ndarray]] | None:
+  out = []
+  for _ in range(n):
+    try:
+      out.append(next(it))
+    except StopIteration:
+      return None
+  return out
+
+
+def initial_params(c: ml_collections.ConfigDict, model_cfg, layout, freeze):
+  if c.init.hf and c.init.ckpt:
+    raise ValueError("set at most one of init.hf and init.ckpt")
+  if c.init.hf:
+    return loaded_params(layout, hf_param_source(c.init.hf, model_cfg))
+  if c.init.ckpt:
+    from bird_jax.checkpoint import orbax as ckpt
+    from bird_jax.checkpoint.hf import flatten
+
+    manager = ckpt.checkpoint_manager(c.init.ckpt, read_only=True)
+    params = flatten(ckpt.restore_params(manager, ckpt.abstract_params(model_cfg)))
+    return loaded_params(layout, params.__getitem__)
+  return random_params(model_cfg, freeze, layout, c.init.seed)
+
+
+def train(c: ml_collections.ConfigDict) -> TrainResult:
+  sharding.initialize_distributed()
+  model_cfg, data_cfg, optim_cfg = C.model_config(c), C.data_config(c), C.optim_config(c)
+  freeze, accum, steps = list(c.freeze), int(c.optim.grad_accum), int(c.train.steps)
+  workdir = c.train.workdir
+  mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+  tx, lr = make_optimizer(optim_cfg, steps)
+  checkpointer = TrainCheckpointer(workdir, keep=c.train.keep)
+  with jax.set_mesh(mesh):
+    layout = make_layout(model_cfg, freeze, tx, mesh, c.train.replication_tolerance)
+    data_state = None
+    if c.train.resume and checkpointer.latest_step() is not None:
+      state, frozen, data_state = checkpointer.restore(layout)
+    else:
+      params, frozen = initial_params(c, model_cfg, layout, freeze)
+      state = initial_state(params, tx, layout)
+    start = int(jax.device_get(state["step"]))
+    dataset = make_dataset(data_cfg, model_cfg, tokenizer_dir=c.init.hf or None)
+    it = iter(dataset)
+    if data_state is not None:
+      it.set_state(data_state)
+    step_fn = jit_step(make_train_step(layout.graphdef, tx, lr, C.step_config(c)),
+                       layout.state_shardings, layout.frozen_shardings, mesh)
+    logger = MetricLogger(workdir, total_steps=steps, start_step=start,
+                          tensorboard=c.train.tensorboard)
+    _write_run_config(workdir, c)
+    result = _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, start,
+                  steps, accum)
+    checkpointer.close()
+    logger.close()
+  return result
+
+
+def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, start, steps,
+         accum) -> TrainResult:
+  preempt = _Preemption()
+  run_config = json.loads(c.to_json_best_effort())
+  data_cfg = C.data_config(c)
+  flops = step_flops(model_cfg, rows=data_cfg.batch_size * accum, length=data_cfg.max_len,
+                     images=data_cfg.batch_size * accum * data_cfg.max_images_per_row,
+                     vit_trained=not any("visual" in f for f in c.freeze))
+  peak = float(c.train.peak_tflops) * 1e12
+
+  def save(step: int, data_state: dict[str, Any]) -> None:
+    checkpointer.save(step, state, frozen, data_state=data_state, run_config=run_config,
+                      model_config=model_cfg)
+
+  step, stopped_by, metrics = start, "done", {}
+  data_state = it.get_state()
+  micro = next_micro_batches(it, accum) if step < steps else None
+  last_saved = start
+  try:
+    while step < steps:
+      if micro is None:
+        stopped_by = "data"
+        break
+      t0 = time.perf_counter()
+      state, device_metrics = step_fn(state, frozen, global_batch(micro, mesh))
+      batch_state = data_state  # the iterator position before this step's batches
+      data_state = it.get_state()
+      micro = next_micro_batches(it, accum) if step + 1 < steps else None  # overlaps the step
+      metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+      dt = time.perf_counter() - t0
+      step += 1
+      if not math.isfinite(metrics["loss"]):
+        raise NonFiniteLoss(
+            f"step {step}: loss is {metrics['loss']} (grad norm {metrics['grad_norm']}); the run "
+            f"stops without saving this state. The batch starts at data-iterator state "
+            f"{json.dumps(batch_state)}; the last good checkpoint is step {last_saved}.")
+      metrics["step_time"] = dt
+      metrics["tokens_per_s"] = metrics["tokens"] / dt
+      if peak > 0:
+        metrics["mfu"] = mfu(flops.total, dt, jax.device_count(), peak)
+      log_now = step % c.train.log_every == 0 or step == steps or step == start + 1
+      logger.step(step, metrics if log_now else None)
+      if preempt.signal is not None:
+        save(step, data_state)
+        last_saved, stopped_by = step, "signal"
+        logger.write(f"signal {preempt.signal}: saved step {step}, exiting")
+        break
+      if step % c.train.ckpt_every == 0 or step == steps:
+        save(step, data_state)
+        last_saved = step
+    if stopped_by == "data" and step > last_saved:
+      save(step, data_state)
+  finally:
+    preempt.restore()
+  return TrainResult(step, stopped_by, metrics)
+
+
+def _write_run_config(workdir: str, c: ml_collections.ConfigDict) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(c.to_json_best_effort(indent=2))

@@ -1,0 +1,128 @@
+"""Building the sharded train state: abstract split, shardings, initial parameters.
+
+Nothing full-size is materialised on one host: random init runs under `jax.jit` with the
+target out_shardings, and loaded parameters are placed on the mesh one array at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from bird_jax.config import QwenVLConfig
+from bird_jax.model import QwenVL, abstract_model
+from bird_jax.sharding import check_replication, named_shardings, param_specs
+from bird_jax.train.optimizer import dotted, trainable_filter
+from bird_jax.train.step import opt_shardings
+
+
+@dataclasses.dataclass
+class Layout:
+  """What the trainer needs to know before any array exists."""
+
+  graphdef: nnx.GraphDef
+  abstract_params: Any  # trainable (nnx.State of ShapeDtypeStruct)
+  abstract_frozen: Any  # everything else: frozen params, buffers
+  state_shardings: dict[str, Any]  # {"step", "params", "opt"}
+  frozen_shardings: Any
+  abstract_state: dict[str, Any]
+
+
+def split_filters(freeze) -> tuple[Callable, Any]:
+  return trainable_filter(freeze), ...
+
+
+def make_layout(cfg: QwenVLConfig, freeze, tx: optax.GradientTransformation,
+                mesh: jax.sharding.Mesh, replication_tolerance: float = 0.02) -> Layout:
+  graphdef, params, frozen = nnx.split(abstract_model(cfg), *split_filters(freeze))
+  if not jax.tree.leaves(params):
+    raise ValueError(f"freeze patterns {list(freeze)} leave no parameter to train")
+  p_sh = named_shardings(param_specs(params, mesh), mesh)
+  f_sh = named_shardings(param_specs(frozen, mesh), mesh)
+  check_replication(params, param_specs(params, mesh), mesh, replication_tolerance)
+  check_replication(frozen, param_specs(frozen, mesh), mesh, replication_tolerance)
+  opt_abstract = jax.eval_shape(tx.init, params)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state_sh = {"step": replicated, "params": p_sh, "opt": opt_shardings(opt_abstract, p_sh, mesh)}
+  abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params,
+                    "opt": opt_abstract}
+  return Layout(graphdef, params, frozen, state_sh, f_sh, abstract_state)
+
+
+def random_params(cfg: QwenVLConfig, freeze, layout: Layout, seed: int) -> tuple[Any, Any]:
+  """Freshly initialised (trainable, frozen), created directly with their shardings."""
+
+  def init():
+    _, params, frozen = nnx.split(QwenVL(cfg, rngs=nnx.Rngs(seed)), *split_filters(freeze))
+    return params, frozen
+
+  return jax.jit(init, out_shardings=(layout.state_shardings["params"],
+                                      layout.frozen_shardings))()
+
+
+def place_params(abstract: Any, shardings: Any, get: Callable[[str], Any]) -> Any:
+  """An nnx.State like `abstract` whose leaves are `get(dotted path)`, cast to the abstract
+  dtype and put on the mesh one array at a time."""
+  flat = dict(nnx.to_flat_state(abstract))
+  sh = dict(nnx.to_flat_state(shardings))
+  for key, var in flat.items():
+    path = ".".join(map(str, key))
+    value = get(path)
+    if tuple(value.shape) != tuple(var.shape):
+      raise ValueError(f"{path}: shape {tuple(value.shape)}, the model expects {tuple(var.shape)}")
+    var.set_value(jax.device_put(jnp.asarray(value, var.dtype), sh[key].get_value()))
+  return nnx.from_flat_state(flat)
+
+
+def loaded_params(layout: Layout, get: Callable[[str], Any]) -> tuple[Any, Any]:
+  """(trainable, frozen) from get(dotted path) -> array (an HF folder or an Orbax restore)."""
+  return (place_params(layout.abstract_params, layout.state_shardings["params"], get),
+          place_params(layout.abstract_frozen, layout.frozen_shardings, get))
+
+
+def initial_state(params: Any, tx: optax.GradientTransformation, layout: Layout) -> dict[str, Any]:
+  opt = jax.jit(tx.init, out_shardings=layout.state_shardings["opt"])(params)
+  step = jax.device_put(jnp.zeros((), jnp.int32), layout.state_shardings["step"])
+  return {"step": step, "params": params, "opt": opt}
+
+
+def param_paths(state: Any) -> list[str]:
+  return [dotted(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+
+
+def hf_param_source(hf_dir: str, cfg: QwenVLConfig) -> Callable[[str], Any]:
+  """get(dotted path) -> that parameter assembled from an HF Qwen-VL folder (safetensors only)
+  in the model's dtype, one parameter at a time (`place_params` puts each on the mesh before
+  the next is read; host memory peaks at the largest stacked parameter)."""
+  import json
+  import os
+
+  import numpy as np
+
+  from bird_jax.checkpoint import hf
+  from bird_jax.checkpoint.safetensors_io import HFReader
+
+  with open(os.path.join(hf_dir, "config.json")) as f:
+    hf_cfg = QwenVLConfig.from_hf_config(json.load(f))
+  if (hf_cfg.vision, hf_cfg.llm, hf_cfg.image_start_id) != (cfg.vision, cfg.llm, cfg.image_start_id):
+    raise ValueError(f"{hf_dir}/config.json describes another architecture than the run's model "
+                     f"config:\n  checkpoint: {hf_cfg.vision}, {hf_cfg.llm}\n  run: {cfg.vision}, "
+                     f"{cfg.llm}")
+  reader = HFReader(hf_dir)
+  abstract = hf.flatten(nnx.state(abstract_model(cfg)))
+  entries = hf.expected_tensors(cfg, {p: v.shape for p, v in abstract.items()})
+  hf.check_tensors({n: (t.shape, t.dtype) for n, t in reader.tensors.items()}, entries,
+                   source=hf_dir)
+  plans = hf.param_plans(entries, {p: v.shape for p, v in abstract.items()})
+
+  def get(path: str) -> np.ndarray:
+    plan, dtype = plans[path], abstract[path].dtype
+    blocks = [plan.block(i, reader.get, dtype) for i in range(len(plan.names))]
+    return np.concatenate(blocks) if plan.layered else blocks[0]
+
+  return get

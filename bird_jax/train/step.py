@@ -1,0 +1,96 @@
+"""The train state and ONE jitted train step (sharded in/out, donated state).
+
+State = {"step", "params" (trainable only, fp32 masters), "opt" (optax state)}; the frozen
+parameters live beside it, never differentiated, never updated, never donated.
+A step takes a batch with a leading gradient-accumulation axis [A, B, ...] and performs one
+optimizer update on the token-weighted mean loss over all A x B rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from bird_jax.data.image import normalize
+from bird_jax.sharding import logical_to_spec
+from bird_jax.train.loss import lm_loss_stats
+from bird_jax.train.optimizer import dotted
+
+BATCH_KEYS = ("tokens", "labels", "positions", "segment_ids", "images")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  loss_chunk: int = 0  # sequence chunk for the loss (0 = whole sequence at once)
+
+
+def loss_fn(graphdef: nnx.GraphDef, params: Any, frozen: Any, batch: dict[str, jax.Array],
+            total_tokens: jax.Array, loss_chunk: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+  model = nnx.merge(graphdef, params, frozen)
+  h = model.hidden(batch["tokens"], normalize(batch["images"]), positions=batch["positions"],
+                   segment_ids=batch["segment_ids"], train=True)
+  stats = lm_loss_stats(h, model.llm.logits, batch["labels"], loss_chunk)
+  return stats["nll"] / total_tokens, stats
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    lr: optax.Schedule, c: StepConfig) -> Callable:
+  """train_step(state, frozen, batch) -> (state, metrics); not yet jitted (see `jit_step`)."""
+
+  def train_step(state: dict[str, Any], frozen: Any, batch: dict[str, jax.Array]):
+    batch = {k: batch[k] for k in BATCH_KEYS}
+    total = jnp.maximum((batch["labels"][..., 1:] != -100).sum(), 1).astype(jnp.float32)
+    grad_fn = jax.grad(loss_fn, argnums=1, has_aux=True)
+
+    def micro(carry, mb):
+      grads, stats = carry
+      g, s = grad_fn(graphdef, state["params"], frozen, mb, total, c.loss_chunk)
+      return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, stats, s)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state["params"])
+    zero_stats = {k: jnp.zeros((), jnp.float32) for k in ("nll", "correct", "count")}
+    (grads, stats), _ = jax.lax.scan(micro, (zeros, zero_stats), batch)
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": stats["nll"] / total, "accuracy": stats["correct"] / total,
+               "tokens": stats["count"], "grad_norm": optax.tree.norm(grads),
+               "param_norm": optax.tree.norm(params), "lr": lr(state["step"])}
+    return {"step": state["step"] + 1, "params": params, "opt": opt}, metrics
+
+  return train_step
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> Callable[[int], NamedSharding]:
+  """Sharding of a batch array of rank r with layout [A, B, ...]: rows over ('data', 'fsdp')."""
+  rows = logical_to_spec(("batch",), mesh_axes=mesh.axis_names)[0]
+  return lambda rank: NamedSharding(mesh, P(None, rows, *([None] * (rank - 2))))
+
+
+def opt_shardings(opt_abstract: Any, param_shardings: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Optimizer-state shardings: a leaf whose path ends with a parameter's path (Adam's mu/nu)
+  takes that parameter's sharding; everything else (counts) is replicated."""
+  by_path = {dotted(p): s for p, s in jax.tree_util.tree_flatten_with_path(
+      param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding))[0]}
+  replicated = NamedSharding(mesh, P())
+
+  def pick(path, leaf):
+    name = dotted(path)
+    hits = [s for p, s in by_path.items() if name == p or name.endswith("." + p)]
+    return hits[0] if hits else replicated
+
+  return jax.tree_util.tree_map_with_path(pick, opt_abstract)
+
+
+def jit_step(train_step: Callable, state_shardings: Any, frozen_shardings: Any,
+             mesh: jax.sharding.Mesh) -> Callable:
+  """jax.jit with explicit in/out shardings; the state is donated (updated in place)."""
+  shard_batch = batch_sharding(mesh)
+  batch_shardings = {k: shard_batch(6 if k == "images" else 3) for k in BATCH_KEYS}
+  return jax.jit(train_step, in_shardings=(state_shardings, frozen_shardings, batch_shardings),
+                 out_shardings=(state_shardings, NamedSharding(mesh, P())), donate_argnums=(0,))

@@ -1,0 +1,182 @@
+"""Training: sharded step equivalence, freezing, resume after kill -9, SIGTERM, NaN."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import image_row
+from bird_jax import sharding
+from bird_jax.data.shards import write_shards
+from bird_jax.data.synthetic import synthetic_record
+from bird_jax.train import loop
+from bird_jax.train import optimizer as O
+from bird_jax.train import state as S
+from bird_jax.train import step as T
+from bird_jax.train.config import default_config
+from bird_jax.train.logger import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+  out = tmp_path_factory.mktemp("train_shards")
+  write_shards([synthetic_record(i, image_size=56) for i in range(24)], out, num_shards=2,
+               progress=False)
+  return str(out)
+
+
+def run_config(shards: str, workdir: str, **train):
+  c = default_config()
+  c.model.preset = "tiny"
+  c.freeze = list(O.BIRD_FREEZE)
+  c.data.shards = shards
+  c.data.batch_size, c.data.max_len, c.data.max_images_per_row = 4, 192, 2
+  c.data.num_epochs = 0
+  c.optim.lr, c.optim.warmup_steps = 1e-3, 2
+  c.mesh.data = -1  # the subprocess runs see one device
+  c.train.update({"workdir": workdir, "steps": 8, "log_every": 1, "ckpt_every": 2,
+                  "tensorboard": False, **train})
+  return c
+
+
+def synthetic_batch(cfg, accum=2, rows=4, length=48):
+  rng = np.random.default_rng(0)
+  tokens = np.stack([np.stack([image_row(cfg, length, [3], seed=a * 10 + b) for b in range(rows)])
+                     for a in range(accum)])
+  labels = tokens.copy()
+  labels[..., :20] = -100
+  return dict(tokens=tokens, labels=labels, segment_ids=np.ones_like(tokens),
+              positions=np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape).copy(),
+              images=rng.integers(0, 255, (accum, rows, 1, 56, 56, 3)).astype(np.uint8))
+
+
+def three_steps(cfg, mesh):
+  tx, lr = O.make_optimizer(O.OptimConfig(lr=5e-5, warmup_steps=1), 10)
+  with jax.set_mesh(mesh):
+    layout = S.make_layout(cfg, O.BIRD_FREEZE, tx, mesh)
+    params, frozen = S.random_params(cfg, O.BIRD_FREEZE, layout, seed=0)
+    state = S.initial_state(params, tx, layout)
+    initial = jax.device_get((state["params"], frozen))
+    step = T.jit_step(T.make_train_step(layout.graphdef, tx, lr, T.StepConfig(loss_chunk=16)),
+                      layout.state_shardings, layout.frozen_shardings, mesh)
+    losses = []
+    for _ in range(3):
+      state, metrics = step(state, frozen, synthetic_batch(cfg))
+      losses.append(float(metrics["loss"]))
+    return losses, initial, state, frozen
+
+
+@pytest.fixture(scope="module")
+def single_and_sharded(tiny_cfg):
+  one = three_steps(tiny_cfg, sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+  eight = three_steps(tiny_cfg, sharding.make_mesh(2, 2, 2))
+  return one, eight
+
+
+def max_tree_diff(a, b) -> float:
+  return max(jax.tree.leaves(jax.tree.map(
+      lambda x, y: float(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).max()), a, b)))
+
+
+def test_sharded_steps_equal_single_device(single_and_sharded):
+  (l1, _, s1, _), (l8, _, s8, _) = single_and_sharded
+  assert np.allclose(l1, l8, rtol=0, atol=1e-5) and l1[2] < l1[0]
+  assert max_tree_diff(s1["params"], s8["params"]) <= 1e-5
+  kernel = s8["params"]["llm"]["h"]["mlp"]["w1"]["kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  assert len({s.data.shape for s in kernel.addressable_shards}) == 1
+  assert kernel.addressable_shards[0].data.shape == (2, 128, 256)  # [layers, 256/2, 512/2]
+
+
+def test_frozen_parameters_stay_bit_identical(single_and_sharded):
+  _, (_, (params0, frozen0), state, frozen) = single_and_sharded
+  assert max_tree_diff(frozen0, frozen) == 0.0
+  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                         params0, state["params"])
+  assert all(jax.tree.leaves(changed))
+  paths = S.param_paths(frozen)
+  assert any(p.startswith("visual.blocks") for p in paths)
+  assert not any(p.startswith("visual.attn_pool.query") for p in paths)  # the resampler trains
+
+
+def test_nan_loss_stops_with_step_and_batch(shards, tmp_path, monkeypatch):
+  real = loop.global_batch
+  calls = []
+
+  def poisoned(micro, mesh):
+    calls.append(1)
+    batch = real(micro, mesh)
+    if len(calls) == 3:
+      nan = np.full(batch["images"].shape, np.nan, np.float32)
+      batch["images"] = jax.device_put(nan, batch["images"].sharding)
+    return batch
+
+  monkeypatch.setattr(loop, "global_batch", poisoned)
+  c = run_config(shards, str(tmp_path))
+  c.mesh.update(data=4, fsdp=1, tensor=2)  # this process has 8 (host) devices
+  with pytest.raises(loop.NonFiniteLoss, match=r"step 3: loss is nan.*data-iterator state.*"
+                                              r"last good checkpoint is step 2"):
+    loop.train(c)
+  steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+  assert max(steps) == 2
+
+
+def _launch(config_overrides: list[str]) -> subprocess.Popen:
+  cmd = [sys.executable, str(ROOT / "tests" / "train_entry.py"), *config_overrides]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def _wait_for_step(workdir: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    if any(r["step"] >= step for r in read_metrics(str(workdir))):
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f"training exited early:\n{proc.stdout.read()}")
+    time.sleep(0.2)
+  raise AssertionError("timed out waiting for training")
+
+
+def test_kill_and_resume_continues_the_uninterrupted_run(shards, tmp_path):
+  args = lambda w: [f"--shards={shards}", f"--workdir={w}"]
+  full = tmp_path / "full"
+  assert _launch(args(full)).wait() == 0
+  killed = tmp_path / "killed"
+  proc = _launch(args(killed))
+  _wait_for_step(killed, 5, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert _launch(args(killed)).wait() == 0
+  ref = {r["step"]: r["loss"] for r in read_metrics(str(full))}
+  rows = read_metrics(str(killed))
+  resumed_from = [r["step"] for r in rows]
+  restart = next(i for i in range(1, len(rows)) if rows[i]["step"] <= rows[i - 1]["step"])
+  after = rows[restart:]
+  assert after[0]["step"] <= 6 and after[-1]["step"] == 8, resumed_from
+  assert [r["loss"] for r in after] == [ref[r["step"]] for r in after]
+
+
+def test_sigterm_saves_and_exits(shards, tmp_path):
+  proc = _launch([f"--shards={shards}", f"--workdir={tmp_path}", "--steps=200", "--ckpt_every=1000"])
+  _wait_for_step(tmp_path, 3, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  assert "(signal)" in out
+  saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+  last = max(r["step"] for r in read_metrics(str(tmp_path)))
+  assert saved == [last] and 3 <= last < 200
