@@ -195,6 +195,11 @@ def prepare(test: str, ref: str, res: Resources
   """Normalised words and the alignment search problem of one segment."""
   words1 = tokens_of(normalize(test))
   words2 = tokens_of(normalize(ref))
+  return words1, words2, problem_of(words1, words2, res)
+
+
+def problem_of(words1: list[str], words2: list[str], res: Resources) -> Problem:
+  """The alignment search problem of normalised hypothesis and reference words."""
   matches, cov1, cov2, _ = candidate_matches(words1, words2, res)
   n1, n2 = len(words1), len(words2)
   fixed: list[Match | None] = [None] * n2
@@ -208,7 +213,7 @@ def prepare(test: str, ref: str, res: Resources
         fixed[j] = m
         used2 |= ((1 << length) - 1) << j0
         used1 |= ((1 << mlength) - 1) << i0
-  return words1, words2, Problem(n1, n2, matches, fixed, used1, used2)
+  return Problem(n1, n2, matches, fixed, used1, used2)
 
 
 def search(problem: Problem, native: bool = True) -> list[Match | None]:
@@ -309,9 +314,20 @@ def _init_worker(vocab: set[str]) -> None:
   _WORKER["res"] = Resources(vocab)
 
 
-def _stats_batch(pairs: Sequence[tuple[str, str]], res: Resources) -> list[Stats]:
-  """Statistics of (reference, hypothesis) pairs."""
-  return [segment_stats(h, r, res) for r, h in pairs]
+def _stats_batch(pairs: Sequence[tuple[str, str]], res: Resources,
+                 words: dict[str, list[str]] | None = None) -> list[Stats]:
+  """Statistics of (reference, hypothesis) pairs, each distinct text normalised once."""
+  words = {} if words is None else words
+  out = []
+  for r, h in pairs:
+    w1 = words.get(h)
+    if w1 is None:
+      w1 = words[h] = tokens_of(normalize(h))
+    w2 = words.get(r)
+    if w2 is None:
+      w2 = words[r] = tokens_of(normalize(r))
+    out.append(finish(w1, w2, search(problem_of(w1, w2, res)), res))
+  return out
 
 
 def _worker_stats(pairs: list[tuple[str, str]]) -> list[Stats]:
@@ -339,9 +355,10 @@ def segment_stats_many(refs: Sequence[str], hyps: Sequence[str], res: Resources 
     for k, chunk in enumerate(chunks):
       by_pair.update(zip(chunk, done[k]))
   else:
+    words = {t: tokens_of(normalize(t)) for pair in unique for t in pair}
     if res is None:
-      res = Resources(vocabulary([t for pair in unique for t in pair]))
-    by_pair = dict(zip(unique, _stats_batch(unique, res)))
+      res = Resources({w for ws in words.values() for w in ws})
+    by_pair = dict(zip(unique, _stats_batch(unique, res, words)))
   return [by_pair[pair] for pair in zip(refs, hyps)]
 
 

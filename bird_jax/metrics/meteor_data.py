@@ -189,10 +189,9 @@ def paraphrases_for(vocabulary: Iterable[str]) -> ParaphraseTable:
       known[i] = True
 
   def all_known(ids: np.ndarray, off: np.ndarray) -> np.ndarray:
-    bad = (~known[ids]).astype(np.int64)
-    counts = np.add.reduceat(np.append(bad, 0), off[:-1]) if len(ids) else np.zeros(len(off) - 1)
-    empty = off[1:] == off[:-1]
-    return np.where(empty, True, counts == 0)
+    csum = np.zeros(len(ids) + 1, np.int32)
+    np.cumsum(known[ids], dtype=np.int32, out=csum[1:])
+    return csum[off[1:]] - csum[off[:-1]] == np.diff(off)
 
   keep = np.nonzero(all_known(a["ref_ids"], a["ref_off"]) &
                     all_known(a["para_ids"], a["para_off"]))[0]

@@ -26,7 +26,6 @@ class Resources:
     self.function_words = meteor_data.function_words()
     self._hash: dict[str, int] = {}
     self._synsets: dict[str, frozenset[int]] = {}
-    self.syn_pair: dict[tuple[str, str], bool] = {}
     self.trie: dict = {}
     self.paras: list[tuple[str, ...]] = []
     if vocabulary is not None:
@@ -128,23 +127,21 @@ def candidate_matches(words1: list[str], words2: list[str], res: Resources
   pos1: dict[str, list[int]] = {}
   for i, w in enumerate(words1):
     pos1.setdefault(w, []).append(i)
-  syn_pair = res.syn_pair
-  for j, w2 in enumerate(words2):
-    if not res.synsets(w2):
-      continue
-    hits = []
-    for w1, where in pos1.items():
-      key = (w1, w2)
-      hit = syn_pair.get(key)
-      if hit is None:
-        hit = syn_pair[key] = not res.synsets(w1).isdisjoint(res.synsets(w2))
-      if hit:
-        hits.extend(where)
-    for i in sorted(hits):
-      if h1[i] != h2[j]:
-        matches[j].append((j, 1, i, 1, 2))
-        cov1[i] += 1
-        cov2[j] += 1
+  with_syn = [(res.synsets(w), where) for w, where in pos1.items() if res.synsets(w)]
+  if with_syn:
+    for j, w2 in enumerate(words2):
+      y2 = res.synsets(w2)
+      if not y2:
+        continue
+      hits = []
+      for y1, where in with_syn:
+        if not y1.isdisjoint(y2):
+          hits.extend(where)
+      for i in sorted(hits):
+        if h1[i] != h2[j]:
+          matches[j].append((j, 1, i, 1, 2))
+          cov1[i] += 1
+          cov2[j] += 1
   if res.trie:
     pos2: dict[str, list[int]] = {}
     for j, w in enumerate(words2):
