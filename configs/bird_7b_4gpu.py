@@ -1,0 +1,18 @@
+"""BiRD's recipe on the paper's hardware, 4 x A100 40 GB: FSDP over 4 devices, micro-batch of
+one 2048-token row per device, 32 accumulation steps (4 x 32 = 128 sequences per step).
+
+    .venv/bin/python train.py --config configs/bird_7b_4gpu.py --config.init.hf=... \\
+        --config.data.shards=...
+"""
+
+from configs import bird_7b
+
+
+def get_config():
+  c = bird_7b.get_config()
+  c.data.batch_size = 4
+  c.data.worker_count = 4
+  c.optim.grad_accum = 32
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 4, 1
+  c.train.workdir = "runs/bird_7b_4gpu"
+  return c
