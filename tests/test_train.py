@@ -180,3 +180,37 @@ def test_sigterm_saves_and_exits(shards, tmp_path):
   saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
   last = max(r["step"] for r in read_metrics(str(tmp_path)))
   assert saved == [last] and 3 <= last < 200
+
+
+def test_init_from_an_hf_folder(tiny_cfg, hf_weights, tiny_model, tmp_path):
+  """init.hf: the HF tensors, converted on the fly and placed on a sharded mesh, are exactly
+  the parameters of the model built from the same weights."""
+  from bird_jax.checkpoint.hf import flatten
+  from bird_jax.checkpoint.safetensors_io import save_tensors
+  from flax import nnx
+
+  save_tensors(tmp_path, hf_weights, shard_size="200KB")
+  (tmp_path / "config.json").write_text(json.dumps(tiny_cfg.to_hf_config()))
+  mesh = sharding.make_mesh(4, 2, 1)
+  tx, _ = O.make_optimizer(O.OptimConfig(), 10)
+  with jax.set_mesh(mesh):
+    layout = S.make_layout(tiny_cfg, O.BIRD_FREEZE, tx, mesh)
+    params, frozen = S.loaded_params(layout, S.hf_param_source(str(tmp_path), tiny_cfg))
+  got = {**flatten(jax.device_get(params)), **flatten(jax.device_get(frozen))}
+  want = flatten(nnx.state(tiny_model))
+  assert got.keys() == want.keys()
+  assert all(np.array_equal(got[k], np.asarray(want[k])) for k in want)
+  wte = params["llm"]["wte"]
+  assert wte.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+  assert wte.addressable_shards[0].data.shape == (512, 128)  # hidden 256 over fsdp 2
+
+
+def test_init_from_hf_rejects_another_architecture(tiny_cfg, hf_weights, tmp_path):
+  from bird_jax.checkpoint.safetensors_io import save_tensors
+  import dataclasses
+
+  save_tensors(tmp_path, hf_weights)
+  (tmp_path / "config.json").write_text(json.dumps(tiny_cfg.to_hf_config()))
+  other = tiny_cfg.replace(llm=dataclasses.replace(tiny_cfg.llm, layers=3))
+  with pytest.raises(ValueError, match="another architecture"):
+    S.hf_param_source(str(tmp_path), other)
