@@ -10,7 +10,6 @@ import shutil
 import numpy as np
 import pytest
 
-pytest.importorskip("pycocoevalcap")
 if shutil.which("java") is None:
   pytest.fail("the parity tests need a Java runtime (Java 17 is part of the test setup)")
 
