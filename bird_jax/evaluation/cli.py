@@ -1,0 +1,133 @@
+"""`eval.py`: model mode (generate on the test files, then score) and audit mode (score files).
+
+    eval.py --config configs/eval_bird.py --ckpt runs/bird7b --data data/medgrit_test
+    eval.py --predictions VG.jsonl --task vg [--config.images=SAMed2Dv1/images]
+
+Both write to `--out` (default `config.out`): predictions/<task>.jsonl (model mode),
+report.md, report.json, plots/<task>.png and gallery/index.html, and print the Markdown table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import ml_collections
+
+from bird_jax.evaluation.predictions import Prediction, read_predictions, write_predictions
+from bird_jax.evaluation.scoring import ScoringOptions, TaskScores, score_task
+from bird_jax.evaluation.testsets import TASKS, ImageFinder, find_test_files, read_test_file
+from bird_jax.metrics.report import load_paper_table, markdown, write_report
+
+
+@dataclasses.dataclass
+class EvalResult:
+  scores: dict[str, TaskScores]
+  paths: dict[str, str]
+  markdown: str
+
+
+def _list(value: str) -> list[str]:
+  return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def scoring_options(c: ml_collections.ConfigDict) -> ScoringOptions:
+  return ScoringOptions(meteor=c.meteor, spice=c.spice, workers=c.workers)
+
+
+def image_finder(c: ml_collections.ConfigDict, data: str | None) -> ImageFinder | None:
+  roots = _list(c.images)
+  if data:
+    roots += [data, os.path.join(data, "images")]
+  return ImageFinder(roots) if roots else None
+
+
+def finish(c: ml_collections.ConfigDict, out: str,
+           results: dict[str, tuple[list[Prediction], TaskScores]],
+           find_image: ImageFinder | None, title: str) -> EvalResult:
+  """Report, plots and gallery for scored tasks."""
+  from bird_jax.evaluation.gallery import write_gallery
+
+  scores = {t: s for t, (_, s) in results.items()}
+  paths = write_report(scores, out, paper_table=load_paper_table(c.paper_table), title=title)
+  if c.gallery > 0:
+    paths["gallery"] = write_gallery(os.path.join(out, "gallery"), results, find_image,
+                                     per_task=c.gallery)
+  return EvalResult(scores, paths, markdown(scores, title))
+
+
+def audit(c: ml_collections.ConfigDict, predictions: str, task: str, out: str) -> EvalResult:
+  """Scores existing prediction files (comma-separated, paired with comma-separated tasks)."""
+  files, tasks = _list(predictions), _list(task)
+  if len(files) != len(tasks):
+    raise ValueError(f"--predictions names {len(files)} file(s) but --task {len(tasks)} task(s); "
+                     "give one task per file")
+  results = {}
+  for path, t in zip(files, tasks):
+    if t not in TASKS:
+      raise ValueError(f"--task {t!r}: tasks are {TASKS}")
+    pf = read_predictions(path)
+    s = score_task(t, pf.predictions, scoring_options(c))
+    s.notes += [f"{path}: {n} line(s) with {problem}" for problem, n in pf.repaired.items()]
+    results[t] = (pf.predictions, s)
+  return finish(c, out, results, image_finder(c, None), f"Audit of {', '.join(files)}")
+
+
+def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> EvalResult:
+  """Generates predictions for the test files of `data` with the checkpoint, then scores them."""
+  import jax
+
+  from bird_jax.config import get_preset
+  from bird_jax.evaluation.runner import RunOptions, load_model, make_generator, predict
+  from bird_jax.sharding import initialize_distributed, make_mesh
+  from bird_jax.tokenizer import load_tokenizer
+
+  tasks = _list(c.tasks)
+  files = find_test_files(data, tasks)
+  samples = {t: read_test_file(f) for t, f in files.items()}
+  if c.limit > 0:
+    samples = {t: s[:c.limit] for t, s in samples.items()}
+  initialize_distributed()
+  mesh = make_mesh(**c.mesh.to_dict())
+  override = get_preset(c.model_preset) if c.model_preset else None
+  with jax.set_mesh(mesh):
+    cfg, model = load_model(ckpt, mesh, step=None if c.step < 0 else c.step, cfg=override,
+                            dtype=c.dtype or None)
+  tok = load_tokenizer(cfg)
+  opts = RunOptions(batch_size=c.batch_size, max_new_tokens=dict(c.max_new_tokens.to_dict()),
+                    min_new_tokens=c.min_new_tokens, temperature=c.temperature, top_p=c.top_p,
+                    seed=c.seed, buckets=tuple(int(b) for b in _list(c.buckets)))
+  gen = make_generator(model, cfg, tok, opts, mesh)
+  find_image = image_finder(c, data)
+  results = {}
+  for t in tasks:
+    preds = predict(t, samples[t], gen, tok, cfg, find_image, opts)
+    if jax.process_index() == 0:
+      write_predictions(os.path.join(out, "predictions", f"{t}.jsonl"), preds)
+    results[t] = (preds, score_task(t, preds, scoring_options(c)))
+  return finish(c, out, results, find_image, f"Evaluation of {ckpt} on {data}")
+
+
+def run(c: ml_collections.ConfigDict, *, ckpt: str = "", data: str = "", predictions: str = "",
+        task: str = "", out: str = "") -> EvalResult:
+  out = out or c.out
+  if predictions:
+    if ckpt or data:
+      raise ValueError("give either --predictions/--task (audit mode) or --ckpt/--data "
+                       "(model mode), not both")
+    if not task:
+      raise ValueError("audit mode needs --task (vg, roc, rc or mia) for --predictions")
+    return audit(c, predictions, task, out)
+  if not ckpt or not data:
+    raise ValueError("model mode needs --ckpt (an Orbax checkpoint folder) and --data (the "
+                     "folder of per-task test files); audit mode needs --predictions and --task")
+  return model_eval(c, ckpt, data, out)
+
+
+def main(config: ml_collections.ConfigDict, flags: Any) -> int:
+  result = run(config, ckpt=flags.ckpt, data=flags.data, predictions=flags.predictions,
+               task=flags.task, out=flags.out)
+  print(result.markdown)
+  print("written: " + ", ".join(f"{k}={v}" for k, v in result.paths.items()))
+  return 0
