@@ -193,8 +193,7 @@ def save(manager: ocp.CheckpointManager, step: int, *, params: Mapping[str, Any]
   if hf_source is not None:
     args[HF_SOURCE] = ocp.args.JsonSave(dict(hf_source))
   args.update(extra or {})
-  saved = manager.save(step, args=ocp.args.Composite(**args), force=force)
-  return saved
+  return manager.save(step, args=ocp.args.Composite(**args), force=force)
 
 
 # ---- restore ---------------------------------------------------------------------------------
