@@ -239,10 +239,20 @@ class Generator:
     return int(np.prod([self.mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
 
   def _put(self, x: np.ndarray) -> Array:
+    """Host batch -> device array split over the batch axes (every process holds the whole
+    batch; each device takes its rows, so this also works across hosts)."""
     if self.mesh is None:
       return jnp.asarray(x)
-    spec = P(self.batch_spec[0], *([None] * (x.ndim - 1)))
-    return jax.device_put(x, NamedSharding(self.mesh, spec))
+    sharding = NamedSharding(self.mesh, P(self.batch_spec[0], *([None] * (x.ndim - 1))))
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+  @staticmethod
+  def _fetch(x: Array) -> np.ndarray:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
 
   def generate(self, prompts: Sequence[Sequence[int]], pixels: np.ndarray | None = None, *,
                seed: int = 0, cfg: GenerationConfig | None = None) -> list[np.ndarray]:
@@ -278,5 +288,5 @@ class Generator:
       static, dyn = _split_config(cfg)
       out, count = self._run(self.state, self._put(tokens), self._put(lengths[order]), pixels,
                              jax.random.key(seed), dyn, static=static)
-    out, count = np.asarray(out), np.asarray(count)
+    out, count = self._fetch(out), self._fetch(count)
     return [out[i, :count[i]] for i in range(n)]

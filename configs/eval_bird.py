@@ -13,7 +13,8 @@ def get_config():
   c.out = "runs/eval"  # report.md/json, plots/, gallery/, predictions/ (model mode)
   c.tasks = "vg,roc,rc,mia"  # model mode: which test files to run
   c.limit = 0  # samples per task (0 = all)
-  c.images = ""  # image folders, comma-separated (model mode also looks in --data, --data/images)
+  c.images = ""  # image folders, comma-separated (model mode also looks in --data,
+  #                --data/images and --data/../images: datagen's OUT/medgrit + OUT/images)
   # generation
   c.batch_size = 8
   c.max_new_tokens = ml_collections.ConfigDict({"vg": 80, "roc": 80, "rc": 80, "mia": 100})

@@ -38,8 +38,8 @@ def scoring_options(c: ml_collections.ConfigDict) -> ScoringOptions:
 
 def image_finder(c: ml_collections.ConfigDict, data: str | None) -> ImageFinder | None:
   roots = _list(c.images)
-  if data:
-    roots += [data, os.path.join(data, "images")]
+  if data:  # datagen writes OUT/medgrit/test_*.json beside OUT/images/
+    roots += [data, os.path.join(data, "images"), os.path.join(data, os.pardir, "images")]
   return ImageFinder(roots) if roots else None
 
 
@@ -106,7 +106,11 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
     if jax.process_index() == 0:
       write_predictions(os.path.join(out, "predictions", f"{t}.jsonl"), preds)
     results[t] = (preds, score_task(t, preds, scoring_options(c)))
-  return finish(c, out, results, find_image, f"Evaluation of {ckpt} on {data}")
+  title = f"Evaluation of {ckpt} on {data}"
+  if jax.process_index() != 0:  # one process writes the report
+    scores = {t: s for t, (_, s) in results.items()}
+    return EvalResult(scores, {}, markdown(scores, title))
+  return finish(c, out, results, find_image, title)
 
 
 def run(c: ml_collections.ConfigDict, *, ckpt: str = "", data: str = "", predictions: str = "",
