@@ -27,7 +27,7 @@ def main(argv) -> int:
   del argv
   from absl import logging
 
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only checkpoint folders
   from bird_jax.evaluation.cli import main as run
 
   try:
