@@ -111,7 +111,8 @@ def _split_config(cfg: GenerationConfig) -> tuple[_Static, dict[str, Array]]:
   stop[:len(cfg.stop_ids)] = cfg.stop_ids
   dyn = dict(stop=stop, min_new=np.int32(cfg.min_new_tokens), pad=np.int32(cfg.pad_id),
              temperature=np.float32(cfg.temperature or 1.0), top_p=np.float32(cfg.top_p))
-  return _Static(cfg.max_new_tokens, cfg.temperature > 0, cfg.temperature > 0 and cfg.top_p < 1), dyn
+  sample = cfg.temperature > 0
+  return _Static(cfg.max_new_tokens, sample, sample and cfg.top_p < 1), dyn
 
 
 def select_tokens(logits: Array, step: Array, key: Array, static: _Static,

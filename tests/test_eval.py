@@ -195,7 +195,8 @@ def direct_rc_spice(preds):
 
 
 def test_constant_answers_by_hand():
-  assert constant_answer("vg", [B(0, 0, 100, 100), "none", B(100, 100, 300, 300)]) == B(50, 50, 200, 200)
+  vg = constant_answer("vg", [B(0, 0, 100, 100), "none", B(100, 100, 300, 300)])
+  assert vg == B(50, 50, 200, 200)
   assert constant_answer("roc", ["Liver", "kidney", "liver "]) == "liver"
 
 
@@ -297,7 +298,8 @@ def test_model_mode_writes_bird_predictions(model_run, tiny_cfg):
       assert 1 <= len(ids) <= 6 and (len(ids) == 6 or r["response"].endswith("<|endoftext|>"))
   assert set(result.scores) == {"vg", "roc", "rc", "mia"}
   vg = result.scores["vg"]
-  assert (vg.counts["ct"], vg.counts["mr"], vg.counts["x"], vg.unknown) == (1, 1, 1, 0)  # x_ray -> x
+  # x_ray_... is modality x
+  assert (vg.counts["ct"], vg.counts["mr"], vg.counts["x"], vg.unknown) == (1, 1, 1, 0)
   # the constant baseline answers the mean reference box: every sample's own box here
   assert vg.baseline["answer"] == B(100, 120, 400, 500)
   assert vg.baseline["bird_mean"] == pytest.approx(3 / 8, abs=1e-6)

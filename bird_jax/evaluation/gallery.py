@@ -134,7 +134,8 @@ def write_gallery(out_dir: str | os.PathLike,
           + f"<div class='k'>question</div><pre>{e(_question_text(p.question))}</pre>"
           f"<div class='k'>reference</div><pre>{e(p.annotation)}</pre>"
           f"<div class='k'>response (raw)</div><pre>{e(p.response)}</pre>"
-          f"<div class='k'>response (post-processed, scored)</div><pre>{e(scores.processed[i])}</pre>"
+          "<div class='k'>response (post-processed, scored)</div>"
+          f"<pre>{e(scores.processed[i])}</pre>"
           + (f"<div class='{cls}'>{e(verdict)}</div>" if verdict else "") + "</div>")
   parts.append("</body></html>")
   index = out / "index.html"
