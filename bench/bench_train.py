@@ -55,7 +55,7 @@ def setup(cfg, freeze, rows, length):
     layout = S.make_layout(cfg, freeze, tx, mesh)
     params, frozen = S.random_params(cfg, freeze, layout, seed=0)
     state = S.initial_state(params, tx, layout)
-    step = T.jit_step(T.make_train_step(layout.graphdef, tx, lr, T.StepConfig()),
+    step = T.jit_step(T.make_train_step(layout.graphdef, tx, lr, T.StepConfig(), cfg.dtype),
                       layout.state_shardings, layout.frozen_shardings, mesh)
   return mesh, state, frozen, step, batch(cfg, rows, length)
 

@@ -24,14 +24,19 @@ LOGICAL_RULES: dict[str, Any] = {
     "act_embed": None,
     "act_heads": "tensor",
     "act_mlp": "tensor",
-    "act_vocab": "tensor",
+    # the logits: vocabulary split over every model-parallel device, rows over data only, so
+    # neither the lm_head nor the full-vocabulary logits are ever gathered on one device
+    "act_vocab": ("tensor", "fsdp"),
+    "act_batch_data": "data",
     # parameters
     "embed": "fsdp",
     "mlp": "tensor",
     "heads": "tensor",
     "kv": None,
     "qkv": None,
-    "vocab": "tensor",
+    # wte / lm_head: split along the vocabulary over every model-parallel device (their
+    # hidden dimension is never split), so lookups and logits need no gathered table
+    "vocab": ("tensor", "fsdp"),
     "layers": None,
     "norm": None,
     "patch": None,

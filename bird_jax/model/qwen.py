@@ -84,20 +84,21 @@ class QwenAttention(nnx.Module):
 
   def __call__(self, x: Array, cos: Array, sin: Array, logn: Array | None, mask: Array | None,
                kv: tuple[Array, Array] | None = None, index: Array | None = None):
-    """kv: this layer's cache (k, v) [B, S, heads, head_dim]; the new keys/values are written
-    at `index` and attention runs over the whole cache (under `mask`)."""
+    """kv: this layer's cache (k, v) [B, S, heads, head_dim]; attention then runs over the
+    cache with the new keys/values written at `index` (under `mask`). Returns the output and
+    the new keys/values (post-RoPE), which the caller writes into the cache once."""
     qkv = self.c_attn(x)  # [B, L, 3, heads, head_dim], blocked q|k|v
     q, k, v = apply_rope(qkv[:, :, 0], cos, sin), apply_rope(qkv[:, :, 1], cos, sin), qkv[:, :, 2]
     if logn is not None:
       q = q * logn[:, :, None, None].astype(q.dtype)
+    new = (k, v)
     if kv is not None:
       at = (0, index, 0, 0)
       k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), at)
       v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), at)
-      kv = (k, v)
     out = L.attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, is_causal=mask is None,
                       implementation=self.impl)
-    return self.c_proj(out), kv
+    return self.c_proj(out), new
 
 
 class QwenMLP(nnx.Module):
@@ -133,18 +134,16 @@ class QwenLM(nnx.Module):
     c = cfg.llm
     kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
     self.wte = L.param(rngs.params(), L.normal(0.02), (c.vocab_size, c.hidden),
-                       ("vocab", "embed"), kw["param_dtype"])
+                       ("vocab", None), kw["param_dtype"])
     self.h = L.stack(lambda r: QwenBlock(c, attention_impl=cfg.attention_impl, **{**kw, "rngs": r}),
                      c.layers, rngs)
     self.ln_f = L.RMSNorm(c.hidden, c.rms_eps, **kw)
     self.lm_head = L.param(rngs.params(), L.normal(0.02), (c.hidden, c.vocab_size),
-                           ("embed", "vocab"), kw["param_dtype"])
+                           (None, "vocab"), kw["param_dtype"])
     self.cfg, self.dtype, self.remat = c, kw["dtype"], cfg.remat
 
   def embed(self, tokens: Array) -> Array:
-    # vocab-parallel lookup: the table stays split over the vocabulary, gathered over fsdp
-    table = constrain(self.wte[...], ("vocab", None))
-    h = jnp.take(table, tokens, axis=0).astype(self.dtype)
+    h = jnp.take(self.wte[...], tokens, axis=0).astype(self.dtype)  # vocab-parallel table
     return constrain(h, ("batch", "length", "act_embed"))
 
   def decode(self, h: Array, *, positions: Array | None = None,
@@ -185,13 +184,17 @@ class QwenLM(nnx.Module):
       return self.ln_f(h)
     h, (k, v) = L.scan(self.h, h, lambda block, x, kv: block(x, cos, sin, logn, mask, kv, cache.index),
                        self.remat, xs=(cache.k, cache.v))
+    # the loop returns only the new keys/values: one in-place write per step, no cache copies
+    at = (0, 0, cache.index, 0, 0)
+    k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), at)
+    v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), at)
     return self.ln_f(h), KVCache(k, v, cache.index + n, valid)
 
   def logits(self, h: Array) -> Array:
     """fp32 logits [B, L, vocab]."""
     out = jnp.einsum("bld,dv->blv", h, self.lm_head[...].astype(self.dtype),
                      preferred_element_type=jnp.float32)
-    return constrain(out, ("batch", "length", "act_vocab"))
+    return constrain(out, ("act_batch_data", "length", "act_vocab"))
 
   def __call__(self, tokens: Array, **kw) -> Array:
     return self.logits(self.decode(self.embed(tokens), **kw))

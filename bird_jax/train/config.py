@@ -40,7 +40,6 @@ def default_config() -> ml_collections.ConfigDict:
                                       for k, v in _fields(DataConfig).items()})
   c.data.shards = ""
   c.optim = ml_collections.ConfigDict(_fields(OptimConfig))
-  c.optim.mu_dtype = ""
   c.optim.grad_accum = 1  # micro-batches (of data.batch_size rows) per optimizer step
   c.freeze = list(BIRD_FREEZE)  # regexes of parameter paths that are not trained
   c.step = ml_collections.ConfigDict(_fields(StepConfig))
@@ -67,14 +66,13 @@ def model_config(c: ml_collections.ConfigDict) -> QwenVLConfig:
   return base.replace(**over, **sub).validate()
 
 
-def data_config(c: ml_collections.ConfigDict) -> DataConfig:
-  return DataConfig(**c.data.to_dict()).validate()
+def data_config(c: ml_collections.ConfigDict, validate: bool = True) -> DataConfig:
+  d = DataConfig(**c.data.to_dict())
+  return d.validate() if validate else d
 
 
 def optim_config(c: ml_collections.ConfigDict) -> OptimConfig:
-  d = {k: v for k, v in c.optim.to_dict().items() if k != "grad_accum"}
-  d["mu_dtype"] = d["mu_dtype"] or None
-  return OptimConfig(**d)
+  return OptimConfig(**{k: v for k, v in c.optim.to_dict().items() if k != "grad_accum"})
 
 
 def step_config(c: ml_collections.ConfigDict) -> StepConfig:

@@ -116,7 +116,7 @@ def train(c: ml_collections.ConfigDict) -> TrainResult:
     it = iter(dataset)
     if data_state is not None:
       it.set_state(data_state)
-    step_fn = jit_step(make_train_step(layout.graphdef, tx, lr, C.step_config(c)),
+    step_fn = jit_step(make_train_step(layout.graphdef, tx, lr, C.step_config(c), model_cfg.dtype),
                        layout.state_shardings, layout.frozen_shardings, mesh)
     logger = MetricLogger(workdir, total_steps=steps, start_step=start,
                           tensorboard=c.train.tensorboard)

@@ -9,6 +9,7 @@ optimizer update on the token-weighted mean loss over all A x B rows.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable
 
 import jax
@@ -39,19 +40,39 @@ def loss_fn(graphdef: nnx.GraphDef, params: Any, frozen: Any, batch: dict[str, j
   return stats["nll"] / total_tokens, stats
 
 
+# Parameters of scanned layer stacks: each is used by exactly one matmul (or elementwise op)
+# per layer and micro-batch, always cast to the compute dtype first.
+LAYER_STACKS = re.compile(r"^(llm\.h|visual\.blocks)\.")
+
+
+def compute_copy(params: Any, dtype: Any) -> Any:
+  """Layer-stack parameters cast to the compute dtype, others untouched.
+
+  Differentiating with respect to this copy gives the same gradients as with respect to the fp32
+  masters (the cast's cotangent is already in the compute dtype), while the backward pass then
+  produces layer gradients in the compute dtype and XLA keeps one low-precision copy of the
+  weights instead of one per loop (forward, recomputation).
+  """
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: x.astype(dtype) if LAYER_STACKS.search(dotted(p)) else x, params)
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    lr: optax.Schedule, c: StepConfig) -> Callable:
+                    lr: optax.Schedule, c: StepConfig, compute_dtype: Any = jnp.float32
+                    ) -> Callable:
   """train_step(state, frozen, batch) -> (state, metrics); not yet jitted (see `jit_step`)."""
 
   def train_step(state: dict[str, Any], frozen: Any, batch: dict[str, jax.Array]):
     batch = {k: batch[k] for k in BATCH_KEYS}
     total = jnp.maximum((batch["labels"][..., 1:] != -100).sum(), 1).astype(jnp.float32)
     grad_fn = jax.grad(loss_fn, argnums=1, has_aux=True)
+    params = compute_copy(state["params"], compute_dtype)
 
     def micro(carry, mb):
       grads, stats = carry
-      g, s = grad_fn(graphdef, state["params"], frozen, mb, total, c.loss_chunk)
-      return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, stats, s)), None
+      g, s = grad_fn(graphdef, params, frozen, mb, total, c.loss_chunk)
+      add = lambda acc, x: acc + x.astype(acc.dtype)
+      return (jax.tree.map(add, grads, g), jax.tree.map(jnp.add, stats, s)), None
 
     zeros = jax.tree.map(jnp.zeros_like, state["params"])
     zero_stats = {k: jnp.zeros((), jnp.float32) for k in ("nll", "correct", "count")}

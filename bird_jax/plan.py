@@ -1,0 +1,204 @@
+"""Plan a training run without the hardware: compile the full-size train step ahead of time.
+
+    .venv/bin/python -m bird_jax.plan --config configs/bird_7b.py --mesh fsdp=4 \\
+        [--per-device-batch 1] [--peak-tflops 312] [--mfu 0.4]
+
+The train step of the config is lowered and compiled on abstract inputs over a simulated mesh
+of host (CPU) devices; nothing is allocated. Printed per device: memory (arguments, outputs,
+temporaries; donated state aliased), compiled FLOPs; and the analytic FLOPs per step with the
+step time they imply at the given peak and MFU.
+
+Caveats:
+- XLA's cost analysis counts a scanned layer once, so compiled FLOPs are also reported for a
+  depth-1 variant and compared with the analytic count of that variant.
+- The CPU backend has no bf16 matmul: it widens bf16 operands to fp32, and its loop-invariant
+  code motion then hoists those widenings of whole stacked weights out of the layer loops
+  (an fp32 copy of every layer's weights, which a GPU never makes). The planner therefore
+  compiles with that pass disabled (`--cpu-licm` keeps it, for the raw CPU figure). The CPU
+  backend also materialises the attention scores (a GPU's fused attention does not) and keeps
+  the saved layer inputs in fp32; what remains is a conservative estimate for a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import math
+import os
+import sys
+import time
+from typing import Any
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+  out = {"data": 1, "fsdp": 1, "tensor": 1}
+  for part in filter(None, text.split(",")):
+    key, _, value = part.partition("=")
+    if key not in out:
+      raise ValueError(f"--mesh: unknown axis {key!r} (axes: data, fsdp, tensor)")
+    out[key] = int(value)
+  return out
+
+
+def load_config(path: str):
+  spec = importlib.util.spec_from_file_location("plan_config", path)
+  if spec is None or spec.loader is None:
+    raise FileNotFoundError(f"{path}: not a Python config file")
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@dataclasses.dataclass
+class Plan:
+  devices: int
+  rows: int  # global rows per micro-step
+  argument_gib: float
+  output_gib: float
+  alias_gib: float
+  temp_gib: float
+  compile_s: float
+  compiled_flops: float  # per device, scanned layers counted once
+  depth1_ratio: float  # compiled / analytic FLOPs of the depth-1 variant
+  analytic_flops: float  # whole step, all devices
+
+  @property
+  def total_gib(self) -> float:
+    """Live memory per device: arguments + temporaries + outputs not aliased to arguments."""
+    return self.argument_gib + self.temp_gib + self.output_gib - self.alias_gib
+
+
+def compile_step(c, model_cfg, mesh, accum: int):
+  """(compiled executable, analytic StepFlops) of the config's train step on `mesh`."""
+  import jax
+  import jax.numpy as jnp
+
+  from bird_jax.train import config as C
+  from bird_jax.train.flops import step_flops
+  from bird_jax.train.optimizer import make_optimizer
+  from bird_jax.train.state import make_layout
+  from bird_jax.train.step import BATCH_KEYS, batch_sharding, jit_step, make_train_step
+
+  d = C.data_config(c, validate=False)  # shapes only: no data needed
+  tx, lr = make_optimizer(C.optim_config(c), int(c.train.steps))
+  with jax.set_mesh(mesh):
+    layout = make_layout(model_cfg, list(c.freeze), tx, mesh, c.train.replication_tolerance)
+    step = jit_step(make_train_step(layout.graphdef, tx, lr, C.step_config(c), model_cfg.dtype),
+                    layout.state_shardings, layout.frozen_shardings, mesh)
+    s = model_cfg.vision.image_size
+    shapes = {"tokens": (accum, d.batch_size, d.max_len),
+              "images": (accum, d.batch_size, d.max_images_per_row, s, s, 3)}
+    shard = batch_sharding(mesh)
+    batch = {k: jax.ShapeDtypeStruct(shapes.get(k, shapes["tokens"]),
+                                     jnp.uint8 if k == "images" else jnp.int32,
+                                     sharding=shard(len(shapes.get(k, shapes["tokens"]))))
+             for k in BATCH_KEYS}
+    attach = lambda tree, sh: jax.tree.map(
+        lambda x, s_: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s_), tree, sh)
+    state = attach(layout.abstract_state, layout.state_shardings)
+    frozen = attach(layout.abstract_frozen, layout.frozen_shardings)
+    compiled = step.lower(state, frozen, batch).compile()
+  flops = step_flops(model_cfg, rows=d.batch_size * accum, length=d.max_len,
+                     images=d.batch_size * accum * d.max_images_per_row,
+                     vit_trained=not any("visual" in f for f in c.freeze))
+  return compiled, flops
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", float("nan")))
+
+
+def plan(c, mesh_axes: dict[str, int], per_device_batch: int | None = None) -> Plan:
+  import jax
+
+  from bird_jax import sharding
+  from bird_jax.train import config as C
+
+  n = math.prod(mesh_axes.values())
+  mesh = sharding.make_mesh(**mesh_axes, devices=jax.devices()[:n])
+  if per_device_batch is not None:
+    c.data.batch_size = per_device_batch * mesh_axes["data"] * mesh_axes["fsdp"]
+  accum = int(c.optim.grad_accum)
+  model_cfg = C.model_config(c)
+  t0 = time.perf_counter()
+  compiled, flops = compile_step(c, model_cfg, mesh, accum)
+  compile_s = time.perf_counter() - t0
+  m = compiled.memory_analysis()
+  gib = lambda b: b / 2**30
+  # depth 1: the scanned layer runs once, so XLA's count is the whole step's
+  shallow = dataclasses.replace
+  d1 = model_cfg.replace(llm=shallow(model_cfg.llm, layers=1),
+                         vision=shallow(model_cfg.vision, layers=1))
+  c1 = c.copy_and_resolve_references()
+  c1.optim.grad_accum = 1
+  c1.step.loss_chunk = 0  # a chunked loss is a scan too
+  compiled1, flops1 = compile_step(c1, d1, mesh, 1)
+  ratio = _flops(compiled1) * n / flops1.total
+  return Plan(devices=n, rows=int(c.data.batch_size), argument_gib=gib(m.argument_size_in_bytes),
+              output_gib=gib(m.output_size_in_bytes), alias_gib=gib(m.alias_size_in_bytes),
+              temp_gib=gib(m.temp_size_in_bytes), compile_s=compile_s,
+              compiled_flops=_flops(compiled), depth1_ratio=ratio, analytic_flops=flops.total)
+
+
+def main(argv: list[str] | None = None) -> None:
+  ap = argparse.ArgumentParser(prog="python -m bird_jax.plan", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--config", required=True, help="a Python config file (configs/*.py)")
+  ap.add_argument("--mesh", default="fsdp=4", help="e.g. fsdp=4 or data=2,fsdp=4,tensor=1")
+  ap.add_argument("--per-device-batch", type=int, default=None,
+                  help="rows of data.max_len tokens per device per micro-step")
+  ap.add_argument("--grad-accum", type=int, default=None)
+  ap.add_argument("--remat", default=None, help="override model remat policy")
+  ap.add_argument("--peak-tflops", type=float, default=312.0, help="per device (A100 bf16: 312)")
+  ap.add_argument("--mfu", type=float, default=0.4, help="assumed MFU for the step time")
+  ap.add_argument("--cpu-licm", action="store_true",
+                  help="keep XLA's loop-invariant code motion (see the module docstring)")
+  ap.add_argument("--set", action="append", default=[], metavar="a.b=v",
+                  help="other config overrides (repeatable), e.g. optim.moments_dtype=bfloat16")
+  args = ap.parse_args(argv)
+  mesh_axes = parse_mesh(args.mesh)
+  n = math.prod(mesh_axes.values())
+  flags = f" --xla_force_host_platform_device_count={n}"
+  if not args.cpu_licm:
+    flags += " --xla_disable_hlo_passes=while-loop-invariant-code-motion"
+  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + flags
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  c = load_config(args.config)
+  if args.grad_accum is not None:
+    c.optim.grad_accum = args.grad_accum
+  if args.remat is not None:
+    c.model.overrides["remat"] = args.remat
+  for item in args.set:
+    key, _, value = item.partition("=")
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = type(node[leaf])(value) if node[leaf] is not None and not isinstance(
+        node[leaf], bool) else value.lower() in ("1", "true") if isinstance(node[leaf], bool) else value
+  p = plan(c, mesh_axes, args.per_device_batch)
+  step_s = p.analytic_flops / (n * args.peak_tflops * 1e12 * args.mfu)
+  tokens = p.rows * int(c.optim.grad_accum) * int(c.data.max_len)
+  print(f"config {args.config}: mesh {mesh_axes} ({n} simulated devices), "
+        f"{p.rows} rows x {c.data.max_len} tokens per micro-step, grad_accum {c.optim.grad_accum}, "
+        f"remat {c.model.overrides.get('remat', 'none')}")
+  print(f"compile                      {p.compile_s:.1f} s")
+  print("memory per device")
+  print(f"  arguments                  {p.argument_gib:6.2f} GiB  (params, optimizer state, batch)")
+  print(f"  outputs                    {p.output_gib:6.2f} GiB  ({p.alias_gib:.2f} GiB aliased to "
+        f"donated arguments)")
+  print(f"  temporaries                {p.temp_gib:6.2f} GiB")
+  print(f"  total                      {p.total_gib:6.2f} GiB")
+  print(f"FLOPs per step (all devices) {p.analytic_flops / 1e15:.3f} PFLOP analytic; compiled/"
+        f"analytic {p.depth1_ratio:.3f} on the depth-1 variant")
+  print(f"compiled FLOPs per device    {p.compiled_flops / 1e12:.2f} TFLOP (scanned layers counted once)")
+  print(f"step time                    {step_s:.2f} s at {args.peak_tflops:g} TFLOP/s x {n} "
+        f"devices x MFU {args.mfu:g} -> {tokens / step_s:,.0f} tokens/s")
+
+
+if __name__ == "__main__":
+  main()
