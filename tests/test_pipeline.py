@@ -265,3 +265,10 @@ def test_bad_records_are_skipped_within_budget(bad_shards, caplog):
   assert "mixed.array_record[" in text
   with pytest.raises(DataError, match="4 bad records exceed max_bad_records=3"):
     _batches(dataclasses.replace(cfg, max_bad_records=3))
+
+
+def test_a_bad_record_counts_once_over_many_epochs(bad_shards):
+  path, root = bad_shards
+  cfg = _cfg(path, max_len=300, image_root=root, shuffle=False, max_bad_records=4, num_epochs=3)
+  _, stats = _batches(cfg)
+  assert stats["samples"] == 12 and stats["bad_records"] == 4 and stats["bad_repeats"] == 8

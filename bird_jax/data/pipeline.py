@@ -193,6 +193,7 @@ class PackedBatchDataset(grain.IterDataset):
 
 def _zero_stats() -> dict[str, int]:
   return {"samples": 0, "batches": 0, "tokens": 0, "dropped_turns": 0, "bad_records": 0,
+          "bad_repeats": 0,
           **{f"bad_{k}": 0 for k in BAD_KINDS}}
 
 
@@ -204,9 +205,13 @@ class PackedBatchIterator(grain.DatasetIterator):
     self._ds = ds
     self._stats_counts = _zero_stats()
     self._pending: dict[str, Any] | None = None  # sample read but not yet packed
-    self._resume = {"parent": copy.deepcopy(self._parent.get_state()),
-                    "stats": dict(self._stats_counts)}
+    self._bad_seen: list[str] = []  # each bad record counts once, however many epochs
+    self._resume = self._snapshot(self._parent.get_state())
     self._done = False
+
+  def _snapshot(self, parent_state: Any) -> dict[str, Any]:
+    return {"parent": copy.deepcopy(parent_state), "stats": dict(self._stats_counts),
+            "bad_seen": list(self._bad_seen)}
 
   @property
   def stats(self) -> dict[str, int]:
@@ -215,6 +220,10 @@ class PackedBatchIterator(grain.DatasetIterator):
 
   def _skip(self, item: dict[str, Any]) -> None:
     s = self._stats_counts
+    if item["message"] in self._bad_seen:  # the same record again, in a later epoch
+      s["bad_repeats"] += 1
+      return
+    self._bad_seen.append(item["message"])
     s["bad_records"] += 1
     s[f"bad_{item['bad']}"] += 1
     log.warning("skipping bad record (%d so far, budget %d): %s", s["bad_records"],
@@ -244,8 +253,7 @@ class PackedBatchIterator(grain.DatasetIterator):
         item = next(self._parent)
       except StopIteration:
         self._done = True
-        self._resume = {"parent": copy.deepcopy(self._parent.get_state()),
-                        "stats": dict(self._stats_counts)}
+        self._resume = self._snapshot(self._parent.get_state())
         break
       if "bad" in item:
         self._skip(item)
@@ -258,7 +266,7 @@ class PackedBatchIterator(grain.DatasetIterator):
         self._count(item)
         continue
       self._pending = item
-      self._resume = {"parent": copy.deepcopy(before), "stats": dict(self._stats_counts)}
+      self._resume = self._snapshot(before)
       break
     if packer.n_samples == 0 or (self._done and self._ds.drop_remainder):
       raise StopIteration
@@ -272,6 +280,7 @@ class PackedBatchIterator(grain.DatasetIterator):
   def set_state(self, state: dict[str, Any]) -> None:
     self._parent.set_state(copy.deepcopy(state["parent"]))
     self._stats_counts = {**_zero_stats(), **state["stats"]}
+    self._bad_seen = list(state.get("bad_seen", []))
     self._resume = copy.deepcopy(state)
     self._pending = None
     self._done = False
