@@ -1,75 +1,164 @@
-"""The main job on the embedded default, end to end on CPU.
+"""The main job on the embedded default, end to end on CPU:
 
-    .venv/bin/python -m bird_jax.demo
+    .venv/bin/python -m bird_jax.demo [--out runs/demo] [--quick]
 
-Builds the tiny Qwen-VL (random weights), draws a synthetic scan with one bright structure,
-renders a grounding question in ChatML with the image span, runs the jitted forward pass and a
-few greedy steps, and parses whatever boxes the (untrained) model writes.
+1. datagen: procedural phantom scans of all 8 modalities with instance masks -> Med-GRIT-style
+   conversations (template backend, offline), split by case into train and test;
+2. train: `configs/demo.py` (the tiny model, initialised from the shipped base model when
+   `init.hf` names it), on the training cases;
+3. eval: BiRD's protocol on the held-out cases (greedy decoding, BiRD's post-processing and
+   scoring), beside constant-answer baselines;
+then prints the Table-3-style table and writes the training curve, per-task bar charts and the
+box gallery. Every stage resumes: rerunning continues where an interrupted run stopped.
+`--quick` runs a CI-sized version (minutes) that checks the pipeline, not the learning.
 """
 
 from __future__ import annotations
 
-import io
+import argparse
+import importlib.util
+import json
+import os
 import time
+from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
-from PIL import Image
+ROOT = Path(__file__).resolve().parents[1]
 
-from bird_jax import boxes, chat
-from bird_jax.config import get_preset
-from bird_jax.data import image
-from bird_jax.model import QwenVL
-from bird_jax.tokenizer import load_tokenizer
-
-
-def synthetic_scan(size: int = 256, seed: int = 0) -> tuple[bytes, list[float]]:
-  """A grey disc on noise, as PNG bytes, and its normalised box."""
-  rng = np.random.default_rng(seed)
-  img = rng.normal(40, 10, (size, size)).clip(0, 255)
-  cy, cx, r = size * 0.35, size * 0.6, size * 0.12
-  yy, xx = np.mgrid[:size, :size]
-  img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 200
-  buf = io.BytesIO()
-  Image.fromarray(img.astype(np.uint8)).save(buf, format="PNG")
-  return buf.getvalue(), [(cx - r) / size, (cy - r) / size, (cx + r) / size, (cy + r) / size]
+# datagen and eval settings of the demo (configs/demo.py may override them under `demo`)
+DEMO_DEFAULTS = {
+    "datagen": {"num_images": 1000, "image_size": 112, "vg": 2, "roc": 2, "rc": 0, "mia": 0,
+                "negatives": 0.0, "disjoint": False, "seed": 0},
+    "eval": {"tasks": "vg,roc", "limit": 0, "batch_size": 32},
+}
+QUICK = {"datagen": {"num_images": 48}, "eval": {"limit": 8},
+         "train": {"steps": 12, "log_every": 2, "ckpt_every": 1000}}
 
 
-def main(new_tokens: int = 8) -> None:
-  cfg = get_preset("tiny")
-  tok = load_tokenizer(cfg)
-  model = QwenVL(cfg, rngs=nnx.Rngs(0))
-  n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  print(f"model: tiny preset, {n / 1e6:.2f}M parameters, {cfg.vision.image_size}px images, "
-        f"{cfg.vision.n_queries} image tokens")
+def load_config(path: Path):
+  spec = importlib.util.spec_from_file_location("demo_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)  # type: ignore[union-attr]
+  return module.get_config()
 
-  png, box = synthetic_scan()
-  pixels = image.normalize(image.load_pixels(png, cfg.vision.image_size))[None, None]
-  prompt = chat.encode_prompt(tok, "Where is the lesion?", images=["scan.png"],
-                              n_image_tokens=cfg.vision.n_queries)
-  print(f"reference answer: {boxes.ref_span('lesion', [box])}")
 
-  graphdef, state = nnx.split(model)
+def demo_settings(c, quick: bool) -> dict[str, dict]:
+  out = {k: dict(v) for k, v in DEMO_DEFAULTS.items()}
+  if "demo" in c:
+    for k, v in c.demo.to_dict().items():
+      out.setdefault(k, {}).update(v)
+  if quick:
+    for k, v in QUICK.items():
+      out.setdefault(k, {}).update(v)
+  return out
 
-  @jax.jit
-  def next_token(state, tokens, pixels, last):
-    return jnp.argmax(nnx.merge(graphdef, state)(tokens, pixels)[0, last])
 
-  # one fixed-length buffer (right padding never affects earlier positions): one compile
-  start = len(prompt.ids)
-  buf = np.full((1, start + new_tokens), tok.endoftext_id, np.int32)
-  buf[0, :start] = prompt.ids
+def stage_datagen(settings: dict, out: Path) -> dict:
+  from datagen.config import GenConfig
+  from datagen.run import generate
+  from datagen.tasks import TaskCounts
+
+  d = settings
+  tasks = TaskCounts(vg=d["vg"], roc=d["roc"], rc=d["rc"], mia=d["mia"],
+                     negatives=d["negatives"], disjoint=d["disjoint"])
+  cfg = GenConfig(out=str(out), source="phantom", num_images=d["num_images"],
+                  image_size=d["image_size"], seed=d["seed"], tasks=tasks)
+  return generate(cfg.validate())
+
+
+def stage_train(c, data: Path, workdir: Path, quick: bool):
+  from bird_jax.train.loop import train
+
+  c.data.shards = str(data / "train")
+  c.train.workdir = str(workdir)
+  if quick:
+    c.train.update(QUICK["train"])
+    c.data.worker_count = 0
+  if c.init.hf and not os.path.isabs(c.init.hf):
+    c.init.hf = str(ROOT / c.init.hf)
+  return train(c)
+
+
+def plot_curve(workdir: Path) -> Path | None:
+  from bird_jax.train.logger import read_metrics
+
+  rows = read_metrics(str(workdir))
+  if not rows:
+    return None
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="loss")
+  ax2 = ax.twinx()
+  ax2.plot([r["step"] for r in rows], [r["accuracy"] for r in rows], color="tab:orange",
+           label="token accuracy")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss")
+  ax2.set_ylabel("token accuracy")
+  ax.set_title("demo training")
+  fig.legend(loc="upper right")
+  fig.tight_layout()
+  path = workdir / "training_curve.png"
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def stage_eval(settings: dict, workdir: Path, data: Path, out: Path):
+  from bird_jax.evaluation.cli import model_eval
+
+  c = load_config(ROOT / "configs" / "eval_bird.py")
+  c.tasks, c.limit, c.batch_size = settings["tasks"], settings["limit"], settings["batch_size"]
+  c.mesh.data = 1
+  return model_eval(c, str(workdir), str(data / "medgrit"), str(out))
+
+
+def main(argv: list[str] | None = None) -> None:
+  ap = argparse.ArgumentParser(prog="python -m bird_jax.demo", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--out", default="runs/demo", help="output folder (resumed when it exists)")
+  ap.add_argument("--config", default=str(ROOT / "configs" / "demo.py"))
+  ap.add_argument("--quick", action="store_true", help="CI-sized run: checks the pipeline only")
+  args = ap.parse_args(argv)
+  from absl import logging
+
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint at INFO
+  out = Path(args.out)
+  c = load_config(Path(args.config))
+  settings = demo_settings(c, args.quick)
+  times = {}
+
   t0 = time.perf_counter()
-  for i in range(start, start + new_tokens):  # full re-forward per step: a demo, not a decoder
-    buf[0, i] = int(next_token(state, buf, pixels, i - 1))
-  dt = time.perf_counter() - t0
-  answer = tok.decode(buf[0, start:].tolist())
-  parsed = boxes.parse_boxes(answer)
-  print(f"prompt: {start} tokens; {new_tokens} greedy steps in {dt:.1f}s")
-  print(f"untrained model says: {answer!r} -> {len(parsed.boxes)} box(es), "
-        f"{len(parsed.issues)} parse issue(s)")
+  print("== 1/3 datagen: phantom scans, 8 modalities, template conversations", flush=True)
+  summary = stage_datagen(settings["datagen"], out / "data")
+  times["datagen"] = time.perf_counter() - t0
+  split = summary["split"]
+  print(f"   {split['train']['images']} training images ({split['train']['cases']} cases), "
+        f"{split['test']['images']} held-out images ({split['test']['cases']} cases); "
+        f"questions per task: {json.dumps(summary['per_task'])}", flush=True)
+
+  t0 = time.perf_counter()
+  print(f"== 2/3 train: {args.config}" + (f", init from {c.init.hf}" if c.init.hf else ""),
+        flush=True)
+  result = stage_train(c, out / "data", out / "train", args.quick)
+  times["train"] = time.perf_counter() - t0
+  curve = plot_curve(out / "train")
+
+  t0 = time.perf_counter()
+  print("== 3/3 eval: held-out cases, BiRD's protocol", flush=True)
+  ev = stage_eval(settings["eval"], out / "train", out / "data", out / "eval")
+  times["eval"] = time.perf_counter() - t0
+
+  print()
+  print(ev.markdown)
+  print(f"training: {result.step} steps, final loss {result.metrics.get('loss', float('nan')):.4f}"
+        f" ({result.stopped_by})")
+  print("wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
+        + f", total {sum(times.values()) / 60:.1f} min")
+  print(f"outputs: {out / 'eval' / 'report.md'}, {out / 'eval' / 'plots'}, "
+        f"{ev.paths.get('gallery', '')}" + (f", {curve}" if curve else ""))
 
 
 if __name__ == "__main__":
