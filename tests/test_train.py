@@ -255,3 +255,26 @@ def test_overfitting_a_few_records_reproduces_their_answers(tiny_cfg, tmp_path):
   outputs = Generator(model, GenerationConfig.chat(tok, 64)).generate(prompts, pixels)
   for record, out in zip(records, outputs):
     assert tok.decode(out.tolist()) == record.conversations[1].value + "<|im_end|>"
+
+
+def test_init_from_an_orbax_params_checkpoint(tiny_cfg, hf_weights, tiny_model, tmp_path):
+  """init.ckpt: a `convert hf-to-jax` output initialises training with the same parameters."""
+  from bird_jax.checkpoint.hf import flatten
+  from bird_jax.checkpoint.safetensors_io import save_tensors
+  from bird_jax.convert import hf_to_jax
+  from flax import nnx
+
+  save_tensors(tmp_path / "hf", hf_weights)
+  (tmp_path / "hf" / "config.json").write_text(json.dumps(tiny_cfg.to_hf_config()))
+  hf_to_jax(tmp_path / "hf", tmp_path / "orbax", progress=False)
+  c = default_config()
+  c.init.ckpt = str(tmp_path / "orbax")
+  mesh = sharding.make_mesh(4, 2, 1)
+  tx, _ = O.make_optimizer(O.OptimConfig(), 10)
+  with jax.set_mesh(mesh):
+    layout = S.make_layout(tiny_cfg, O.BIRD_FREEZE, tx, mesh)
+    params, frozen = loop.initial_params(c, tiny_cfg, layout, O.BIRD_FREEZE)
+  got = {**flatten(jax.device_get(params)), **flatten(jax.device_get(frozen))}
+  want = flatten(nnx.state(tiny_model))
+  assert got.keys() == want.keys()
+  assert all(np.array_equal(got[k], np.asarray(want[k])) for k in want)

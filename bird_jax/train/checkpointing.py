@@ -45,12 +45,7 @@ class TrainCheckpointer:
     """(state, frozen, data-iterator state) of `step` (default: the latest), on the layout's
     shardings whatever mesh they were saved from."""
     step = self.manager.latest_step() if step is None else step
-    abstract = {**flatten(_with_shardings(layout.abstract_params, layout.state_shardings["params"])),
-                **flatten(_with_shardings(layout.abstract_frozen, layout.frozen_shardings))}
-    params = flatten(ckpt.restore_params(self.manager, unflatten(abstract), step))
-    trainable = place_params(layout.abstract_params, layout.state_shardings["params"],
-                             params.__getitem__)
-    frozen = place_params(layout.abstract_frozen, layout.frozen_shardings, params.__getitem__)
+    trainable, frozen = restore_params_on(self.manager, layout, step)
     opt_target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                               layout.abstract_state["opt"], layout.state_shardings["opt"])
     out = self.manager.restore(step, args=ocp.args.Composite(
@@ -66,6 +61,17 @@ class TrainCheckpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def restore_params_on(manager: ocp.CheckpointManager, layout: Layout, step: int | None = None
+                      ) -> tuple[Any, Any]:
+  """(trainable, frozen) of a params checkpoint, read straight onto the layout's shardings
+  (whatever mesh it was saved from)."""
+  abstract = {**flatten(_with_shardings(layout.abstract_params, layout.state_shardings["params"])),
+              **flatten(_with_shardings(layout.abstract_frozen, layout.frozen_shardings))}
+  params = flatten(ckpt.restore_params(manager, unflatten(abstract), step))
+  return (place_params(layout.abstract_params, layout.state_shardings["params"], params.__getitem__),
+          place_params(layout.abstract_frozen, layout.frozen_shardings, params.__getitem__))
 
 
 def _with_shardings(abstract: Any, shardings: Any) -> dict[str, Any]:

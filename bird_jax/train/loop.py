@@ -25,7 +25,7 @@ import numpy as np
 from bird_jax import sharding
 from bird_jax.data.pipeline import make_dataset
 from bird_jax.train import config as C
-from bird_jax.train.checkpointing import TrainCheckpointer
+from bird_jax.train.checkpointing import TrainCheckpointer, restore_params_on
 from bird_jax.train.flops import mfu, step_flops
 from bird_jax.train.logger import MetricLogger
 from bird_jax.train.optimizer import make_optimizer
@@ -86,12 +86,9 @@ def initial_params(c: ml_collections.ConfigDict, model_cfg, layout, freeze):
   if c.init.hf:
     return loaded_params(layout, hf_param_source(c.init.hf, model_cfg))
   if c.init.ckpt:
-    from bird_jax.checkpoint import orbax as ckpt
-    from bird_jax.checkpoint.hf import flatten
+    from bird_jax.checkpoint.orbax import checkpoint_manager
 
-    manager = ckpt.checkpoint_manager(c.init.ckpt, read_only=True)
-    params = flatten(ckpt.restore_params(manager, ckpt.abstract_params(model_cfg)))
-    return loaded_params(layout, params.__getitem__)
+    return restore_params_on(checkpoint_manager(c.init.ckpt, read_only=True), layout)
   return random_params(model_cfg, freeze, layout, c.init.seed)
 
 
