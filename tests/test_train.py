@@ -171,7 +171,15 @@ def test_kill_and_resume_continues_the_uninterrupted_run(shards, tmp_path):
 
 
 def test_sigterm_saves_and_exits(shards, tmp_path):
-  proc = _launch([f"--shards={shards}", f"--workdir={tmp_path}", "--steps=200", "--ckpt_every=1000"])
+  """Through the real CLI: train.py with a config file and --config overrides."""
+  overrides = {"data.shards": shards, "train.workdir": tmp_path, "train.steps": 200,
+               "train.ckpt_every": 1000, "train.log_every": 1, "train.tensorboard": False,
+               "data.batch_size": 4, "data.max_len": 192, "optim.warmup_steps": 2}
+  cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "demo.py"),
+         *(f"--config.{k}={v}" for k, v in overrides.items())]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
   _wait_for_step(tmp_path, 3, proc)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
