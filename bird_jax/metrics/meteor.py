@@ -26,9 +26,11 @@ import math
 import subprocess
 from collections.abc import Sequence
 
+import numpy as np
+
 from bird_jax.metrics import meteor_data, meteor_native
 from bird_jax.metrics.meteor_match import Match, Resources, candidate_matches
-from bird_jax.metrics.meteor_normalize import normalize, tokens_of
+from bird_jax.metrics.meteor_normalize import normalize, normalized_words, tokens_of
 
 ALPHA, BETA, GAMMA, DELTA = 0.85, 0.20, 0.60, 0.75
 MODULE_WEIGHTS = (1.0, 0.6, 0.8, 0.6)      # scoring: exact, stem, synonym, paraphrase
@@ -302,71 +304,94 @@ def clean_hypothesis(hyp: str) -> str:
 def vocabulary(texts: Sequence[str]) -> set[str]:
   """Normalised words of ``texts`` (for filtering the paraphrase table)."""
   out: set[str] = set()
+  cache: dict = {}
   for t in texts:
-    out.update(tokens_of(normalize(t)))
+    out.update(normalized_words(t, cache))
   return out
 
 
-_WORKER: dict[str, Resources] = {}
+STATS_SIZE = 23   # Stats.to_list()
 
 
-def _init_worker(vocab: set[str]) -> None:
-  _WORKER["res"] = Resources(vocab)
+def aggregate_array(stats: np.ndarray) -> Stats:
+  """``aggregate`` of per-segment statistics given as rows of ``Stats.to_list()`` values."""
+  stats = np.asarray(stats, np.float64).reshape(-1, STATS_SIZE)
+  stage = stats[:, 4:20].reshape(-1, 4, 4)
+  test_total = (stage[:, :, 0] + stage[:, :, 2]).sum(axis=1)
+  ref_total = (stage[:, :, 1] + stage[:, :, 3]).sum(axis=1)
+  perfect = (test_total == stats[:, 0]) & (ref_total == stats[:, 1]) & (stats[:, 20] == 1)
+  total = stats.sum(axis=0)
+  total[20] = stats[~perfect, 20].sum()
+  return Stats.from_list(total.tolist())
 
 
-def _stats_batch(pairs: Sequence[tuple[str, str]], res: Resources,
-                 words: dict[str, list[str]] | None = None) -> list[Stats]:
-  """Statistics of (reference, hypothesis) pairs, each distinct text normalised once."""
-  words = {} if words is None else words
-  out = []
-  for r, h in pairs:
-    w1 = words.get(h)
-    if w1 is None:
-      w1 = words[h] = tokens_of(normalize(h))
-    w2 = words.get(r)
-    if w2 is None:
-      w2 = words[r] = tokens_of(normalize(r))
-    out.append(finish(w1, w2, search(problem_of(w1, w2, res)), res))
-  return out
+def pair_stats(pairs: Sequence[tuple[str, str]], words: dict[str, list[str]], res: Resources,
+               native: bool = True) -> np.ndarray:
+  """Statistics [N, 23] of (reference, cleaned hypothesis) pairs from their normalised
+  ``words``: the compiled aligner when ``native`` and available, else the Python code."""
+  if native:
+    ids = {t: meteor_native.word_ids(res, w) for t, w in words.items()}
+    out = meteor_native.batch_stats([ids[h] for _, h in pairs], [ids[r] for r, _ in pairs],
+                                    res, BEAM_SIZE, ALIGN_WEIGHTS)
+    if out is not None:
+      return out
+  rows = [finish(words[h], words[r], search(problem_of(words[h], words[r], res), native=False),
+                 res).to_list() for r, h in pairs]
+  return np.asarray(rows, np.float64).reshape(-1, STATS_SIZE)
 
 
-def _worker_stats(pairs: list[tuple[str, str]]) -> list[Stats]:
-  return _stats_batch(pairs, _WORKER["res"])
+def _unique_stats(unique: list[tuple[str, str]], res: Resources | None) -> np.ndarray:
+  cache: dict = {}
+  words = {t: normalized_words(t, cache) for t in dict.fromkeys(t for p in unique for t in p)}
+  if res is None:
+    res = Resources({w for ws in words.values() for w in ws})
+  return pair_stats(unique, words, res)
 
 
-def segment_stats_many(refs: Sequence[str], hyps: Sequence[str], res: Resources | None = None,
-                       workers: int = 1) -> list[Stats]:
-  """Statistics of every (reference, hypothesis) pair; identical pairs are aligned once, and
-  ``workers`` > 1 spreads the unique pairs over that many processes (spawned: JAX-safe)."""
+def _worker_stats(pairs: list[tuple[str, str]], vocab: set[str]) -> np.ndarray:
+  return _unique_stats(pairs, Resources(vocab))
+
+
+def segment_stats_array(refs: Sequence[str], hyps: Sequence[str], res: Resources | None = None,
+                        workers: int = 1) -> np.ndarray:
+  """Statistics [N, 23] of every (reference, hypothesis) pair; identical pairs are aligned
+  once and each distinct text normalised once. ``res`` None: resources for the words of these
+  pairs. ``workers`` > 1 spreads the unique pairs over that many processes (spawned: JAX-safe).
+  """
   if len(refs) != len(hyps):
     raise ValueError(f"meteor: {len(refs)} references but {len(hyps)} hypotheses")
-  hyps = [clean_hypothesis(h) for h in hyps]
-  unique = list(dict.fromkeys(zip(refs, hyps)))
+  pairs = list(zip(refs, (clean_hypothesis(h) for h in hyps)))
+  index: dict[tuple[str, str], int] = {}
+  rows = [index.setdefault(p, len(index)) for p in pairs]
+  unique = list(index)
   if workers > 1 and len(unique) > 2000:
     import concurrent.futures
     import multiprocessing
     vocab = vocabulary([t for pair in unique for t in pair])
-    chunks = [unique[k::workers * 4] for k in range(workers * 4)]
+    parts = [unique[k::workers] for k in range(workers)]
     with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-        initargs=(vocab,)) as pool:
-      done = dict(zip(range(len(chunks)), pool.map(_worker_stats, chunks)))
-    by_pair = {}
-    for k, chunk in enumerate(chunks):
-      by_pair.update(zip(chunk, done[k]))
+        workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+      done = list(pool.map(_worker_stats, parts, [vocab] * workers))
+    table = np.zeros((len(unique), STATS_SIZE))
+    for k, part in enumerate(done):
+      table[k::workers] = part
   else:
-    words = {t: tokens_of(normalize(t)) for pair in unique for t in pair}
-    if res is None:
-      res = Resources({w for ws in words.values() for w in ws})
-    by_pair = dict(zip(unique, _stats_batch(unique, res, words)))
-  return [by_pair[pair] for pair in zip(refs, hyps)]
+    table = _unique_stats(unique, res)
+  return table[np.asarray(rows, np.int64)]
+
+
+def segment_stats_many(refs: Sequence[str], hyps: Sequence[str], res: Resources | None = None,
+                       workers: int = 1) -> list[Stats]:
+  """``segment_stats_array`` as ``Stats`` objects."""
+  return [Stats.from_list(r) for r in segment_stats_array(refs, hyps, res, workers).tolist()]
 
 
 def meteor_score(refs: Sequence[str], hyps: Sequence[str], res: Resources | None = None,
                  workers: int = 1) -> tuple[float, list[float]]:
   """Corpus METEOR and per-segment scores, one reference per hypothesis (pycocoevalcap)."""
-  stats = segment_stats_many(refs, hyps, res, workers)
-  return score_stats(aggregate(stats)), [score_stats(st) for st in stats]
+  stats = segment_stats_array(refs, hyps, res, workers)
+  return (score_stats(aggregate_array(stats)),
+          [score_stats(Stats.from_list(r)) for r in stats.tolist()])
 
 
 def meteor_java(refs: Sequence[str], hyps: Sequence[str], java: str = "java"

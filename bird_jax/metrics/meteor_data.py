@@ -6,8 +6,8 @@ Everything comes from the local pycocoevalcap package; nothing is downloaded:
   ``synonym/english.exceptions`` (WordNet synonym sets and irregular forms);
 - ``meteor/data/paraphrase-en.gz``: the English paraphrase table (5.27M phrase pairs, in
   groups of three lines: probability, phrase, paraphrase).
-The paraphrase table is parsed once into a compact NumPy cache (``$BIRD_JAX_CACHE`` or
-``~/.cache/bird_jax``; about 10 s the first time) and filtered per corpus to the entries whose
+The paraphrase table is parsed once into NumPy arrays (``.npy`` files under ``$BIRD_JAX_CACHE``
+or ``~/.cache/bird_jax``, memory-mapped; about 10 s the first time) and filtered per corpus to the entries whose
 words all occur in that corpus, the only ones that can ever match.
 Stems come from the Snowball English stemmer of snowballstemmer 2.x, the same algorithm
 version as the jar's org.tartarus.snowball (checked word by word on the 94k WordNet lemmas).
@@ -23,6 +23,9 @@ import hashlib
 import importlib.util
 import os
 import pathlib
+import re
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Iterable
 
@@ -80,26 +83,37 @@ def nonbreaking_prefixes() -> dict[str, int]:
 
 @dataclasses.dataclass(frozen=True)
 class Synonyms:
-  """WordNet synonym sets of METEOR's synonym module."""
-  word_to_synsets: dict[str, frozenset[int]]
+  """WordNet synonym sets of METEOR's synonym module (a word's set ids are parsed when asked)."""
+  raw: dict[str, str]                 # word -> its synset ids, as text
   word_to_bases: dict[str, list[str]]
+
+  def __contains__(self, word: str) -> bool:
+    return word in self.raw
+
+  def synsets(self, word: str) -> frozenset[int]:
+    text = self.raw.get(word)
+    return frozenset(int(t) for t in text.split()) if text else frozenset()
 
 
 @functools.cache
 def synonyms() -> Synonyms:
   lines = _jar_text("synonym/english.synsets").split("\n")
-  w2s = {lines[i]: frozenset(int(t) for t in lines[i + 1].split())
-         for i in range(0, len(lines) - 1, 2)}
+  raw = dict(zip(lines[0::2], lines[1::2]))
   lines = _jar_text("synonym/english.exceptions").split("\n")
   w2b: dict[str, list[str]] = {}
   for i in range(0, len(lines) - 1, 2):
     for form in lines[i + 1].split():
       w2b.setdefault(form, []).append(lines[i])
-  return Synonyms(w2s, w2b)
+  return Synonyms(raw, w2b)
+
+
+_HAS_LETTER = re.compile("[A-Za-z']")
 
 
 class Stemmer:
-  """Snowball English stemmer with a per-word cache."""
+  """Snowball English stemmer with a per-word cache. A word without ASCII letters and
+  apostrophes is its own stem (every rule of the algorithm needs one), so it skips the
+  stemmer."""
 
   def __init__(self):
     from snowballstemmer.english_stemmer import EnglishStemmer  # the pure-Python 2.x algorithm
@@ -109,7 +123,8 @@ class Stemmer:
   def __call__(self, word: str) -> str:
     out = self._cache.get(word)
     if out is None:
-      out = self._cache[word] = self._stemmer.stemWord(word)
+      out = self._stemmer.stemWord(word) if _HAS_LETTER.search(word) else word
+      self._cache[word] = out
     return out
 
 
@@ -121,11 +136,33 @@ def _cache_dir() -> pathlib.Path:
 
 def _cache_path(src: pathlib.Path) -> pathlib.Path:
   st = src.stat()
-  key = hashlib.sha1(f"{src.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-  return _cache_dir() / f"meteor-paraphrase-en-{key}.npz"
+  tag = f"{src.resolve()}:{st.st_size}:{st.st_mtime_ns}:{_FORMAT}"
+  key = hashlib.sha1(tag.encode()).hexdigest()[:12]
+  return _cache_dir() / f"meteor-paraphrase-en-{key}"
+
+
+_FORMAT = 2
+_ARRAYS = ("vocab", "ref_ids", "ref_off", "para_ids", "para_off", "by_key", "key_off")
+
+
+def _rarest_word_index(ids: np.ndarray, off: np.ndarray, n_words: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+  """Entries grouped by the rarest word of their phrase (ties: the smaller id): the entries
+  of word w are ``by_key[key_off[w]:key_off[w + 1]]``, in file order; empty phrases are keyed
+  by ``n_words``."""
+  lens = np.diff(off)
+  freq = np.bincount(ids, minlength=n_words).astype(np.int64)
+  code = freq[ids] * (n_words + 1) + ids
+  key = np.full(len(lens), n_words, np.int64)
+  full = lens > 0
+  key[full] = np.minimum.reduceat(code, off[:-1][full]) % (n_words + 1)
+  by_key = np.argsort(key, kind="stable").astype(np.int32)
+  key_off = np.searchsorted(key[by_key], np.arange(n_words + 2)).astype(np.int64)
+  return by_key, key_off
 
 
 def _build_cache(src: pathlib.Path, dst: pathlib.Path) -> None:
+  """Parses the table into ``dst/*.npy`` (word ids and offsets per side, the word list)."""
   from tqdm import tqdm
   steps = tqdm(total=4, desc="METEOR paraphrase table -> cache (once)", unit="step")
   lines = gzip.open(src).read().split(b"\n")
@@ -147,12 +184,19 @@ def _build_cache(src: pathlib.Path, dst: pathlib.Path) -> None:
       off[k + 1] = off[k] + len(toks)
     steps.update()
   words = sorted(vocab, key=vocab.__getitem__)
+  ref_ids = np.asarray(ids[0], np.int32)
+  arrays = (np.frombuffer(b"\n".join(words), np.uint8), ref_ids, offsets[0],
+            np.asarray(ids[1], np.int32), offsets[1],
+            *_rarest_word_index(ref_ids, offsets[0], len(words)))
   dst.parent.mkdir(parents=True, exist_ok=True)
-  tmp = dst.with_suffix(".tmp.npz")
-  np.savez(tmp, vocab=np.frombuffer(b"\n".join(words), np.uint8),
-           ref_ids=np.asarray(ids[0], np.int32), ref_off=offsets[0],
-           para_ids=np.asarray(ids[1], np.int32), para_off=offsets[1])
-  os.replace(tmp, dst)
+  tmp = pathlib.Path(tempfile.mkdtemp(dir=dst.parent, prefix=dst.name + ".tmp"))
+  os.chmod(tmp, 0o755)
+  for name, arr in zip(_ARRAYS, arrays):
+    np.save(tmp / f"{name}.npy", arr)
+  try:
+    os.replace(tmp, dst)
+  except OSError:                       # built meanwhile by another process
+    shutil.rmtree(tmp, ignore_errors=True)
   steps.update()
   steps.close()
 
@@ -165,39 +209,61 @@ class ParaphraseTable:
 
 
 @functools.cache
-def _paraphrase_arrays() -> dict[str, np.ndarray | list[str] | dict[str, int]]:
+def _paraphrase_arrays() -> dict[str, np.ndarray | list[bytes] | dict[bytes, int]]:
   src = paraphrase_file()
   dst = _cache_path(src)
-  if not dst.exists():
+  if not all((dst / f"{name}.npy").exists() for name in _ARRAYS):
     _build_cache(src, dst)
-  with np.load(dst) as z:
-    arrays = {k: z[k] for k in z.files}
-  words = arrays.pop("vocab").tobytes().split(b"\n")
+  arrays = {name: np.load(dst / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
+  words = np.asarray(arrays.pop("vocab")).tobytes().split(b"\n")
   arrays["words"] = words
   arrays["index"] = dict(zip(words, range(len(words))))
   return arrays
 
 
+def _gather(ids: np.ndarray, off: np.ndarray, keep: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """The phrases ``keep`` concatenated: word ids and offsets (from 0)."""
+  starts = np.asarray(off[keep])
+  lens = np.asarray(off[keep + 1]) - starts
+  out_off = np.zeros(len(keep) + 1, np.int64)
+  np.cumsum(lens, out=out_off[1:])
+  pos = np.arange(int(out_off[-1])) + np.repeat(starts - out_off[:-1], lens)
+  return np.asarray(ids[pos]), out_off
+
+
+def _all_known(known: np.ndarray, ids: np.ndarray, off: np.ndarray) -> np.ndarray:
+  """Per concatenated phrase: are all its words known? (empty phrases: yes)"""
+  lens = np.diff(off)
+  out = lens == 0
+  if len(ids):
+    out[~out] = np.logical_and.reduceat(known[ids], off[:-1][~out])
+  return out
+
+
 def paraphrases_for(vocabulary: Iterable[str]) -> ParaphraseTable:
-  """The paraphrase entries whose phrase and paraphrase words all lie in ``vocabulary``."""
+  """The paraphrase entries whose phrase and paraphrase words all lie in ``vocabulary``
+  (candidates: the entries keyed by a known word, see ``_rarest_word_index``)."""
   a = _paraphrase_arrays()
   index, words = a["index"], a["words"]
-  known = np.zeros(len(words) + 1, bool)
+  n_words = len(words)
+  known = np.zeros(n_words + 1, bool)
   for w in vocabulary:
     i = index.get(w.encode("utf-8", errors="surrogateescape"))
     if i is not None:
       known[i] = True
-
-  def all_known(ids: np.ndarray, off: np.ndarray) -> np.ndarray:
-    csum = np.zeros(len(ids) + 1, np.int32)
-    np.cumsum(known[ids], dtype=np.int32, out=csum[1:])
-    return csum[off[1:]] - csum[off[:-1]] == np.diff(off)
-
-  keep = np.nonzero(all_known(a["ref_ids"], a["ref_off"]) &
-                    all_known(a["para_ids"], a["para_off"]))[0]
+  key_off = np.asarray(a["key_off"])
+  groups = list(np.flatnonzero(known[:n_words])) + [n_words]
+  keep = np.sort(np.concatenate([np.asarray(a["by_key"][key_off[w]:key_off[w + 1]])
+                                 for w in groups])).astype(np.int64)
+  ref_ids, ref_off = _gather(a["ref_ids"], a["ref_off"], keep)
+  para_ids, para_off = _gather(a["para_ids"], a["para_off"], keep)
+  ok = _all_known(known, ref_ids, ref_off) & _all_known(known, para_ids, para_off)
+  text = [w.decode("utf-8", errors="replace") for w in words]
 
   def phrases(ids: np.ndarray, off: np.ndarray) -> list[tuple[str, ...]]:
-    return [tuple(words[t].decode("utf-8", errors="replace") for t in ids[off[k]:off[k + 1]])
-            for k in keep]
+    flat = [text[t] for t in ids.tolist()]
+    bounds = off.tolist()
+    return [tuple(flat[bounds[k]:bounds[k + 1]]) for k in np.flatnonzero(ok).tolist()]
 
-  return ParaphraseTable(phrases(a["ref_ids"], a["ref_off"]), phrases(a["para_ids"], a["para_off"]))
+  return ParaphraseTable(phrases(ref_ids, ref_off), phrases(para_ids, para_off))

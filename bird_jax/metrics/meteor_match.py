@@ -27,7 +27,9 @@ class Resources:
     self._hash: dict[str, int] = {}
     self._synsets: dict[str, frozenset[int]] = {}
     self.trie: dict = {}
+    self.refs: list[tuple[str, ...]] = []
     self.paras: list[tuple[str, ...]] = []
+    self.native: dict = {}             # compiled matcher's word table (meteor_native)
     if vocabulary is not None:
       self.set_vocabulary(vocabulary)
 
@@ -42,7 +44,8 @@ class Resources:
       for w in ref[:-1]:
         node = node.setdefault(w, ({}, []))[0]
       node.setdefault(ref[-1], ({}, []))[1].append(k)
-    self.trie, self.paras = trie, table.paras
+    self.trie, self.refs, self.paras = trie, table.refs, table.paras
+    self.native.pop("trie", None)
 
   def hash(self, word: str) -> int:
     h = self._hash.get(word)
@@ -53,13 +56,13 @@ class Resources:
   def synsets(self, word: str) -> frozenset[int]:
     out = self._synsets.get(word)
     if out is None:
-      w2s = self.syn.word_to_synsets
-      own = w2s.get(word, frozenset())
-      bases = self.syn.word_to_bases.get(word)
+      syn = self.syn
+      own = syn.synsets(word)
+      bases = syn.word_to_bases.get(word)
       if bases is not None:
-        stem_sets = frozenset().union(*(w2s.get(b, frozenset()) for b in bases))
+        stem_sets = frozenset().union(*(syn.synsets(b) for b in bases))
       else:
-        stem_sets = w2s.get(_morph(word, w2s), frozenset())
+        stem_sets = syn.synsets(_morph(word, syn))
       out = self._synsets[word] = own | stem_sets
     return out
 
@@ -83,7 +86,7 @@ _ADD = ("", "s", "x", "z", "ch", "sh", "man", "y", "", "y", "e", "", "e", "", "e
         "e", "e")
 
 
-def _morph(word: str, w2s: dict) -> str:
+def _morph(word: str, w2s: meteor_data.Synonyms) -> str:
   """WordNet-style base form used by METEOR's synonym module (its suffix rules, verbatim)."""
   tail = "ful" if word.endswith("ful") else ""
   if word.endswith("ss") or len(word) <= 2:

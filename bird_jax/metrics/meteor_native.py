@@ -1,9 +1,13 @@
-"""METEOR's beam search compiled from C (the same algorithm as ``meteor._resolve``), optional.
+"""METEOR's aligner compiled from C (``meteor_csrc``), optional.
 
-The search is the hot loop of METEOR (thousands of partial alignments per segment). When a C
-compiler is present (``cc``, or ``$CC``), the small C source below is compiled once into the
-cache folder (``$BIRD_JAX_CACHE`` or ``~/.cache/bird_jax``) and called through ctypes; otherwise
-the pure Python search is used. Both give identical alignments (tested).
+When a C compiler is present (``cc``, or ``$CC``), the C source is compiled once into the cache
+folder (``$BIRD_JAX_CACHE`` or ``~/.cache/bird_jax``) and called through ctypes; otherwise the
+pure Python code runs. Both give identical statistics (tested).
+
+- ``resolve``: the beam search of one ``meteor.Problem``;
+- ``batch_stats``: whole segments given as word ids (``word_ids``), with the word features
+  (Java hash, hash of the stem, function word, synsets) and the paraphrase trie kept on the
+  ``Resources`` object and extended as new words arrive.
 """
 
 from __future__ import annotations
@@ -16,130 +20,11 @@ import pathlib
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 
 import numpy as np
 
-_SOURCE = r"""
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-typedef struct { int neg, chunks, dist, order, idx, last, hist, slot; } Path;
-
-static int cmp(const void *a, const void *b) {
-  const Path *x = (const Path *)a, *y = (const Path *)b;
-  if (x->neg != y->neg) return x->neg < y->neg ? -1 : 1;
-  if (x->chunks != y->chunks) return x->chunks < y->chunks ? -1 : 1;
-  if (x->dist != y->dist) return x->dist < y->dist ? -1 : 1;
-  return x->order < y->order ? -1 : (x->order > y->order);
-}
-
-static int any_bit(const uint64_t *u, int start, int len) {
-  for (int t = start; t < start + len; t++) if ((u[t >> 6] >> (t & 63)) & 1) return 1;
-  return 0;
-}
-static void set_bits(uint64_t *u, int start, int len) {
-  for (int t = start; t < start + len; t++) u[t >> 6] |= (uint64_t)1 << (t & 63);
-}
-
-/* Candidates of position j: indices cptr[j] .. cptr[j+1]-1 into the c_* arrays.
-   Fixed match at position j when f_ok[j]. out_pick[j]: chosen candidate index or -1.
-   Returns 0 on success, -1 on allocation failure. */
-int meteor_resolve(int n1, int n2, int beam, const int *cptr, const int *c_start,
-                   const int *c_len, const int *c_mstart, const int *c_mlen, const int *c_inc,
-                   const int *f_ok, const int *f_len, const int *f_mstart, const int *f_mlen,
-                   const int *f_inc, const uint64_t *init1, const uint64_t *init2,
-                   int *out_pick) {
-  int w1 = n1 / 64 + 1, w2 = n2 / 64 + 1, kmax = 0;
-  for (int j = 0; j < n2; j++) if (cptr[j + 1] - cptr[j] > kmax) kmax = cptr[j + 1] - cptr[j];
-  int cap = beam * (kmax + 1) + 1;
-  Path *cur = malloc(sizeof(Path) * cap), *nxt = malloc(sizeof(Path) * cap);
-  uint64_t *cu1 = calloc((size_t)cap * w1, 8), *cu2 = calloc((size_t)cap * w2, 8);
-  uint64_t *nu1 = calloc((size_t)cap * w1, 8), *nu2 = calloc((size_t)cap * w2, 8);
-  int hcap = 1024, hn = 0;
-  int *h_cand = malloc(sizeof(int) * hcap), *h_prev = malloc(sizeof(int) * hcap);
-  if (!cur || !nxt || !cu1 || !cu2 || !nu1 || !nu2 || !h_cand || !h_prev) return -1;
-  int ncur = 1;
-  cur[0] = (Path){0, 0, 0, 0, 0, -1, -1, 0};
-  memcpy(cu1, init1, 8 * w1);
-  memcpy(cu2, init2, 8 * w2);
-  for (int j = 0; j < n2; j++) {
-    for (int r = 0; r < ncur; r++) cur[r].slot = r;
-    qsort(cur, ncur, sizeof(Path), cmp);
-    int nn = 0, order = 0, lim = ncur < beam ? ncur : beam;
-    for (int r = 0; r < lim; r++) {
-      Path p = cur[r];
-      const uint64_t *u1 = cu1 + (size_t)p.slot * w1, *u2 = cu2 + (size_t)p.slot * w2;
-      if ((u2[j >> 6] >> (j & 63)) & 1) {
-        if (j < p.idx) {
-          Path c = p; c.order = order++;
-          memcpy(nu1 + (size_t)nn * w1, u1, 8 * w1); memcpy(nu2 + (size_t)nn * w2, u2, 8 * w2);
-          nxt[nn++] = c;
-        } else if (f_ok[p.idx]) {
-          int i = p.idx;
-          Path c = p;
-          if (p.last != -1 && f_mstart[i] != p.last) c.chunks++;
-          c.neg -= f_inc[i];
-          c.dist += abs(i - f_mstart[i]);
-          c.idx = i + f_len[i];
-          c.last = f_mstart[i] + f_mlen[i];
-          c.order = order++;
-          memcpy(nu1 + (size_t)nn * w1, u1, 8 * w1); memcpy(nu2 + (size_t)nn * w2, u2, 8 * w2);
-          nxt[nn++] = c;
-        }
-        continue;
-      }
-      int dist = p.dist;
-      for (int k = cptr[j]; k < cptr[j + 1]; k++) {
-        if (any_bit(u2, c_start[k], c_len[k]) || any_bit(u1, c_mstart[k], c_mlen[k])) continue;
-        if (hn == hcap) {
-          hcap *= 2;
-          h_cand = realloc(h_cand, sizeof(int) * hcap);
-          h_prev = realloc(h_prev, sizeof(int) * hcap);
-          if (!h_cand || !h_prev) return -1;
-        }
-        h_cand[hn] = k; h_prev[hn] = p.hist;
-        Path c = p;
-        c.neg -= c_inc[k];
-        if (p.last != -1 && c_mstart[k] != p.last) c.chunks++;
-        c.dist = dist;
-        c.order = order++;
-        c.idx = c_start[k] + c_len[k];
-        c.last = c_mstart[k] + c_mlen[k];
-        c.hist = hn++;
-        uint64_t *v1 = nu1 + (size_t)nn * w1, *v2 = nu2 + (size_t)nn * w2;
-        memcpy(v1, u1, 8 * w1); memcpy(v2, u2, 8 * w2);
-        set_bits(v1, c_mstart[k], c_mlen[k]); set_bits(v2, c_start[k], c_len[k]);
-        nxt[nn++] = c;
-        dist += abs(c_start[k] - c_mstart[k]);   /* the jar adds it to the parent path */
-      }
-      Path c = p;
-      if (p.last != -1) c.chunks++;
-      c.dist = dist; c.last = -1; c.idx = p.idx + 1; c.order = order++;
-      memcpy(nu1 + (size_t)nn * w1, u1, 8 * w1); memcpy(nu2 + (size_t)nn * w2, u2, 8 * w2);
-      nxt[nn++] = c;
-    }
-    if (nn == 0) {
-      nxt[0] = cur[0];
-      memcpy(nu1, cu1 + (size_t)cur[0].slot * w1, 8 * w1);
-      memcpy(nu2, cu2 + (size_t)cur[0].slot * w2, 8 * w2);
-      nn = 1;
-    }
-    Path *tp = cur; cur = nxt; nxt = tp;
-    uint64_t *t1 = cu1; cu1 = nu1; nu1 = t1;
-    uint64_t *t2 = cu2; cu2 = nu2; nu2 = t2;
-    ncur = nn;
-  }
-  qsort(cur, ncur, sizeof(Path), cmp);
-  int lim = ncur < beam ? ncur : beam;
-  for (int r = 0; r < lim; r++) { if (cur[r].last != -1) cur[r].chunks++; cur[r].order = r; }
-  qsort(cur, lim, sizeof(Path), cmp);
-  for (int j = 0; j < n2; j++) out_pick[j] = -1;
-  for (int h = cur[0].hist; h != -1; h = h_prev[h]) out_pick[c_start[h_cand[h]]] = h_cand[h];
-  free(cur); free(nxt); free(cu1); free(cu2); free(nu1); free(nu2); free(h_cand); free(h_prev);
-  return 0;
-}
-"""
+from bird_jax.metrics.meteor_csrc import SOURCE as _SOURCE
 
 
 def _cache_dir() -> pathlib.Path:
@@ -148,18 +33,18 @@ def _cache_dir() -> pathlib.Path:
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-  """The compiled search, or None when no C compiler is available."""
+  """The compiled aligner, or None when no C compiler is available."""
   if os.environ.get("BIRD_JAX_NO_NATIVE"):
     return None
   tag = hashlib.sha1(_SOURCE.encode()).hexdigest()[:12]
-  so = _cache_dir() / f"meteor_beam_{tag}.so"
+  so = _cache_dir() / f"meteor_align_{tag}.so"
   if not so.exists():
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
       return None
     so.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-      src = pathlib.Path(tmp) / "meteor_beam.c"
+      src = pathlib.Path(tmp) / "meteor_align.c"
       src.write_text(_SOURCE)
       out = pathlib.Path(tmp) / so.name
       try:
@@ -171,6 +56,9 @@ def library() -> ctypes.CDLL | None:
   lib = ctypes.CDLL(str(so))
   lib.meteor_resolve.restype = ctypes.c_int
   lib.meteor_resolve.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 14
+  lib.meteor_batch.restype = ctypes.c_int
+  lib.meteor_batch.argtypes = ([ctypes.c_int] + [ctypes.c_void_p] * 4 + [ctypes.c_int]
+                               + [ctypes.c_void_p] * 13 + [ctypes.c_int, ctypes.c_void_p])
   return lib
 
 
@@ -214,3 +102,113 @@ def resolve(problem, beam: int, weights: tuple[float, ...]) -> list | None:
   for j in np.nonzero(pick >= 0)[0]:
     final[j] = flat[pick[j]]
   return final
+
+
+# --- whole segments ------------------------------------------------------------------------
+def _words(res) -> dict:
+  table = res.native.get("words")
+  if table is None:
+    table = res.native["words"] = {"ids": {}, "hash": [], "shash": [], "func": [], "syn": [],
+                                   "arrays": None}
+  return table
+
+
+def word_ids(res, words: Sequence[str]) -> list[int]:
+  """Ids of ``words`` in the word table of ``res`` (new words get their features)."""
+  table = _words(res)
+  ids = table["ids"]
+  out = []
+  for w in words:
+    i = ids.get(w)
+    if i is None:
+      i = ids[w] = len(ids)
+      table["hash"].append(res.hash(w))
+      table["shash"].append(res.hash(res.stem(w)))
+      table["func"].append(w in res.function_words)
+      table["syn"].append(sorted(res.synsets(w)))
+      table["arrays"] = None
+    out.append(i)
+  return out
+
+
+def _trie(res) -> dict[str, np.ndarray]:
+  """The paraphrase trie of ``res`` over word ids (see ``meteor_csrc``)."""
+  trie = res.native.get("trie")
+  if trie is not None:
+    return trie
+  node_of: dict[tuple[int, int], int] = {}
+  emits: list[list[int]] = [[]]
+  for k, ref in enumerate(res.refs):
+    if not ref:
+      continue
+    node = 0
+    for w in word_ids(res, ref):
+      nxt = node_of.get((node, w))
+      if nxt is None:
+        nxt = node_of[(node, w)] = len(emits)
+        emits.append([])
+      node = nxt
+    emits[node].append(k)
+  edges = sorted(node_of.items())
+  parents = np.asarray([e[0][0] for e in edges], np.int64)
+  paras = [word_ids(res, p) for p in res.paras]
+
+  def offsets(lengths) -> np.ndarray:
+    out = np.zeros(len(lengths) + 1, np.int32)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+  trie = res.native["trie"] = {
+    "ch_off": offsets(np.bincount(parents, minlength=len(emits))),
+    "ch_word": np.asarray([e[0][1] for e in edges], np.int32),
+    "ch_node": np.asarray([e[1] for e in edges], np.int32),
+    "em_off": offsets([len(e) for e in emits]),
+    "em_k": np.asarray([k for e in emits for k in e], np.int32),
+    "pp_off": offsets([len(p) for p in paras]),
+    "pp_word": np.asarray([w for p in paras for w in p], np.int32)}
+  return trie
+
+
+def _word_arrays(res) -> dict[str, np.ndarray]:
+  table = _words(res)
+  if table["arrays"] is None:
+    syn = table["syn"]
+    syn_off = np.zeros(len(syn) + 1, np.int32)
+    np.cumsum([len(x) for x in syn], out=syn_off[1:])
+    table["arrays"] = {
+      "hash": np.asarray(table["hash"], np.int32), "shash": np.asarray(table["shash"], np.int32),
+      "func": np.asarray(table["func"], np.uint8), "syn_off": syn_off,
+      "syn": np.asarray([v for x in syn for v in x], np.int32)}
+  return table["arrays"]
+
+
+def _flat(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+  off = np.zeros(len(seqs) + 1, np.int64)
+  np.cumsum([len(x) for x in seqs], out=off[1:])
+  ids = np.fromiter((v for x in seqs for v in x), np.int32, int(off[-1]))
+  return ids, off
+
+
+def batch_stats(hyps: Sequence[Sequence[int]], refs: Sequence[Sequence[int]], res, beam: int,
+                weights: tuple[float, ...]) -> np.ndarray | None:
+  """METEOR statistics [N, 23] (``meteor.Stats.to_list`` order) of hypothesis/reference word
+  id sequences (``word_ids``), or None when the native code is unavailable."""
+  lib = library()
+  if lib is None:
+    return None
+  trie = _trie(res)
+  words = _word_arrays(res)
+  h_ids, h_off = _flat(hyps)
+  r_ids, r_off = _flat(refs)
+  w = np.asarray(weights, np.float64)
+  out = np.zeros((len(hyps), 23), np.int32)
+  ptr = lambda a: ctypes.c_void_p(a.ctypes.data)  # noqa: E731
+  rc = lib.meteor_batch(
+    len(hyps), ptr(h_off), ptr(h_ids), ptr(r_off), ptr(r_ids), len(words["hash"]),
+    *(ptr(words[k]) for k in ("hash", "shash", "func", "syn_off", "syn")),
+    *(ptr(trie[k]) for k in ("ch_off", "ch_word", "ch_node", "em_off", "em_k", "pp_off",
+                             "pp_word")),
+    ptr(w), beam, ptr(out))
+  if rc != 0:
+    raise MemoryError("METEOR native aligner: allocation failed")
+  return out.astype(np.float64)

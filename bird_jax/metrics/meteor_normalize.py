@@ -51,10 +51,9 @@ def tokens_of(line: str) -> list[str]:
   return [t for t in _TOKEN_SPLIT.split(line) if t]
 
 
-def normalize(line: str) -> str:
-  """METEOR's English normaliser with punctuation kept (``-norm``), then lower-cased.
+def _rewrite(s: str) -> str:
+  """The normaliser's regex rewrites of a space-padded string (before the final-dot rule).
   (Each rewrite only runs when the characters it needs occur; the result is the same.)"""
-  s = " " + line + " "
   if _NEEDS_SEP.search(s):
     s = _SEP_OTHER.sub(r" \1 ", s)
   if ".." in s or "DOTMULTI" in s:
@@ -75,7 +74,12 @@ def normalize(line: str) -> str:
   if "'" in s:
     for pattern, repl in _CONT:
       s = pattern.sub(repl, s)
-  words = tokens_of(s)
+  return s
+
+
+def _finish(words: list[str]) -> str:
+  """The final-dot rule (nonbreaking prefixes, acronyms), dots restored, whitespace
+  normalised and lower-cased: the normaliser's last step over the rewritten words."""
   nbp = meteor_data.nonbreaking_prefixes()
   out = []
   for i, w in enumerate(words):
@@ -99,3 +103,49 @@ def normalize(line: str) -> str:
     s = s.replace("DOTDOTMULTI", "DOTMULTI.")
   s = s.replace("DOTMULTI", ".")
   return _java_trim(_WHITE.sub(" ", s)).lower()
+
+
+def normalize(line: str) -> str:
+  """METEOR's English normaliser with punctuation kept (``-norm``), then lower-cased."""
+  return _finish(tokens_of(_rewrite(" " + line + " ")))
+
+
+# --- per-token fast path -------------------------------------------------------------------
+# A line whose only whitespace is " " is normalised token by token: every rewrite matches one
+# character plus at most one neighbour on each side, so a token is rewritten as if it stood
+# alone, unless the space between two tokens is a neighbour of a rewrite on BOTH sides (a
+# comma, quote or dot ends the first token and one begins the second): such lines take the
+# whole-line path. The final-dot rule looks at the next word, so it runs over the whole line.
+_CORE = frozenset(",'.`\u2018\u2019")
+_OTHER_SPACE = re.compile("[\x00-\x1f\x7f\u2000-\u200a\u202f\u205f\u3000\u00a0]")
+_PLAIN = re.compile("[a-z0-9]+|[a-z0-9]*[0-9](?:,[0-9]+)+")
+
+
+def _token_words(token: str) -> tuple[tuple[str, ...], bool]:
+  """Rewritten words of one token and whether the final step can change them."""
+  if _PLAIN.fullmatch(token):
+    return (token,), False
+  words = tuple(tokens_of(_rewrite(" " + token + " ")))
+  return words, any((len(w) > 1 and w[-1] == ".") or "DOTMULTI" in w or w.lower() != w
+                    for w in words)
+
+
+def normalized_words(line: str, cache: dict[str, tuple[tuple[str, ...], bool]]) -> list[str]:
+  """``tokens_of(normalize(line))``, with each distinct token rewritten once (``cache``, owned
+  by the caller, maps a token to its rewritten words)."""
+  if _OTHER_SPACE.search(line):
+    return tokens_of(normalize(line))
+  tokens = [t for t in line.split(" ") if t]
+  out: list[str] = []
+  finish = False
+  prev_core = False
+  for t in tokens:
+    if prev_core and t[0] in _CORE:
+      return tokens_of(normalize(line))
+    prev_core = t[-1] in _CORE
+    hit = cache.get(t)
+    if hit is None:
+      hit = cache[t] = _token_words(t)
+    out.extend(hit[0])
+    finish = finish or hit[1]
+  return tokens_of(_finish(out)) if finish else out

@@ -230,16 +230,13 @@ def caption_scores_by_modality(images: Sequence[str], refs: Sequence[str],
   status = spice_lib.spice_status()
   if spice == "auto":
     spice = "java" if status.available else "approx"
-  res = None
-  if meteor == "python" and workers <= 1 or spice == "approx":
-    texts = [t for r, h in tokenized.values() for t in r + [meteor_lib.clean_hypothesis(x)
-                                                            for x in h]]
-    res = meteor_lib.Resources(meteor_lib.vocabulary(texts))
+  # SPICE-approx uses stems and synsets only; METEOR's resources come with its statistics.
+  res = meteor_lib.Resources() if spice == "approx" else None
   meteor_stats = {}
   if meteor == "python":
     all_refs = [t for m in tokenized for t in tokenized[m][0]]
     all_hyps = [t for m in tokenized for t in tokenized[m][1]]
-    stats = meteor_lib.segment_stats_many(all_refs, all_hyps, res, workers)
+    stats = meteor_lib.segment_stats_array(all_refs, all_hyps, workers=workers)
     k = 0
     for m in tokenized:
       meteor_stats[m] = stats[k:k + len(tokenized[m][0])]
@@ -253,7 +250,7 @@ def caption_scores_by_modality(images: Sequence[str], refs: Sequence[str],
     scores = caption_scores(r, h, meteor="none" if meteor == "python" else meteor,
                             spice=spice, meteor_resources=res, tokenized=True)
     if meteor == "python":
-      value = meteor_lib.score_stats(meteor_lib.aggregate(meteor_stats[m]))
+      value = meteor_lib.score_stats(meteor_lib.aggregate_array(meteor_stats[m]))
       scores = dataclasses.replace(scores, meteor=value)
     per[m] = scores.rounded(6)
   keys = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "mBMR",
