@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from bird_jax.metrics import meteor as M
 from bird_jax.metrics.meteor_data import java_hash
-from bird_jax.metrics.ptb_tokenize import tokenize_captions
+from bird_jax.metrics.ptb_tokenize import ptb_tokens, tokenize_captions
 from bird_jax.metrics.text import bleu, caption_scores_by_modality, cider, lcs_length, rouge_l
 
 
@@ -102,6 +102,29 @@ def test_ptb_tokenizer_cases(text, tokens):
 
 def test_ptb_line_breaks_are_sanitised():
   assert tokenize_captions(["a\rb", "c\u2028d", "e"]) == ["a b", "c d", "e"]
+
+
+def test_ptb_tokens_line_breaks_tabs_and_digits():
+  # "\r\n" is one line break for the lexer; tabs separate chunks; digits reuse cached chunks
+  assert ptb_tokens("a \r\nb\tc.\nd 12,34\t(5,6)\n", {}) == \
+      [["a"], ["b", "c."], ["d", "12,34", "-LRB-", "5,6", "-RRB-"], []]
+  assert ptb_tokens("x\u2028y z \r\n\n", {}) == [["x"], ["y", "z"], [], []]
+  assert ptb_tokens("Gonna  go\r\n\tcannot.", {}) == [["Gon", "na", "go"], ["can", "not", "."]]
+  cache: dict = {}
+  assert ptb_tokens("(12,34) (5,6) (12,34)", cache) == ptb_tokens("(12,34) (5,6) (12,34)", {})
+  assert ptb_tokens("(98,76) 1/2 3/4 1/2", cache) == \
+      [["-LRB-", "98,76", "-RRB-", "1/2", "3/4", "1/2"]]
+
+
+def test_ptb_cache_shared_across_streams():
+  from bird_jax.metrics.synthetic import corpus
+  _, refs, hyps = corpus(300, seed=4)
+  cache: dict = {}
+  shared = [tokenize_captions(refs[k::3], cache) for k in range(3)]
+  shared += [tokenize_captions(hyps[k::3], cache) for k in range(3)]
+  alone = [tokenize_captions(refs[k::3]) for k in range(3)]
+  alone += [tokenize_captions(hyps[k::3]) for k in range(3)]
+  assert shared == alone and len(cache) > 20
 
 
 def test_caption_scores_by_modality_rounds_and_averages():

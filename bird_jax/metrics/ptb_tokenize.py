@@ -324,7 +324,7 @@ _CHUNK = regex.compile(r"[^ \t\n]+")
 _UNCLOSED_LT = regex.compile(r"<[^>]*$")
 
 
-def _chunk_key(text: str, chunk: str, end: int, nxt: regex.Match | None) -> tuple | None:
+def _chunk_key(text: str, chunk: str, end: int) -> tuple | None:
   """Cache key for a whitespace-delimited chunk whose tokens depend only on the key.
 
   None when a token may cross into the next chunk (tags with spaces, phone numbers,
@@ -332,12 +332,16 @@ def _chunk_key(text: str, chunk: str, end: int, nxt: regex.Match | None) -> tupl
   """
   if _UNCLOSED_LT.search(chunk):
     return None
+  last = chunk[-1]
+  if "." not in chunk and last != ")" and not last.isdigit():
+    return (chunk, text[end:end + 1])
+  nxt = _CHUNK.search(text, end)
   if nxt is not None:
     following = nxt.group()
-    if chunk[-1] in ")0123456789" or chunk[-1].isdigit():
+    if last == ")" or last.isdigit():
       if following[0].isdigit():
         return None
-    if chunk[-1] == "." and following[0] == ".":
+    if last == "." and following[0] == ".":
       return None
   if "." not in chunk:
     return (chunk, text[end:end + 1])
@@ -349,64 +353,110 @@ def _chunk_key(text: str, chunk: str, end: int, nxt: regex.Match | None) -> tupl
 
 
 _ASSIMILATIONS = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna"])
+_TO_FIVE = str.maketrans("0123456789", "5555555555")
 _ASCII_DIGIT = regex.compile(r"[0-9]")
 _DIGIT_SENSITIVE = regex.compile(r"['\u0092\u2019&\u00BC\u00BD\u00BE\u2153-\u215E]")
 
 
-def ptb_tokens(text: str) -> list[list[str]]:
+def _shape(canon: str) -> tuple[int, bool]:
+  """What a chunk's key needs, from the chunk with its ASCII digits as "5": 0 no key (lex
+  it), 1 the next character, 2 more (``_chunk_key``); and whether its digits are
+  canonicalised (it has some, and no rule that distinguishes digits applies)."""
+  last = canon[-1]
+  if _UNCLOSED_LT.search(canon):
+    kind = 0
+  elif "." not in canon and last != ")" and not last.isdigit():
+    kind = 1
+  else:
+    kind = 2
+  return kind, "5" in canon and not _DIGIT_SENSITIVE.search(canon)
+
+
+def _template(tokens: list[str]) -> list[str | tuple[str, int]]:
+  """Tokens with ASCII digits as "5": a token with n of them becomes (format string, n)."""
+  out: list[str | tuple[str, int]] = []
+  for t in tokens:
+    n = t.count("5")
+    out.append((t.replace("{", "{{").replace("}", "}}").replace("5", "{}"), n) if n else t)
+  return out
+
+
+def ptb_tokens(text: str, cache: dict | None = None) -> list[list[str]]:
   """Lexes ``text`` into lines of PTB tokens (original case, before punctuation removal).
 
   Speed-ups that do not change the result: a chunk of letters only is one token (unless it
   is an assimilation like "cannot"); other whitespace-delimited chunks whose tokens cannot
   depend on more than ``_chunk_key`` are lexed once, with ASCII digits canonicalised when no
   rule distinguishes them (no apostrophes, entities or fraction characters), and reused.
+  ``cache`` (chunk key -> tokens) may be shared between calls.
   """
+  cache = {} if cache is None else cache
+  shapes: dict[str, tuple[int, bool]] = {}
   lines: list[list[str]] = [[]]
-  cache: dict[tuple, list[str]] = {}
-  chunks = list(_CHUNK.finditer(text))
-  pos = 0
-  for k, m in enumerate(chunks):
-    start, end = m.span()
-    if pos > start:                  # the previous token ran into this chunk
-      if pos < end:
-        pos = _lex(text, pos, end, lines)
+  pos = 0                                      # the lexer's position
+  base = 0                                     # start of the current line in ``text``
+  tabs = "\t" in text                          # chunks end at spaces, tabs and newlines
+  for k, line in enumerate(text.replace("\t", " ").split("\n") if tabs else text.split("\n")):
+    if k and pos < base:                       # else the lexer took this "\n" (in "\r\n")
+      lines.append([])
+    start = base
+    base += len(line) + 1
+    if not line:
       continue
-    if "\n" in text[pos:start]:
-      lines.extend([] for _ in range(text.count("\n", pos, start)))
-    chunk = m.group()
-    if chunk.isalpha() and chunk.lower() not in _ASSIMILATIONS:
-      lines[-1].append(chunk)
-      pos = end
-      continue
-    key = _chunk_key(text, chunk, end, chunks[k + 1] if k + 1 < len(chunks) else None)
-    if key is None:
-      pos = _lex(text, start, end, lines)
-      continue
-    digits = None
-    if not _DIGIT_SENSITIVE.search(key[0]) and _ASCII_DIGIT.search(key[0]):
-      digits = _ASCII_DIGIT.findall(chunk)
-      key = (_ASCII_DIGIT.sub("5", key[0]), key[1])
-    toks = cache.get(key)
-    if toks is None:
-      tmp: list[list[str]] = [[]]
-      pos = _lex(text, start, end, tmp)
-      if pos != end or len(tmp) != 1:
+    for chunk in line.split(" "):
+      end = start + len(chunk)
+      if not chunk:
+        start = end + 1
+        continue
+      if pos > start:                          # the previous token ran into this chunk
+        if pos < end:
+          pos = _lex(text, pos, end, lines)
+        start = end + 1
+        continue
+      if chunk.isalpha() and chunk.lower() not in _ASSIMILATIONS:
+        lines[-1].append(chunk)
+        pos = end
+        start = end + 1
+        continue
+      canon = chunk.translate(_TO_FIVE)
+      shape = shapes.get(canon)
+      if shape is None:
+        shape = shapes[canon] = _shape(canon)
+      if shape[0] == 1:
+        key = (chunk, text[end:end + 1])
+      else:
+        key = _chunk_key(text, chunk, end) if shape[0] == 2 else None
+        if key is None:
+          pos = _lex(text, start, end, lines)
+          start = end + 1
+          continue
+      digits = None
+      if shape[1]:
+        digits = _ASCII_DIGIT.findall(chunk)
+        key = (canon, key[1])
+      toks = cache.get(key)
+      if toks is None:
+        tmp: list[list[str]] = [[]]
+        pos = _lex(text, start, end, tmp)
         lines[-1].extend(tmp[0])
         lines.extend(tmp[1:])
+        if pos == end and len(tmp) == 1:
+          cache[key] = _template([t.translate(_TO_FIVE) for t in tmp[0]]) if digits else tmp[0]
+        start = end + 1
         continue
-      lines[-1].extend(tmp[0])
-      if digits is not None:
-        cache[key] = [_ASCII_DIGIT.sub("5", t) for t in tmp[0]]
+      if digits is None:
+        lines[-1].extend(toks)
       else:
-        cache[key] = tmp[0]
+        at = 0
+        out = lines[-1]
+        for t in toks:
+          if type(t) is str:
+            out.append(t)
+          else:
+            out.append(t[0].format(*digits[at:at + t[1]]))
+            at += t[1]
       pos = end
-      continue
-    if digits is not None:
-      it = iter(digits)
-      toks = [_ASCII_DIGIT.sub(lambda _: next(it), t) if "5" in t else t for t in toks]
-    lines[-1].extend(toks)
-    pos = end
-  lines.extend([] for _ in range(text.count("\n", pos)))
+      start = end + 1
   return lines
 
 
@@ -415,12 +465,13 @@ def sanitize(caption: str) -> str:
   return _LINE_BREAKS.sub(" ", caption.replace("\n", " "))
 
 
-def tokenize_captions(captions: Sequence[str]) -> list[str]:
-  """pycocoevalcap PTBTokenizer output for each caption: lower-cased tokens joined by spaces."""
+def tokenize_captions(captions: Sequence[str], cache: dict | None = None) -> list[str]:
+  """pycocoevalcap PTBTokenizer output for each caption: lower-cased tokens joined by spaces.
+  ``cache`` (see ``ptb_tokens``) may be shared between calls, e.g. across modalities."""
   text = "\n".join(sanitize(c) for c in captions)
-  lines = ptb_tokens(text)
+  lines = ptb_tokens(text, cache)
   out = []
   for i in range(len(captions)):
     line = " ".join(lines[i]).lower() if i < len(lines) else ""
-    out.append(" ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS))
+    out.append(" ".join([w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS]))
   return out

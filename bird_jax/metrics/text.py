@@ -222,11 +222,12 @@ def caption_scores_by_modality(images: Sequence[str], refs: Sequence[str],
       f"candidates ({len(hyps)}) must have the same length")
   groups = group_by_modality(images)
   tokenized = {}
+  cache: dict = {}          # chunk tokens do not depend on the stream: shared across modalities
   for m in MODALITIES:
     idx = groups.indices[m]
     if idx:
-      tokenized[m] = (tokenize_captions([refs[i] for i in idx]),
-                      tokenize_captions([hyps[i] for i in idx]))
+      tokenized[m] = (tokenize_captions([refs[i] for i in idx], cache),
+                      tokenize_captions([hyps[i] for i in idx], cache))
   status = spice_lib.spice_status()
   if spice == "auto":
     spice = "java" if status.available else "approx"
