@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from bird_jax.metrics import meteor as M
 from bird_jax.metrics import meteor_data, meteor_native
-from bird_jax.metrics.meteor_normalize import normalize, normalized_words, tokens_of
+from bird_jax.metrics.meteor_normalize import TokenCache, normalize, normalized_words, tokens_of
 from bird_jax.metrics.ptb_tokenize import tokenize_captions
 from bird_jax.metrics.synthetic import corpus
 
@@ -26,12 +26,25 @@ _PIECES = list("aAbxyz09.,'`\u2018\u2019\u201c\u201d\"-\u2013()<>/&;:?!$%\u00e9\
 @given(st.lists(st.sampled_from(_PIECES), max_size=16))
 def test_per_token_normaliser_equals_whole_line(pieces):
   line = "".join(pieces)
-  assert normalized_words(line, {}) == tokens_of(normalize(line))
+  assert normalized_words(line, TokenCache()) == tokens_of(normalize(line))
+
+
+_TOKENS = ["no.", "No.", "5", "12,34", "inc.", "Inc.", "etc.", "u.s.", "e.g.", "a", "B", "x.", "..",
+           "...", "DOTMULTI.", "mr.", "'s", "n't", "isn't", ",", "'", "``", "-lrb-", "x-ray", "a.b",
+           "Σ.", "σ", "fig.", "1.", "(", "<box>", "\u2019", "\u201c", "\u2013", "--", "-", ""]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_TOKENS), max_size=12))
+def test_per_token_normaliser_on_token_lines(tokens):
+  cache = TokenCache()
+  for line in (" ".join(tokens), "  ".join(tokens), " ".join(reversed(tokens))):
+    assert normalized_words(line, cache) == tokens_of(normalize(line))
 
 
 def test_per_token_normaliser_on_captions():
   _, refs, hyps = corpus(400, seed=5)
-  cache: dict = {}
+  cache = TokenCache()
   for t in refs + hyps + tokenize_captions(refs) + tokenize_captions(hyps):
     assert normalized_words(t, cache) == tokens_of(normalize(t)), t
   assert normalized_words("the U.S. lungs , isn't it ?", cache) == \
@@ -91,7 +104,7 @@ def _segments() -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def segments():
   pairs = _segments()
-  cache: dict = {}
+  cache = TokenCache()
   words = {t: normalized_words(t, cache) for p in pairs for t in p}
   res = M.Resources({w for ws in words.values() for w in ws})
   return pairs, words, res

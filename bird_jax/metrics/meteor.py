@@ -22,6 +22,7 @@ mean of segment scores. This package reproduces each step of the jar:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import subprocess
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ import numpy as np
 
 from bird_jax.metrics import meteor_data, meteor_native
 from bird_jax.metrics.meteor_match import Match, Resources, candidate_matches
-from bird_jax.metrics.meteor_normalize import normalize, normalized_words, tokens_of
+from bird_jax.metrics.meteor_normalize import TokenCache, normalize, normalized_words, tokens_of
 
 ALPHA, BETA, GAMMA, DELTA = 0.85, 0.20, 0.60, 0.75
 MODULE_WEIGHTS = (1.0, 0.6, 0.8, 0.6)      # scoring: exact, stem, synonym, paraphrase
@@ -304,7 +305,7 @@ def clean_hypothesis(hyp: str) -> str:
 def vocabulary(texts: Sequence[str]) -> set[str]:
   """Normalised words of ``texts`` (for filtering the paraphrase table)."""
   out: set[str] = set()
-  cache: dict = {}
+  cache = TokenCache()
   for t in texts:
     out.update(normalized_words(t, cache))
   return out
@@ -330,6 +331,7 @@ def pair_stats(pairs: Sequence[tuple[str, str]], words: dict[str, list[str]], re
   """Statistics [N, 23] of (reference, cleaned hypothesis) pairs from their normalised
   ``words``: the compiled aligner when ``native`` and available, else the Python code."""
   if native:
+    meteor_native.add_words(res, itertools.chain.from_iterable(words.values()))
     ids = {t: meteor_native.word_ids(res, w) for t, w in words.items()}
     out = meteor_native.batch_stats([ids[h] for _, h in pairs], [ids[r] for r, _ in pairs],
                                     res, BEAM_SIZE, ALIGN_WEIGHTS)
@@ -341,7 +343,7 @@ def pair_stats(pairs: Sequence[tuple[str, str]], words: dict[str, list[str]], re
 
 
 def _unique_stats(unique: list[tuple[str, str]], res: Resources | None) -> np.ndarray:
-  cache: dict = {}
+  cache = TokenCache()
   words = {t: normalized_words(t, cache) for t in dict.fromkeys(t for p in unique for t in p)}
   if res is None:
     res = Resources({w for ws in words.values() for w in ws})

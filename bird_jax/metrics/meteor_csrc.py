@@ -29,18 +29,18 @@ static Key key_of(const Path *p) {
 static int less(Key a, Key b) { return a.hi < b.hi || (a.hi == b.hi && a.lo < b.lo); }
 
 /* Moves the min(n, k) smallest paths of p[0..n), in order, to p[0..min(n, k)); the order
-   field makes every key distinct, so this equals a full sort followed by truncation. */
+   field makes every key distinct (so this equals a full sort followed by truncation) and
+   equals the path's index in p, which the selection sorts keys only to exploit. */
 static int select_best(Path *p, int n, int k, Path *best, Key *keys) {
   int m = 0;
   for (int r = 0; r < n; r++) {
     Key key = key_of(&p[r]);
     if (m == k && !less(key, keys[m - 1])) continue;
     int at = m < k ? m++ : m - 1;
-    while (at > 0 && less(key, keys[at - 1])) {
-      keys[at] = keys[at - 1]; best[at] = best[at - 1]; at--;
-    }
-    keys[at] = key; best[at] = p[r];
+    while (at > 0 && less(key, keys[at - 1])) { keys[at] = keys[at - 1]; at--; }
+    keys[at] = key;
   }
+  for (int r = 0; r < m; r++) best[r] = p[(int)((uint32_t)keys[r].lo ^ 0x80000000u)];
   memcpy(p, best, sizeof(Path) * m);
   return m;
 }
@@ -134,6 +134,7 @@ int meteor_resolve(int n1, int n2, int beam, const int *cptr, const int *c_start
     }
     if (nn == 0) {
       nxt[0] = cur[0];
+      nxt[0].order = 0;
       memcpy(nu1, cu1 + (size_t)cur[0].slot * w1, 8 * w1);
       memcpy(nu2, cu2 + (size_t)cur[0].slot * w2, 8 * w2);
       nn = 1;

@@ -27,7 +27,7 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -56,6 +56,24 @@ def java_hash(s: str) -> int:
   for unit in array.array("H", s.encode("utf-16-le")):
     h = (31 * h + unit) & 0xFFFFFFFF
   return h - (1 << 32) if h >= 1 << 31 else h
+
+
+def java_hashes(words: Sequence[str]) -> np.ndarray:
+  """``java_hash`` of many words at once (int32): sum of units x 31^(n-1-k) modulo 2^32."""
+  enc = [w.encode("utf-16-le") for w in words]
+  lens = np.fromiter(map(len, enc), np.int64, len(enc)) // 2
+  units = np.frombuffer(b"".join(enc), np.uint16).astype(np.uint64)
+  out = np.zeros(len(enc), np.uint64)
+  if len(units):
+    pow31 = np.ones(int(lens.max()), np.uint64)
+    for e in range(1, len(pow31)):
+      pow31[e] = (pow31[e - 1] * np.uint64(31)) & np.uint64(0xFFFFFFFF)
+    ends = np.cumsum(lens)
+    exponent = np.repeat(ends, lens) - 1 - np.arange(len(units))
+    terms = units * pow31[exponent]                   # < 2^48; sums wrap modulo 2^64
+    full = lens > 0
+    out[full] = np.add.reduceat(terms, (ends - lens)[full])
+  return (out & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.int32)
 
 
 @functools.cache

@@ -84,6 +84,7 @@ _SUFFIX = ("s", "ses", "xes", "zes", "ches", "shes", "men", "ies", "s", "ies", "
            "ed", "ing", "ing", "er", "est", "er", "est")
 _ADD = ("", "s", "x", "z", "ch", "sh", "man", "y", "", "y", "e", "", "e", "", "e", "", "", "",
         "e", "e")
+_SUFFIX_ENDS = frozenset(suf[-1] for suf in _SUFFIX)
 
 
 def _morph(word: str, w2s: meteor_data.Synonyms) -> str:
@@ -91,6 +92,8 @@ def _morph(word: str, w2s: meteor_data.Synonyms) -> str:
   tail = "ful" if word.endswith("ful") else ""
   if word.endswith("ss") or len(word) <= 2:
     return word
+  if word[-1] not in _SUFFIX_ENDS:
+    return ""
   for suf, add in zip(_SUFFIX, _ADD):
     if word.endswith(suf):
       base = word[:len(word) - len(suf)] + add

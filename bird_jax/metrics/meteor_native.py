@@ -15,15 +15,17 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import itertools
 import os
 import pathlib
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from bird_jax.metrics import meteor_data
 from bird_jax.metrics.meteor_csrc import SOURCE as _SOURCE
 
 
@@ -113,22 +115,30 @@ def _words(res) -> dict:
   return table
 
 
-def word_ids(res, words: Sequence[str]) -> list[int]:
-  """Ids of ``words`` in the word table of ``res`` (new words get their features)."""
+def add_words(res, words: Iterable[str]) -> None:
+  """Adds the new ones of ``words`` to the word table of ``res``, with their features."""
   table = _words(res)
   ids = table["ids"]
-  out = []
-  for w in words:
-    i = ids.get(w)
-    if i is None:
-      i = ids[w] = len(ids)
-      table["hash"].append(res.hash(w))
-      table["shash"].append(res.hash(res.stem(w)))
-      table["func"].append(w in res.function_words)
-      table["syn"].append(sorted(res.synsets(w)))
-      table["arrays"] = None
-    out.append(i)
-  return out
+  new = [w for w in dict.fromkeys(words) if w not in ids]
+  if not new:
+    return
+  ids.update(zip(new, range(len(ids), len(ids) + len(new))))
+  table["hash"].extend(meteor_data.java_hashes(new).tolist())
+  table["shash"].extend(meteor_data.java_hashes([res.stem(w) for w in new]).tolist())
+  fw = res.function_words
+  table["func"].extend(w in fw for w in new)
+  table["syn"].extend(sorted(res.synsets(w)) for w in new)
+  table["arrays"] = None
+
+
+def word_ids(res, words: Sequence[str]) -> list[int]:
+  """Ids of ``words`` in the word table of ``res`` (new words get their features)."""
+  ids = _words(res)["ids"]
+  try:
+    return list(map(ids.__getitem__, words))
+  except KeyError:
+    add_words(res, words)
+    return list(map(ids.__getitem__, words))
 
 
 def _trie(res) -> dict[str, np.ndarray]:
@@ -184,8 +194,8 @@ def _word_arrays(res) -> dict[str, np.ndarray]:
 
 def _flat(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
   off = np.zeros(len(seqs) + 1, np.int64)
-  np.cumsum([len(x) for x in seqs], out=off[1:])
-  ids = np.fromiter((v for x in seqs for v in x), np.int32, int(off[-1]))
+  np.cumsum(np.fromiter(map(len, seqs), np.int64, len(seqs)), out=off[1:])
+  ids = np.fromiter(itertools.chain.from_iterable(seqs), np.int32, int(off[-1]))
   return ids, off
 
 

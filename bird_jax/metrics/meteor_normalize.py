@@ -9,6 +9,8 @@ word, dots dropped from acronyms (U.S. -> US).
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import re
 
 from bird_jax.metrics import meteor_data
@@ -115,37 +117,70 @@ def normalize(line: str) -> str:
 # character plus at most one neighbour on each side, so a token is rewritten as if it stood
 # alone, unless the space between two tokens is a neighbour of a rewrite on BOTH sides (a
 # comma, quote or dot ends the first token and one begins the second): such lines take the
-# whole-line path. The final-dot rule looks at the next word, so it runs over the whole line.
-_CORE = frozenset(",'.`\u2018\u2019")
-_OTHER_SPACE = re.compile("[\x00-\x1f\x7f\u2000-\u200a\u202f\u205f\u3000\u00a0]")
+# whole-line path. The last step treats each word alone, except that the final-dot rule looks
+# at the first character of the next word: a lower-case letter, a digit, anything else, or no
+# next word. A token's final words are kept per class of that character when they depend on it.
+_SLOW_LINE = re.compile("[\x00-\x1f\x7f\u2000-\u200a\u202f\u205f\u3000\u00a0]"
+                        "|[,'.`\u2018\u2019] +[,'.`\u2018\u2019]")
 _PLAIN = re.compile("[a-z0-9]+|[a-z0-9]*[0-9](?:,[0-9]+)+")
+_PROBES = {"a": ["a"], "0": ["0"], "": ["!"], None: []}   # a next word of each class
 
 
-def _token_words(token: str) -> tuple[tuple[str, ...], bool]:
-  """Rewritten words of one token and whether the final step can change them."""
-  if _PLAIN.fullmatch(token):
-    return (token,), False
-  words = tuple(tokens_of(_rewrite(" " + token + " ")))
-  return words, any((len(w) > 1 and w[-1] == ".") or "DOTMULTI" in w or w.lower() != w
-                    for w in words)
+def _first_class(word: str) -> str:
+  c = word[0]
+  return "a" if "a" <= c <= "z" else ("0" if "0" <= c <= "9" else "")
 
 
-def normalized_words(line: str, cache: dict[str, tuple[tuple[str, ...], bool]]) -> list[str]:
-  """``tokens_of(normalize(line))``, with each distinct token rewritten once (``cache``, owned
-  by the caller, maps a token to its rewritten words)."""
-  if _OTHER_SPACE.search(line):
+@dataclasses.dataclass
+class TokenCache:
+  """Per distinct token: its final words (a tuple, or per class of the next word's first
+  character: a dict), the class of its first rewritten word (None: it has no words)."""
+  final: dict[str, tuple[str, ...] | dict[str | None, tuple[str, ...]]] = \
+    dataclasses.field(default_factory=dict)
+  first: dict[str, str | None] = dataclasses.field(default_factory=dict)
+  dependent: set[str] = dataclasses.field(default_factory=set)
+
+  def add(self, token: str) -> None:
+    if _PLAIN.fullmatch(token):
+      self.final[token], self.first[token] = (token,), _first_class(token)
+      return
+    words = tokens_of(_rewrite(" " + token + " "))
+    self.first[token] = _first_class(words[0]) if words else None
+    if not any((len(w) > 1 and w[-1] == ".") or "DOTMULTI" in w or w.lower() != w
+               for w in words):
+      self.final[token] = tuple(words)
+      return
+    by_class = {}
+    for cls, probe in _PROBES.items():
+      out = tokens_of(_finish(words + probe))
+      by_class[cls] = tuple(out[:len(out) - len(probe)])
+    if len(set(by_class.values())) == 1:
+      self.final[token] = by_class[None]
+    else:
+      self.final[token] = by_class
+      self.dependent.add(token)
+
+
+def normalized_words(line: str, cache: TokenCache) -> list[str]:
+  """``tokens_of(normalize(line))``, each distinct token rewritten once (``cache``)."""
+  if _SLOW_LINE.search(line):
     return tokens_of(normalize(line))
-  tokens = [t for t in line.split(" ") if t]
-  out: list[str] = []
-  finish = False
-  prev_core = False
-  for t in tokens:
-    if prev_core and t[0] in _CORE:
-      return tokens_of(normalize(line))
-    prev_core = t[-1] in _CORE
-    hit = cache.get(t)
-    if hit is None:
-      hit = cache[t] = _token_words(t)
-    out.extend(hit[0])
-    finish = finish or hit[1]
-  return tokens_of(_finish(out)) if finish else out
+  tokens = list(filter(None, line.split(" ")))
+  final = cache.final
+  try:
+    parts = list(map(final.__getitem__, tokens))
+  except KeyError:
+    for t in set(tokens).difference(final):
+      cache.add(t)
+    parts = list(map(final.__getitem__, tokens))
+  if not cache.dependent.isdisjoint(tokens):
+    first = cache.first
+    nxt = None
+    for i in range(len(tokens) - 1, -1, -1):
+      p = parts[i]
+      if type(p) is dict:
+        parts[i] = p[nxt]
+      c = first[tokens[i]]
+      if c is not None:
+        nxt = c
+  return list(itertools.chain.from_iterable(parts))
