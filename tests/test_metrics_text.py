@@ -116,6 +116,30 @@ def test_ptb_tokens_line_breaks_tabs_and_digits():
       [["-LRB-", "98,76", "-RRB-", "1/2", "3/4", "1/2"]]
 
 
+_PTB_PIECES = [
+  "etc.", "e.g.", "U.S.", "u.s.", "Mr.", "No.", "no.", "Inc.", "Jan.", "St.", "A.", "x.", "vs.",
+  "al.", "Co.", "Ph.D.", "non-U.S.", "Ark.", "Gen.", "cf.", "Figs.", "Mass.", "a.k.a.", "3.5",
+  "0.05", "3.5cm)", "(approx.", "p.m.", ".", "..", "...", "the", "a", "about", "x-ray", "a)",
+  "i", "n't", "cannot", "gonna", "y'all", "a@b.com", "The", "About", "According", "He", "<ref>",
+  "<b c>", "<", "5", "12", "(555)", "123-4567", "1/2", "(", ")", "'s", "''", '"', "&amp;", "-",
+  "--", ",", ";", "?", "caf\u00e9", "\u00bd", " ", " ", "  ", "\n", "\t", "\r\n"]
+
+
+@pytest.fixture(scope="module")
+def ptb_cache():
+  return {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PTB_PIECES), max_size=24))
+def test_ptb_chunk_cache_equals_plain_lexer(ptb_cache, pieces):
+  from bird_jax.metrics.ptb_tokenize import _lex
+  text = " ".join(pieces) if len(pieces) % 2 else "".join(pieces)
+  plain: list[list[str]] = [[]]
+  _lex(text, 0, len(text), plain)
+  assert ptb_tokens(text, ptb_cache) == plain       # cache shared by all examples
+
+
 def test_ptb_cache_shared_across_streams():
   from bird_jax.metrics.synthetic import corpus
   _, refs, hyps = corpus(300, seed=4)

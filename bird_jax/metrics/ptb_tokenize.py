@@ -349,6 +349,9 @@ def _chunk_key(text: str, chunk: str, end: int) -> tuple | None:
     return (chunk, text[end:])
   if _UNCLOSED_LT.search(nxt.group()):
     return None
+  if "a" <= nxt.group()[0] <= "z":
+    # every look-ahead that gets past the space wants a capital, digit, "<" or more space
+    return (chunk, text[end:nxt.start()] + "a")
   return (chunk, text[end:nxt.end() + 1])
 
 
@@ -372,13 +375,10 @@ def _shape(canon: str) -> tuple[int, bool]:
   return kind, "5" in canon and not _DIGIT_SENSITIVE.search(canon)
 
 
-def _template(tokens: list[str]) -> list[str | tuple[str, int]]:
-  """Tokens with ASCII digits as "5": a token with n of them becomes (format string, n)."""
-  out: list[str | tuple[str, int]] = []
-  for t in tokens:
-    n = t.count("5")
-    out.append((t.replace("{", "{{").replace("}", "}}").replace("5", "{}"), n) if n else t)
-  return out
+def _template(tokens: list[str]) -> str:
+  """Format string of tokens whose ASCII digits are "5" (placeholders), joined by newlines
+  (which no token contains)."""
+  return "\n".join(tokens).replace("{", "{{").replace("}", "}}").replace("5", "{}")
 
 
 def ptb_tokens(text: str, cache: dict | None = None) -> list[list[str]]:
@@ -440,21 +440,14 @@ def ptb_tokens(text: str, cache: dict | None = None) -> list[list[str]]:
         pos = _lex(text, start, end, tmp)
         lines[-1].extend(tmp[0])
         lines.extend(tmp[1:])
-        if pos == end and len(tmp) == 1:
+        if pos == end and len(tmp) == 1 and not any("\n" in t for t in tmp[0]):
           cache[key] = _template([t.translate(_TO_FIVE) for t in tmp[0]]) if digits else tmp[0]
         start = end + 1
         continue
       if digits is None:
         lines[-1].extend(toks)
-      else:
-        at = 0
-        out = lines[-1]
-        for t in toks:
-          if type(t) is str:
-            out.append(t)
-          else:
-            out.append(t[0].format(*digits[at:at + t[1]]))
-            at += t[1]
+      elif toks:
+        lines[-1].extend(toks.format(*digits).split("\n"))
       pos = end
       start = end + 1
   return lines
