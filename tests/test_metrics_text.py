@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from bird_jax.metrics import meteor as M
 from bird_jax.metrics.meteor_data import java_hash
 from bird_jax.metrics.ptb_tokenize import ptb_tokens, tokenize_captions
-from bird_jax.metrics.text import bleu, caption_scores_by_modality, cider, lcs_length, rouge_l
+from bird_jax.metrics.text import (bleu, caption_scores_by_modality, cider, lcs_length,
+                                   lcs_lengths, rouge_l)
 
 
 def _lcs_dp(a, b):
@@ -29,6 +30,17 @@ def _lcs_dp(a, b):
                                                                   max_size=30))
 def test_bit_parallel_lcs_equals_dynamic_programming(a, b):
   assert lcs_length(a, b) == _lcs_dp(a, b)
+
+
+def test_vectorised_lcs_equals_bit_parallel_lcs():
+  rng = random.Random(3)
+  refs, hyps = [], []
+  for n_ref in [0, 1, 5, 30, 63, 64, 65, 120] * 6:
+    refs.append([rng.choice("abcdef") for _ in range(n_ref)] or [""])
+    hyps.append([rng.choice("abcdefg") for _ in range(rng.randint(0, 80))] or [""])
+  got = lcs_lengths(refs, hyps)
+  assert got.tolist() == [lcs_length(r, h) for r, h in zip(refs, hyps)]
+  assert got.tolist() == [_lcs_dp(r, h) for r, h in zip(refs, hyps)]
 
 
 def test_bleu_hand_computed():

@@ -9,6 +9,7 @@ tf-idf vectors are NumPy operations over the whole corpus instead of per-sample 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,11 +54,14 @@ class NgramStats:
 
 
 def _encode(texts: Sequence[str], vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+  """Token ids (new words numbered in order of first appearance) and lengths per text."""
   toks = [t.split() for t in texts]
-  lens = np.fromiter((len(t) for t in toks), np.int64, len(toks))
-  ids = np.fromiter((vocab.setdefault(w, len(vocab)) for t in toks for w in t), np.int64,
-                    int(lens.sum()))
-  return ids, lens
+  lens = np.fromiter(map(len, toks), np.int64, len(toks))
+  flat = list(itertools.chain.from_iterable(toks))
+  for w in dict.fromkeys(flat):
+    if w not in vocab:
+      vocab[w] = len(vocab)
+  return np.fromiter(map(vocab.__getitem__, flat), np.int64, len(flat)), lens
 
 
 def ngram_stats(refs: Sequence[str], hyps: Sequence[str]) -> NgramStats:

@@ -19,6 +19,7 @@ means over the 8 modalities.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -86,15 +87,65 @@ def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
   return len(a) - bin(v).count("1")
 
 
+def _ids(seqs: list[list[str]], vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+  flat = list(itertools.chain.from_iterable(seqs))
+  for w in dict.fromkeys(flat):
+    vocab.setdefault(w, len(vocab))
+  return (np.fromiter(map(vocab.__getitem__, flat), np.int64, len(flat)),
+          np.fromiter(map(len, seqs), np.int64, len(seqs)))
+
+
+def lcs_lengths(refs: list[list[str]], hyps: list[list[str]]) -> np.ndarray:
+  """``lcs_length`` of every (reference, candidate) pair: the same bit-parallel recurrence,
+  vectorised over the pairs whose reference fits in 64 bits (others one by one)."""
+  vocab: dict[str, int] = {}
+  r_ids, r_len = _ids(refs, vocab)
+  h_ids, h_len = _ids(hyps, vocab)
+  n, v_size = len(refs), max(len(vocab), 1)
+  out = np.zeros(n, np.int64)
+  for s in np.flatnonzero(r_len > 64):
+    out[s] = lcs_length(refs[s], hyps[s])
+  small = r_len <= 64
+  # masks[(sample, word)] = bits of the reference positions holding that word
+  r_sample = np.repeat(np.arange(n), r_len)
+  r_pos = np.arange(len(r_ids)) - np.repeat(np.cumsum(r_len) - r_len, r_len)
+  keep = small[r_sample]
+  keys = r_sample[keep] * v_size + r_ids[keep]
+  order = np.argsort(keys, kind="stable")
+  keys = keys[order]
+  bits = np.left_shift(np.uint64(1), r_pos[keep][order].astype(np.uint64))
+  starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else keys
+  ukeys, masks = keys[starts], np.add.reduceat(bits, starts) if len(keys) else bits
+  h_sample = np.repeat(np.arange(n), h_len)
+  h_pos = np.arange(len(h_ids)) - np.repeat(np.cumsum(h_len) - h_len, h_len)
+  h_keys = h_sample * v_size + h_ids
+  at = np.minimum(np.searchsorted(ukeys, h_keys), max(len(ukeys) - 1, 0))
+  found = (ukeys[at] == h_keys) & small[h_sample] if len(ukeys) else np.zeros(len(h_keys), bool)
+  steps = np.zeros((int(h_len.max()) if n else 0, n), np.uint64)
+  steps[h_pos[found], h_sample[found]] = masks[at[found]]
+  full = np.where(r_len >= 64, np.uint64(2 ** 64 - 1),
+                  np.left_shift(np.uint64(1), np.minimum(r_len, 63).astype(np.uint64))
+                  - np.uint64(1))
+  v = full.copy()
+  for mask in steps:                 # a candidate word missing from the reference: mask 0
+    u = v & mask
+    v = ((v + u) | (v - u)) & full   # uint64 wrap-around = the Python version's "& full"
+  lcs = r_len - np.bitwise_count(v).astype(np.int64)
+  out[small] = lcs[small]
+  return out
+
+
 def rouge_l(refs: Sequence[str], hyps: Sequence[str]) -> tuple[float, np.ndarray]:
   """Mean ROUGE-L F (beta 1.2) and per-sample values, tokens from ``split(" ")``."""
+  tr = [r.split(" ") for r in refs]
+  tc = [h.split(" ") for h in hyps]
+  lcs = lcs_lengths(tr, tc)
+  prec = lcs / np.fromiter(map(len, tc), np.float64, len(tc))
+  rec = lcs / np.fromiter(map(len, tr), np.float64, len(tr))
+  ok = (prec != 0) & (rec != 0)
   scores = np.zeros(len(refs))
-  for s, (r, h) in enumerate(zip(refs, hyps)):
-    tr, tc = r.split(" "), h.split(" ")
-    lcs = lcs_length(tr, tc)
-    prec, rec = lcs / float(len(tc)), lcs / float(len(tr))
-    if prec != 0 and rec != 0:
-      scores[s] = ((1 + ROUGE_BETA ** 2) * prec * rec) / float(rec + ROUGE_BETA ** 2 * prec)
+  p, r = prec[ok], rec[ok]
+  scores[ok] = ((1 + ROUGE_BETA ** 2) * p * r) / (r + ROUGE_BETA ** 2 * p)
   return float(np.mean(scores)) if len(refs) else math.nan, scores
 
 
