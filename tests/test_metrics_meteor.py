@@ -19,7 +19,8 @@ from bird_jax.metrics.synthetic import corpus
 
 # Characters every rewrite of the normaliser reacts to, plus words that trigger its rules.
 _PIECES = list("aAbxyz09.,'`\u2018\u2019\u201c\u201d\"-\u2013()<>/&;:?!$%\u00e9\u00b5\u03a3 \t") + [
-  "DOTMULTI", "..", "...", "U.S.", "Mr.", "No.", "n't", "''", "--", "e.g.", "12,34", " ", "  "]
+  "DOTMULTI", "..", "...", "U.S.", "Mr.", "No.", "n't", "''", "--", "e.g.", "12,34", " ", "  ",
+  "\x85", "\u2028", "\u1680", "\u200b", "\u00a0", "\x1c"]
 
 
 @settings(max_examples=400, deadline=None)

@@ -22,7 +22,6 @@ mean of segment scores. This package reproduces each step of the jar:
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import subprocess
 from collections.abc import Sequence
@@ -331,9 +330,7 @@ def pair_stats(pairs: Sequence[tuple[str, str]], words: dict[str, list[str]], re
   """Statistics [N, 23] of (reference, cleaned hypothesis) pairs from their normalised
   ``words``: the compiled aligner when ``native`` and available, else the Python code."""
   if native:
-    meteor_native.add_words(res, itertools.chain.from_iterable(words.values()))
-    ids = {t: meteor_native.word_ids(res, w) for t, w in words.items()}
-    out = meteor_native.batch_stats([ids[h] for _, h in pairs], [ids[r] for r, _ in pairs],
+    out = meteor_native.batch_stats([words[h] for _, h in pairs], [words[r] for r, _ in pairs],
                                     res, BEAM_SIZE, ALIGN_WEIGHTS)
     if out is not None:
       return out

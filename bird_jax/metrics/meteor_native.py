@@ -5,9 +5,9 @@ folder (``$BIRD_JAX_CACHE`` or ``~/.cache/bird_jax``) and called through ctypes;
 pure Python code runs. Both give identical statistics (tested).
 
 - ``resolve``: the beam search of one ``meteor.Problem``;
-- ``batch_stats``: whole segments given as word ids (``word_ids``), with the word features
-  (Java hash, hash of the stem, function word, synsets) and the paraphrase trie kept on the
-  ``Resources`` object and extended as new words arrive.
+- ``batch_stats``: whole segments (normalised words), mapped to word ids whose features (Java
+  hash, hash of the stem, function word, synsets) and the paraphrase trie over them are kept on
+  the ``Resources`` object and extended as new words arrive.
 """
 
 from __future__ import annotations
@@ -192,24 +192,28 @@ def _word_arrays(res) -> dict[str, np.ndarray]:
   return table["arrays"]
 
 
-def _flat(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+def _flat(seqs: Sequence[Sequence[str]], get) -> tuple[np.ndarray, np.ndarray]:
+  """Word ids of all sequences concatenated, and the offsets of each."""
   off = np.zeros(len(seqs) + 1, np.int64)
   np.cumsum(np.fromiter(map(len, seqs), np.int64, len(seqs)), out=off[1:])
-  ids = np.fromiter(itertools.chain.from_iterable(seqs), np.int32, int(off[-1]))
+  ids = np.fromiter(map(get, itertools.chain.from_iterable(seqs)), np.int32, int(off[-1]))
   return ids, off
 
 
-def batch_stats(hyps: Sequence[Sequence[int]], refs: Sequence[Sequence[int]], res, beam: int,
+def batch_stats(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]], res, beam: int,
                 weights: tuple[float, ...]) -> np.ndarray | None:
-  """METEOR statistics [N, 23] (``meteor.Stats.to_list`` order) of hypothesis/reference word
-  id sequences (``word_ids``), or None when the native code is unavailable."""
+  """METEOR statistics [N, 23] (``meteor.Stats.to_list`` order) of normalised hypothesis and
+  reference words, or None when the native code is unavailable."""
   lib = library()
   if lib is None:
     return None
+  add_words(res, itertools.chain(itertools.chain.from_iterable(hyps),
+                                 itertools.chain.from_iterable(refs)))
   trie = _trie(res)
   words = _word_arrays(res)
-  h_ids, h_off = _flat(hyps)
-  r_ids, r_off = _flat(refs)
+  get = _words(res)["ids"].__getitem__
+  h_ids, h_off = _flat(hyps, get)
+  r_ids, r_off = _flat(refs, get)
   w = np.asarray(weights, np.float64)
   out = np.zeros((len(hyps), 23), np.int32)
   ptr = lambda a: ctypes.c_void_p(a.ctypes.data)  # noqa: E731

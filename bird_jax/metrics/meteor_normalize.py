@@ -120,8 +120,8 @@ def normalize(line: str) -> str:
 # whole-line path. The last step treats each word alone, except that the final-dot rule looks
 # at the first character of the next word: a lower-case letter, a digit, anything else, or no
 # next word. A token's final words are kept per class of that character when they depend on it.
-_SLOW_LINE = re.compile("[\x00-\x1f\x7f\u2000-\u200a\u202f\u205f\u3000\u00a0]"
-                        "|[,'.`\u2018\u2019] +[,'.`\u2018\u2019]")
+_OTHER_SPACE = re.compile("[\x00-\x1f\x7f\u2000-\u200a\u202f\u205f\u3000\u00a0]")
+_CORE_PAIR = re.compile("[,'.`\u2018\u2019] +[,'.`\u2018\u2019]")
 _PLAIN = re.compile("[a-z0-9]+|[a-z0-9]*[0-9](?:,[0-9]+)+")
 _PROBES = {"a": ["a"], "0": ["0"], "": ["!"], None: []}   # a next word of each class
 
@@ -163,9 +163,14 @@ class TokenCache:
 
 def normalized_words(line: str, cache: TokenCache) -> list[str]:
   """``tokens_of(normalize(line))``, each distinct token rewritten once (``cache``)."""
-  if _SLOW_LINE.search(line):
+  if line.isprintable():                       # no whitespace but " ": split() is exact
+    tokens = line.split()
+  elif _OTHER_SPACE.search(line):
     return tokens_of(normalize(line))
-  tokens = list(filter(None, line.split(" ")))
+  else:
+    tokens = list(filter(None, line.split(" ")))
+  if _CORE_PAIR.search(line):
+    return tokens_of(normalize(line))
   final = cache.final
   try:
     parts = list(map(final.__getitem__, tokens))
