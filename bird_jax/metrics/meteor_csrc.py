@@ -56,12 +56,12 @@ static void set_bits(uint64_t *u, int start, int len) {
 /* Candidates of position j: indices cptr[j] .. cptr[j+1]-1 into the c_* arrays.
    Fixed match at position j when f_ok[j]. out_pick[j]: chosen candidate index or -1.
    Returns 0 on success, -1 on allocation failure. */
-int meteor_resolve(int n1, int n2, int beam, const int *cptr, const int *c_start,
-                   const int *c_len, const int *c_mstart, const int *c_mlen, const int *c_inc,
-                   const int *f_ok, const int *f_len, const int *f_mstart, const int *f_mlen,
-                   const int *f_inc, const uint64_t *init1, const uint64_t *init2,
-                   int *out_pick) {
-  int w1 = n1 / 64 + 1, w2 = n2 / 64 + 1, kmax = 0;
+static inline __attribute__((always_inline)) int resolve(
+    int n1, int n2, int beam, const int *cptr, const int *c_start, const int *c_len,
+    const int *c_mstart, const int *c_mlen, const int *c_inc, const int *f_ok, const int *f_len,
+    const int *f_mstart, const int *f_mlen, const int *f_inc, const uint64_t *init1,
+    const uint64_t *init2, int *out_pick, const int w1, const int w2) {
+  int kmax = 0;
   for (int j = 0; j < n2; j++) if (cptr[j + 1] - cptr[j] > kmax) kmax = cptr[j + 1] - cptr[j];
   int cap = beam * (kmax + 1) + 1;
   Path *cur = malloc(sizeof(Path) * cap), *nxt = malloc(sizeof(Path) * cap);
@@ -152,6 +152,20 @@ int meteor_resolve(int n1, int n2, int beam, const int *cptr, const int *c_start
   free(cur); free(nxt); free(cu1); free(cu2); free(nu1); free(nu2); free(h_cand); free(h_prev);
   free(best); free(keys);
   return 0;
+}
+
+/* The search with bit sets of w1 = n1 / 64 + 1 and w2 = n2 / 64 + 1 words per path (the
+   one-word case compiled apart, with fixed-size copies). */
+int meteor_resolve(int n1, int n2, int beam, const int *cptr, const int *c_start,
+                   const int *c_len, const int *c_mstart, const int *c_mlen, const int *c_inc,
+                   const int *f_ok, const int *f_len, const int *f_mstart, const int *f_mlen,
+                   const int *f_inc, const uint64_t *init1, const uint64_t *init2,
+                   int *out_pick) {
+  if (n1 < 64 && n2 < 64)
+    return resolve(n1, n2, beam, cptr, c_start, c_len, c_mstart, c_mlen, c_inc, f_ok, f_len,
+                   f_mstart, f_mlen, f_inc, init1, init2, out_pick, 1, 1);
+  return resolve(n1, n2, beam, cptr, c_start, c_len, c_mstart, c_mlen, c_inc, f_ok, f_len,
+                 f_mstart, f_mlen, f_inc, init1, init2, out_pick, n1 / 64 + 1, n2 / 64 + 1);
 }
 
 /* ---- whole segments ------------------------------------------------------------------- */
