@@ -57,6 +57,10 @@ class Resources:
     out = self._synsets.get(word)
     if out is None:
       syn = self.syn
+      if (len(word) > 2 and word[-1] not in _SUFFIX_ENDS and word not in syn.raw
+          and word not in syn.word_to_bases):       # no own sets, base form "" (_morph)
+        out = self._synsets[word] = syn.synsets("")
+        return out
       own = syn.synsets(word)
       bases = syn.word_to_bases.get(word)
       if bases is not None:
