@@ -60,6 +60,22 @@ def test_stemmer_leaves_words_without_letters(word):
   assert meteor_data.Stemmer()(word) == EnglishStemmer().stemWord(word) == word
 
 
+def test_synsets_equal_their_definition():
+  from bird_jax.metrics.meteor_match import _morph
+  syn = meteor_data.synonyms()
+  res = M.Resources()
+  rng = random.Random(2)
+  words = rng.sample(sorted(syn.raw), 3000) + rng.sample(sorted(syn.word_to_bases), 500)
+  words += [w + rng.choice(["s", "es", "ed", "ing", "er", "est", "ful", "x", "1", ",5", "ss"])
+            for w in words[:2000]] + ["523,497", "12", "a", "", "ab", "abc", "glasses"]
+  for w in words:
+    bases = syn.word_to_bases.get(w)
+    want = syn.synsets(w) | (frozenset().union(*(syn.synsets(b) for b in bases))
+                             if bases is not None else syn.synsets(_morph(w, syn)))
+    assert res.synsets(w) == want, w
+  assert res.synsets("large") & res.synsets("big")
+
+
 def test_indexed_paraphrase_filter_equals_full_scan():
   a = meteor_data._paraphrase_arrays()
   words = a["words"]
