@@ -3,6 +3,7 @@
     python -m datagen --source phantom --out data/phantom                # ~1000 images, offline
     python -m datagen --source samed2d --root /data/SAMed2Dv1 --out data/sam --num-images 60000
     python -m datagen --source atlas --out data/atlas      # needs: apt-get install mricron-data
+    python -m datagen --source shapes --out data/shapes --num-images 20000  # generic scenes
     OPENAI_API_KEY=... python -m datagen --source phantom --out data/p --backend openai \\
         --base-url https://api.openai.com/v1 --model gpt-4o-mini --price-in 0.15 --price-out 0.6
 
@@ -33,8 +34,10 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--num-images", type=int, default=1000,
                  help="images to sample (0 = all candidates; samed2d/atlas)")
   p.add_argument("--seed", type=int, default=0)
-  g = p.add_argument_group("phantom")
-  g.add_argument("--image-size", type=int, default=112, help="phantom image side in pixels")
+  g = p.add_argument_group("phantom and shapes")
+  g.add_argument("--image-size", type=int, default=112, help="image side in pixels")
+  g.add_argument("--max-labels", type=int, default=5,
+                 help="shapes: labelled kinds of object per scene, at most")
   g = p.add_argument_group("samed2d")
   g.add_argument("--root", default="", help="the SAMed2Dv1 folder")
   g.add_argument("--index", default="", help="JSON index (default ROOT/SAMed2D_v1.json)")
@@ -58,10 +61,16 @@ def parser() -> argparse.ArgumentParser:
                  help="several connected components in one instance mask")
   g = p.add_argument_group("text")
   g.add_argument("--backend", choices=BACKENDS, default="template")
+  g.add_argument("--answer-style", choices=("varied", "concise"), default="varied",
+                 help="template backend: concise VG answers are the grounded phrase only, "
+                 "<ref>label</ref><box>..</box>")
   for task, n in (("vg", 2), ("roc", 1), ("rc", 1), ("mia", 1)):
     g.add_argument(f"--{task}", type=int, default=n, help=f"{task.upper()} turns per image")
   g.add_argument("--negatives", type=float, default=0.2,
                  help="probability of one absent-structure question per image (0 = none)")
+  g.add_argument("--disjoint", action="store_true",
+                 help="ROC/RC turns refer only to objects whose label no VG turn of the same "
+                 "image asks about (no answer can be copied from another turn)")
   g = p.add_argument_group("openai backend (key from OPENAI_API_KEY only)")
   d = LLMConfig()
   g.add_argument("--base-url", default=d.base_url)
@@ -104,14 +113,16 @@ def config_from_args(a: argparse.Namespace) -> GenConfig:
                   price_out=a.price_out)
   return GenConfig(
       out=a.out, source=a.source, num_images=a.num_images, seed=a.seed,
-      image_size=a.image_size, samed2d_root=a.root, samed2d_index=a.index,
+      image_size=a.image_size, max_labels=a.max_labels, samed2d_root=a.root, samed2d_index=a.index,
       samed2d_mapping=a.class_mapping, min_aspect=a.min_aspect, atlas_dir=a.atlas_dir,
       atlas_labels=a.atlas_labels,
       atlas_planes=tuple(x.strip() for x in a.atlas_planes.split(",") if x.strip()),
       slice_stride=a.slice_stride, dedup_iou=a.dedup_iou, min_area=a.min_area,
       components=a.components,
-      tasks=TaskCounts(vg=a.vg, roc=a.roc, rc=a.rc, mia=a.mia, negatives=a.negatives),
-      backend=a.backend, llm=llm, test_fraction=a.test_fraction, chunk_size=a.chunk_size,
+      tasks=TaskCounts(vg=a.vg, roc=a.roc, rc=a.rc, mia=a.mia, negatives=a.negatives,
+                       disjoint=a.disjoint),
+      backend=a.backend, answer_style=a.answer_style, llm=llm, test_fraction=a.test_fraction,
+      chunk_size=a.chunk_size,
       write_images=a.write_images, workers=a.workers, host_index=a.host_index,
       host_count=a.host_count, progress=not a.no_progress)
 

@@ -9,7 +9,7 @@ from typing import Any
 from datagen.meta import COMPONENT_RULES, DEFAULT_MIN_AREA
 from datagen.tasks import TaskCounts
 
-SOURCES = ("phantom", "samed2d", "atlas")
+SOURCES = ("phantom", "samed2d", "atlas", "shapes")
 BACKENDS = ("template", "openai")
 DEFAULT_ATLAS_DIR = "/usr/share/mricron/templates"
 KEY_ENV = "OPENAI_API_KEY"  # the only place the openai backend reads its key from
@@ -43,8 +43,9 @@ class GenConfig:
   source: str = "phantom"
   num_images: int = 1000  # 0 = every candidate (samed2d / atlas)
   seed: int = 0
-  # phantom
+  # phantom and shapes
   image_size: int = 112
+  max_labels: int = 5  # shapes: labelled kinds of object per scene, at most
   # samed2d
   samed2d_root: str = ""
   samed2d_index: str = ""  # default: ROOT/SAMed2D_v1.json (or the one SAMed2D*.json)
@@ -62,6 +63,7 @@ class GenConfig:
   # text
   tasks: TaskCounts = TaskCounts()
   backend: str = "template"
+  answer_style: str = "varied"  # template backend: "varied" | "concise" (VG: grounded phrase only)
   llm: LLMConfig = LLMConfig()
   # split and output
   test_fraction: float = 0.12
@@ -77,6 +79,10 @@ class GenConfig:
     checks = [
         (self.source in SOURCES, f"source {self.source!r} is not one of {SOURCES}"),
         (self.backend in BACKENDS, f"backend {self.backend!r} is not one of {BACKENDS}"),
+        (self.answer_style in ("varied", "concise"), f"answer style {self.answer_style!r} is not "
+         "varied | concise"),
+        (self.answer_style == "varied" or self.backend == "template",
+         "--answer-style concise needs the template backend"),
         (self.num_images >= 0, f"num_images {self.num_images} must be >= 0"),
         (self.slice_stride >= 1, f"slice_stride {self.slice_stride} must be >= 1"),
         (self.components in COMPONENT_RULES, f"components {self.components!r} is not one of "
@@ -118,6 +124,12 @@ class GenConfig:
       d["llm"].pop(k)
     if self.backend != "openai":
       d.pop("llm")
+    if self.source != "shapes":
+      d.pop("max_labels")
+    if self.answer_style == "varied":  # runs made before the option existed keep their identity
+      d.pop("answer_style")
+    if not self.tasks.disjoint:  # runs made before the option existed keep their identity
+      d["tasks"].pop("disjoint")
     d["atlas_planes"] = list(self.atlas_planes)
     d["write_images"] = self.images_on_disk
     return d
@@ -128,6 +140,10 @@ def make_source(cfg: GenConfig):
     from datagen.sources.phantom import PhantomSource
     return PhantomSource(seed=cfg.seed, image_size=cfg.image_size, num_images=cfg.num_images,
                          slice_stride=cfg.slice_stride)
+  if cfg.source == "shapes":
+    from datagen.sources.shapes import ShapesSource
+    return ShapesSource(seed=cfg.seed, image_size=cfg.image_size, num_images=cfg.num_images,
+                        max_labels=cfg.max_labels)
   if cfg.source == "samed2d":
     from datagen.sources.samed2d import SAMed2DSource
     return SAMed2DSource(cfg.samed2d_root, index=cfg.samed2d_index or None,
@@ -154,7 +170,7 @@ def check_backend_ready(cfg: GenConfig) -> None:
 def make_backend(cfg: GenConfig, work_dir: str):
   from datagen.llm.template import TemplateBackend
   if cfg.backend == "template":
-    return TemplateBackend(cfg.seed)
+    return TemplateBackend(cfg.seed, cfg.answer_style)
   from datagen.llm.openai_backend import OpenAIBackend
   return OpenAIBackend(cfg.llm, seed=cfg.seed,
                        cache_dir=cfg.llm.cache_dir or os.path.join(work_dir, "llm_cache"))

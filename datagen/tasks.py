@@ -8,7 +8,10 @@ For each image a seeded generator picks (without repetition):
 - a negative VG question, with probability ``negatives``, about a label the source annotates
   exhaustively for this image (its vocabulary) but that has no mask pixel in it (specks
   count as present): its answer says the structure is not present.
-The turns are then shuffled. Backends only phrase the plan; the plan is the same whatever
+With ``disjoint``, the labels are first dealt alternately (in a seeded order, VG first) to VG
+and to the referring turns, and ROC/RC pick objects of the referring labels only, so that no
+turn's answer can be read off another turn of the same conversation (at the price of fewer
+turns on images with few labels). The turns are then shuffled. Backends only phrase the plan; the plan is the same whatever
 the backend, so a backend that fails on an image can fall back to another one.
 """
 
@@ -30,6 +33,7 @@ class TaskCounts:
   rc: int = 1
   mia: int = 1
   negatives: float = 0.2  # probability of one negative (absent-structure) question
+  disjoint: bool = False  # ROC/RC objects only from labels that no VG turn asks about
 
   def validate(self) -> "TaskCounts":
     for name in TASKS:
@@ -56,15 +60,21 @@ def plan_turns(meta: ImageMeta, counts: TaskCounts, seed: int) -> list[TurnSpec]
   rng = np.random.default_rng(stable_seed(seed, "turns", meta.id))
   labels = meta.labels
   specs: list[TurnSpec] = []
-  for i in _pick(rng, len(labels), counts.vg):
+  if counts.disjoint:
+    vg_labels, ref_labels = _deal(rng, len(labels), counts.vg, counts.roc + counts.rc)
+    pool = [j for j, o in enumerate(meta.objects) if labels.index(o.label) in ref_labels]
+  else:
+    vg_labels, pool = _pick(rng, len(labels), counts.vg), list(range(len(meta.objects)))
+  for i in vg_labels:
     label = labels[i]
     idx = tuple(j for j, o in enumerate(meta.objects) if o.label == label)
     specs.append(TurnSpec("vg", label, idx))
-  roc = _pick(rng, len(meta.objects), counts.roc)
+  roc = [pool[i] for i in _pick(rng, len(pool), counts.roc)]
   specs += [TurnSpec("roc", meta.objects[j].label, (j,)) for j in roc]
-  rest = [j for j in range(len(meta.objects)) if j not in roc]
+  rest = [j for j in pool if j not in roc]
   rc = [rest[i] for i in _pick(rng, len(rest), counts.rc)]
-  rc += [roc[i] for i in _pick(rng, len(roc), counts.rc - len(rc))]
+  if not counts.disjoint:  # an RC answer names its object's label: no reuse when disjoint
+    rc += [roc[i] for i in _pick(rng, len(roc), counts.rc - len(rc))]
   specs += [TurnSpec("rc", meta.objects[j].label, (j,)) for j in rc]
   specs += [TurnSpec("mia")] * counts.mia
   absent = [l for l in meta.vocabulary if l not in set(meta.present_labels)]
@@ -72,6 +82,19 @@ def plan_turns(meta: ImageMeta, counts: TaskCounts, seed: int) -> list[TurnSpec]
     specs.append(TurnSpec("vg", absent[int(rng.integers(len(absent)))], (), negative=True))
   order = rng.permutation(len(specs))
   return [specs[i] for i in order]
+
+
+def _deal(rng: np.random.Generator, n: int, n_vg: int, n_ref: int) -> tuple[list[int], list[int]]:
+  """Label indices 0..n-1 dealt alternately (seeded order, VG first) to VG (at most n_vg)
+  and to the referring turns (at most n_ref); a side that is full leaves the rest to the other."""
+  vg: list[int] = []
+  ref: list[int] = []
+  for i in (int(x) for x in rng.permutation(n)):
+    if len(vg) < n_vg and (len(vg) <= len(ref) or len(ref) >= n_ref):
+      vg.append(i)
+    elif len(ref) < n_ref:
+      ref.append(i)
+  return sorted(vg), sorted(ref)
 
 
 def _pick(rng: np.random.Generator, n: int, k: int) -> list[int]:

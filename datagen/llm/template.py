@@ -3,7 +3,9 @@
 Phrasings are drawn with a generator seeded by ``(seed, image id)``, so an image gets the
 same text whatever worker or chunk writes it. Every box goes through
 :func:`bird_jax.boxes.box_span` / :func:`bird_jax.boxes.ref_span`; a VG answer names its
-label inside ``<ref></ref>`` followed by all boxes of that label.
+label inside ``<ref></ref>`` followed by all boxes of that label. With ``concise`` answers a
+VG answer is only that grounded phrase (``<ref>label</ref><box>..</box>..``, BiRD's answer
+format without the surrounding sentence; fewer tokens to train on).
 """
 
 from __future__ import annotations
@@ -130,11 +132,14 @@ def caption(meta: ImageMeta) -> str:
                          f"{lang.join(count_list(meta))}.")
 
 
+ANSWER_STYLES = ("varied", "concise")
+
+
 class Phraser:
   """Phrases the turns of one image with its own seeded generator."""
 
-  def __init__(self, meta: ImageMeta, seed: int):
-    self.meta = meta
+  def __init__(self, meta: ImageMeta, seed: int, concise: bool = False):
+    self.meta, self.concise = meta, concise
     self.rng = np.random.default_rng(stable_seed(seed, "phrase", meta.id))
     self.m = lang.modality_name(meta.modality)
 
@@ -149,6 +154,8 @@ class Phraser:
     if spec.negative:
       return QA("vg", q, self.pick(NEG_A).format(label=spec.label), negative=True)
     boxes = [self.meta.objects[j].box for j in spec.objects]
+    if self.concise:
+      return QA("vg", q, ref_span(spec.label, boxes))
     spans = [box_span(b) for b in boxes]
     ref = REF_START + spec.label + REF_END
     template = self.pick(VG_A1 if len(boxes) == 1 else VG_AN)
@@ -212,8 +219,8 @@ def _within(inner, outer) -> bool:
 
 def template_generation(meta: ImageMeta, specs: Sequence[TurnSpec], seed: int,
                         backend: str = "template", model: str = "",
-                        prompt_version: str = VERSION) -> Generation:
-  ph = Phraser(meta, seed)
+                        prompt_version: str = VERSION, concise: bool = False) -> Generation:
+  ph = Phraser(meta, seed, concise)
   return Generation(caption(meta), tuple(ph.qa(s) for s in specs), backend, model,
                     prompt_version)
 
@@ -223,13 +230,16 @@ class TemplateBackend:
   model = ""
   prompt_version = VERSION
 
-  def __init__(self, seed: int = 0):
-    self.seed = seed
+  def __init__(self, seed: int = 0, answer_style: str = "varied"):
+    if answer_style not in ANSWER_STYLES:
+      raise ValueError(f"answer style {answer_style!r} is not one of {ANSWER_STYLES}")
+    self.seed, self.concise = seed, answer_style == "concise"
     self._stats: Counter = Counter()
 
   def generate_many(self, items: Sequence[Item]) -> list[Generation]:
     self._stats["images"] += len(items)
-    return [template_generation(meta, specs, self.seed) for meta, specs in items]
+    return [template_generation(meta, specs, self.seed, concise=self.concise)
+            for meta, specs in items]
 
   def take_stats(self) -> Counter:
     out, self._stats = self._stats, Counter()
