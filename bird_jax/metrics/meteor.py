@@ -13,10 +13,12 @@ mean of segment scores. This package reproduces each step of the jar:
 - the aligner: unambiguous one-to-one matches are fixed, the rest is resolved by a beam search
   (beam 40) ranked by weighted match count (integer arithmetic, weights 1/.5/.5/.5), then chunks,
   then distance, including the jar's quirks (truncated integer sums, distance added to the
-  parent path); compiled from C when a compiler exists (``meteor_native``), else in Python;
+  parent path);
 - statistics and score with the English ranking-task parameters alpha 0.85, beta 0.20,
   gamma 0.60, delta 0.75 and module weights 1.0 / 0.6 / 0.8 / 0.6.
-``meteor_java`` runs the official jar instead, for exact audits.
+The Python code here is the reference; for many segments (``segment_stats_array``) matching,
+alignment and statistics run compiled from C when a compiler exists (``meteor_native``), with
+identical results. ``meteor_java`` runs the official jar instead, for exact audits.
 """
 
 from __future__ import annotations

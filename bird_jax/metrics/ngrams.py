@@ -53,15 +53,14 @@ class NgramStats:
     return idx_c, found
 
 
-def _encode(texts: Sequence[str], vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-  """Token ids (new words numbered in order of first appearance) and lengths per text."""
-  toks = [t.split() for t in texts]
-  lens = np.fromiter(map(len, toks), np.int64, len(toks))
-  flat = list(itertools.chain.from_iterable(toks))
+def encode(seqs: Sequence[Sequence[str]], vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+  """Token ids (new words numbered in order of first appearance) and lengths per sequence."""
+  flat = list(itertools.chain.from_iterable(seqs))
   for w in dict.fromkeys(flat):
     if w not in vocab:
       vocab[w] = len(vocab)
-  return np.fromiter(map(vocab.__getitem__, flat), np.int64, len(flat)), lens
+  return (np.fromiter(map(vocab.__getitem__, flat), np.int64, len(flat)),
+          np.fromiter(map(len, seqs), np.int64, len(seqs)))
 
 
 def ngram_stats(refs: Sequence[str], hyps: Sequence[str]) -> NgramStats:
@@ -70,8 +69,8 @@ def ngram_stats(refs: Sequence[str], hyps: Sequence[str]) -> NgramStats:
     raise ValueError(f"ngram_stats: {len(refs)} references but {len(hyps)} candidates")
   n = len(refs)
   vocab: dict[str, int] = {}
-  h_ids, h_len = _encode(hyps, vocab)
-  r_ids, r_len = _encode(refs, vocab)
+  h_ids, h_len = encode([t.split() for t in hyps], vocab)
+  r_ids, r_len = encode([t.split() for t in refs], vocab)
   ids = np.concatenate([h_ids, r_ids])
   lens = np.concatenate([h_len, r_len])
   owner = np.repeat(np.arange(2 * n), lens)          # samples 0..n-1 = hyps, n..2n-1 = refs

@@ -19,7 +19,6 @@ means over the 8 modalities.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -27,7 +26,7 @@ import numpy as np
 
 from bird_jax.metrics import meteor as meteor_lib
 from bird_jax.metrics import spice as spice_lib
-from bird_jax.metrics.ngrams import NGRAM, NgramStats, ngram_stats
+from bird_jax.metrics.ngrams import NGRAM, NgramStats, encode, ngram_stats
 from bird_jax.metrics.modality import MODALITIES, group_by_modality, mean_over, mean_present
 from bird_jax.metrics.ptb_tokenize import tokenize_captions
 
@@ -87,20 +86,12 @@ def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
   return len(a) - bin(v).count("1")
 
 
-def _ids(seqs: list[list[str]], vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-  flat = list(itertools.chain.from_iterable(seqs))
-  for w in dict.fromkeys(flat):
-    vocab.setdefault(w, len(vocab))
-  return (np.fromiter(map(vocab.__getitem__, flat), np.int64, len(flat)),
-          np.fromiter(map(len, seqs), np.int64, len(seqs)))
-
-
 def lcs_lengths(refs: list[list[str]], hyps: list[list[str]]) -> np.ndarray:
   """``lcs_length`` of every (reference, candidate) pair: the same bit-parallel recurrence,
   vectorised over the pairs whose reference fits in 64 bits (others one by one)."""
   vocab: dict[str, int] = {}
-  r_ids, r_len = _ids(refs, vocab)
-  h_ids, h_len = _ids(hyps, vocab)
+  r_ids, r_len = encode(refs, vocab)
+  h_ids, h_len = encode(hyps, vocab)
   n, v_size = len(refs), max(len(vocab), 1)
   out = np.zeros(n, np.int64)
   for s in np.flatnonzero(r_len > 64):
