@@ -92,7 +92,9 @@ def test_indexed_paraphrase_filter_equals_full_scan():
   keep = np.flatnonzero(all_known(a["ref_ids"], a["ref_off"]) &
                         all_known(a["para_ids"], a["para_off"]))
   assert len(keep) > 50
-  decode = lambda ids, off, k: tuple(words[t].decode() for t in ids[off[k]:off[k + 1]])  # noqa: E731
+  def decode(ids, off, k):
+    return tuple(words[t].decode() for t in ids[off[k]:off[k + 1]])
+
   assert got.refs == [decode(a["ref_ids"], a["ref_off"], k) for k in keep]
   assert got.paras == [decode(a["para_ids"], a["para_off"], k) for k in keep]
 

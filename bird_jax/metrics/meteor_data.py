@@ -7,8 +7,9 @@ Everything comes from the local pycocoevalcap package; nothing is downloaded:
 - ``meteor/data/paraphrase-en.gz``: the English paraphrase table (5.27M phrase pairs, in
   groups of three lines: probability, phrase, paraphrase).
 The paraphrase table is parsed once into NumPy arrays (``.npy`` files under ``$BIRD_JAX_CACHE``
-or ``~/.cache/bird_jax``, memory-mapped; about 10 s the first time) and filtered per corpus to the entries whose
-words all occur in that corpus, the only ones that can ever match.
+or ``~/.cache/bird_jax``, memory-mapped; about 15 s the first time), indexed by the rarest word of
+each phrase, and filtered per corpus to the entries whose words all occur in that corpus, the only
+ones that can ever match.
 Stems come from the Snowball English stemmer of snowballstemmer 2.x, the same algorithm
 version as the jar's org.tartarus.snowball (checked word by word on the 94k WordNet lemmas).
 """
