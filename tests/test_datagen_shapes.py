@@ -143,6 +143,8 @@ def test_concise_disjoint_shapes_run(concise_run):
       if task == "vg" and parse_boxes(a.value).boxes:
         m = re.fullmatch(r"<ref>([^<]+)</ref>((<box>\(\d+,\d+\),\(\d+,\d+\)</box>)+)", a.value)
         assert m, a.value  # the grounded phrase and nothing else
+        boxes = [b.coords for b in parse_boxes(a.value).boxes]
+        assert boxes == sorted(boxes)  # instances left to right
         vg_labels.add(m.group(1))
         n_vg += 1
       elif task == "roc":

@@ -5,7 +5,8 @@ same text whatever worker or chunk writes it. Every box goes through
 :func:`bird_jax.boxes.box_span` / :func:`bird_jax.boxes.ref_span`; a VG answer names its
 label inside ``<ref></ref>`` followed by all boxes of that label. With ``concise`` answers a
 VG answer is only that grounded phrase (``<ref>label</ref><box>..</box>..``, BiRD's answer
-format without the surrounding sentence; fewer tokens to train on).
+format without the surrounding sentence; fewer tokens to train on), its boxes ordered left to
+right.
 """
 
 from __future__ import annotations
@@ -154,8 +155,8 @@ class Phraser:
     if spec.negative:
       return QA("vg", q, self.pick(NEG_A).format(label=spec.label), negative=True)
     boxes = [self.meta.objects[j].box for j in spec.objects]
-    if self.concise:
-      return QA("vg", q, ref_span(spec.label, boxes))
+    if self.concise:  # instances left to right (then top to bottom): one answer per image
+      return QA("vg", q, ref_span(spec.label, sorted(boxes, key=lambda b: (b[0], b[1]))))
     spans = [box_span(b) for b in boxes]
     ref = REF_START + spec.label + REF_END
     template = self.pick(VG_A1 if len(boxes) == 1 else VG_AN)
