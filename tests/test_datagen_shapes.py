@@ -162,3 +162,17 @@ def test_concise_needs_the_template_backend(tmp_path):
     GenConfig(out=str(tmp_path), backend="openai", answer_style="concise").validate()
   with pytest.raises(ValueError, match="max-labels"):
     ShapesSource(max_labels=9)
+
+
+def test_concise_mia_is_a_grounded_listing_left_to_right():
+  from datagen.llm.template import template_generation
+  from datagen.tasks import TurnSpec
+
+  meta = _meta(["c", "a", "b", "a"])  # leftmost boxes: c 0.0, a 0.1 (and 0.3), b 0.2
+  gen = template_generation(meta, [TurnSpec("mia", "", ())], seed=0, concise=True)
+  answer = gen.qas[0].answer
+  assert re.findall(r"<ref>(\w)</ref>", answer) == ["c", "a", "b"]
+  a_boxes = re.search(r"<ref>a</ref>((?:<box>[^<]+</box>)+)", answer).group(1)
+  assert [b.coords for b in parse_boxes(a_boxes).boxes] == [
+      parse_boxes(answer).boxes[1].coords, parse_boxes(answer).boxes[2].coords]
+  assert len(parse_boxes(answer).boxes) == 4

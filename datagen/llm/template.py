@@ -6,7 +6,8 @@ same text whatever worker or chunk writes it. Every box goes through
 label inside ``<ref></ref>`` followed by all boxes of that label. With ``concise`` answers a
 VG answer is only that grounded phrase (``<ref>label</ref><box>..</box>..``, BiRD's answer
 format without the surrounding sentence; fewer tokens to train on), its boxes ordered left to
-right.
+right, and an MIA answer lists every structure that way (a grounded listing, structures ordered
+by their leftmost box).
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class Phraser:
       return QA("vg", q, self.pick(NEG_A).format(label=spec.label), negative=True)
     boxes = [self.meta.objects[j].box for j in spec.objects]
     if self.concise:  # instances left to right (then top to bottom): one answer per image
-      return QA("vg", q, ref_span(spec.label, sorted(boxes, key=lambda b: (b[0], b[1]))))
+      return QA("vg", q, ref_span(spec.label, sorted(boxes, key=_left_to_right)))
     spans = [box_span(b) for b in boxes]
     ref = REF_START + spec.label + REF_END
     template = self.pick(VG_A1 if len(boxes) == 1 else VG_AN)
@@ -201,6 +202,11 @@ class Phraser:
 
   def mia(self, spec: TurnSpec) -> QA:
     meta = self.meta
+    if self.concise:
+      spans = sorted((sorted(meta.boxes_of(label), key=_left_to_right), label)
+                     for label in main_labels(meta)[0])
+      return QA("mia", self.pick(MIA_Q).format(M=self.m),
+                "".join(ref_span(label, boxes) for boxes, label in spans))
     of, view = _region(meta)
     parts = [self.pick(MIA_INTRO).format(a=lang.article(self.m), M=self.m, of=of, view=view),
              self.pick(MIA_FIND).format(list=lang.join(count_list(meta)))]
@@ -211,6 +217,10 @@ class Phraser:
       parts.append(self.pick(MIA_WHERE).format(What=what, pos=lang.join(where),
                                                **{"is": "is" if counts[label] == 1 else "are"}))
     return QA("mia", self.pick(MIA_Q).format(M=self.m), " ".join(parts))
+
+
+def _left_to_right(box) -> tuple:
+  return box[0], box[1]
 
 
 def _within(inner, outer) -> bool:
