@@ -174,7 +174,8 @@ def test_sigterm_saves_and_exits(shards, tmp_path):
   """Through the real CLI: train.py with a config file and --config overrides."""
   overrides = {"data.shards": shards, "train.workdir": tmp_path, "train.steps": 200,
                "train.ckpt_every": 1000, "train.log_every": 1, "train.tensorboard": False,
-               "data.batch_size": 4, "data.max_len": 192, "optim.warmup_steps": 2}
+               "data.batch_size": 4, "data.max_len": 192, "optim.warmup_steps": 2,
+               "freeze": '("^visual",)'}  # a tuple field: settable from the command line
   cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "demo.py"),
          *(f"--config.{k}={v}" for k, v in overrides.items())]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
@@ -188,6 +189,7 @@ def test_sigterm_saves_and_exits(shards, tmp_path):
   saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
   last = max(r["step"] for r in read_metrics(str(tmp_path)))
   assert saved == [last] and 3 <= last < 200
+  assert json.loads((tmp_path / "config.json").read_text())["freeze"] == ["^visual"]
 
 
 def test_init_from_an_hf_folder(tiny_cfg, hf_weights, tiny_model, tmp_path):

@@ -41,7 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.shards = ""
   c.optim = ml_collections.ConfigDict(_fields(OptimConfig))
   c.optim.grad_accum = 1  # micro-batches (of data.batch_size rows) per optimizer step
-  c.freeze = list(BIRD_FREEZE)  # regexes of parameter paths that are not trained
+  c.freeze = tuple(BIRD_FREEZE)  # regexes of parameter paths that are not trained
   c.step = ml_collections.ConfigDict(_fields(StepConfig))
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.train = ml_collections.ConfigDict({
