@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # datagen and eval settings of the demo (configs/demo.py may override them under `demo`)
 DEMO_DEFAULTS = {
     "datagen": {"num_images": 1000, "image_size": 112, "vg": 2, "roc": 2, "rc": 0, "mia": 0,
-                "negatives": 0.0, "disjoint": False, "seed": 0},
+                "negatives": 0.0, "disjoint": False, "answer_style": "varied", "seed": 0},
     "eval": {"tasks": "vg,roc", "limit": 0, "batch_size": 32},
 }
 QUICK = {"datagen": {"num_images": 48}, "eval": {"limit": 8},
@@ -61,7 +61,8 @@ def stage_datagen(settings: dict, out: Path) -> dict:
   tasks = TaskCounts(vg=d["vg"], roc=d["roc"], rc=d["rc"], mia=d["mia"],
                      negatives=d["negatives"], disjoint=d["disjoint"])
   cfg = GenConfig(out=str(out), source="phantom", num_images=d["num_images"],
-                  image_size=d["image_size"], seed=d["seed"], tasks=tasks)
+                  image_size=d["image_size"], seed=d["seed"], tasks=tasks,
+                  answer_style=d["answer_style"])
   return generate(cfg.validate())
 
 
