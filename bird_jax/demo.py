@@ -4,8 +4,8 @@
 
 1. datagen: procedural phantom scans of all 8 modalities with instance masks -> Med-GRIT-style
    conversations (template backend, offline), split by case into train and test;
-2. train: `configs/demo.py` (the tiny model, initialised from the shipped base model when
-   `init.hf` names it), on the training cases;
+2. train: `configs/demo.py` (the tiny model; from scratch, or from the HF folder that
+   `init.hf` names, relative to the repository root), on the training cases;
 3. eval: BiRD's protocol on the held-out cases (greedy decoding, BiRD's post-processing and
    scoring), beside constant-answer baselines;
 then prints the Table-3-style table and writes the training curve, per-task bar charts and the

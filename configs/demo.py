@@ -1,5 +1,5 @@
 """The demo's training run (README command 1, `python -m bird_jax.demo`): the tiny model from
-scratch on the phantom training cases, on CPU, about 10 minutes.
+scratch on the phantom training cases, on CPU, about 12 minutes.
 
     .venv/bin/python train.py --config configs/demo.py --config.data.shards=runs/demo/data/train
 """
