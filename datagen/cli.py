@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from datagen.config import BACKENDS, DEFAULT_ATLAS_DIR, SOURCES, GenConfig, LLMConfig
 from datagen.llm.base import FatalAPIError
+from datagen.llm.template import ANSWER_STYLES
 from datagen.meta import COMPONENT_RULES, DEFAULT_MIN_AREA
 from datagen.run import ConfigMismatch, clean_output, generate
 from datagen.sources.base import SourceError
@@ -61,9 +62,9 @@ def parser() -> argparse.ArgumentParser:
                  help="several connected components in one instance mask")
   g = p.add_argument_group("text")
   g.add_argument("--backend", choices=BACKENDS, default="template")
-  g.add_argument("--answer-style", choices=("varied", "concise"), default="varied",
+  g.add_argument("--answer-style", choices=ANSWER_STYLES, default="varied",
                  help="template backend: concise VG answers are the grounded phrase only, "
-                 "<ref>label</ref><box>..</box>")
+                 "<ref>label</ref><box>..</box>; MIA answers a grounded listing")
   for task, n in (("vg", 2), ("roc", 1), ("rc", 1), ("mia", 1)):
     g.add_argument(f"--{task}", type=int, default=n, help=f"{task.upper()} turns per image")
   g.add_argument("--negatives", type=float, default=0.2,

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from typing import Any
 
+from datagen.llm.template import ANSWER_STYLES
 from datagen.meta import COMPONENT_RULES, DEFAULT_MIN_AREA
 from datagen.tasks import TaskCounts
 
@@ -79,8 +80,8 @@ class GenConfig:
     checks = [
         (self.source in SOURCES, f"source {self.source!r} is not one of {SOURCES}"),
         (self.backend in BACKENDS, f"backend {self.backend!r} is not one of {BACKENDS}"),
-        (self.answer_style in ("varied", "concise"), f"answer style {self.answer_style!r} is not "
-         "varied | concise"),
+        (self.answer_style in ANSWER_STYLES, f"answer style {self.answer_style!r} is not one of "
+         f"{ANSWER_STYLES}"),
         (self.answer_style == "varied" or self.backend == "template",
          "--answer-style concise needs the template backend"),
         (self.num_images >= 0, f"num_images {self.num_images} must be >= 0"),

@@ -11,8 +11,9 @@ For each image a seeded generator picks (without repetition):
 With ``disjoint``, the labels are first dealt alternately (in a seeded order, VG first) to VG
 and to the referring turns, and ROC/RC pick objects of the referring labels only, so that no
 turn's answer can be read off another turn of the same conversation (at the price of fewer
-turns on images with few labels). The turns are then shuffled. Backends only phrase the plan; the plan is the same whatever
-the backend, so a backend that fails on an image can fall back to another one.
+turns on images with few labels). The turns are then shuffled. Backends only phrase the
+plan; the plan is the same whatever the backend, so a backend that fails on an image can fall
+back to another one.
 """
 
 from __future__ import annotations
