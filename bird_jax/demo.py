@@ -16,7 +16,6 @@ box gallery. Every stage resumes: rerunning continues where an interrupted run s
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import time
@@ -30,15 +29,8 @@ DEMO_DEFAULTS = {
                 "negatives": 0.0, "disjoint": False, "answer_style": "varied", "seed": 0},
     "eval": {"tasks": "vg,roc", "limit": 0, "batch_size": 32},
 }
-QUICK = {"datagen": {"num_images": 48}, "eval": {"limit": 8},
-         "train": {"steps": 12, "log_every": 2, "ckpt_every": 1000}}
-
-
-def load_config(path: Path):
-  spec = importlib.util.spec_from_file_location("demo_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)  # type: ignore[union-attr]
-  return module.get_config()
+QUICK = {"datagen": {"num_images": 48}, "eval": {"limit": 8}}
+QUICK_TRAIN = {"steps": 12, "log_every": 2, "ckpt_every": 1000}
 
 
 def demo_settings(c, quick: bool) -> dict[str, dict]:
@@ -72,7 +64,7 @@ def stage_train(c, data: Path, workdir: Path, quick: bool):
   c.data.shards = str(data / "train")
   c.train.workdir = str(workdir)
   if quick:
-    c.train.update(QUICK["train"])
+    c.train.update(QUICK_TRAIN)
     c.data.worker_count = 0
   if c.init.hf and not os.path.isabs(c.init.hf):
     c.init.hf = str(ROOT / c.init.hf)
@@ -109,8 +101,9 @@ def plot_curve(workdir: Path) -> Path | None:
 
 def stage_eval(settings: dict, workdir: Path, data: Path, out: Path):
   from bird_jax.evaluation.cli import model_eval
+  from bird_jax.train.config import load_config_file
 
-  c = load_config(ROOT / "configs" / "eval_bird.py")
+  c = load_config_file(ROOT / "configs" / "eval_bird.py")
   c.tasks, c.limit, c.batch_size = settings["tasks"], settings["limit"], settings["batch_size"]
   c.mesh.data = 1
   return model_eval(c, str(workdir), str(data / "medgrit"), str(out))
@@ -125,9 +118,11 @@ def main(argv: list[str] | None = None) -> None:
   args = ap.parse_args(argv)
   from absl import logging
 
+  from bird_jax.train.config import load_config_file
+
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint at INFO
   out = Path(args.out)
-  c = load_config(Path(args.config))
+  c = load_config_file(args.config)
   settings = demo_settings(c, args.quick)
   times = {}
 

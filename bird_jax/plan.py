@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import math
 import os
-import sys
 import time
-from typing import Any
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -39,16 +36,6 @@ def parse_mesh(text: str) -> dict[str, int]:
       raise ValueError(f"--mesh: unknown axis {key!r} (axes: data, fsdp, tensor)")
     out[key] = int(value)
   return out
-
-
-def load_config(path: str):
-  spec = importlib.util.spec_from_file_location("plan_config", path)
-  if spec is None or spec.loader is None:
-    raise FileNotFoundError(f"{path}: not a Python config file")
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 @dataclasses.dataclass
@@ -167,7 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     flags += " --xla_disable_hlo_passes=while-loop-invariant-code-motion"
   os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + flags
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  c = load_config(args.config)
+  from bird_jax.train.config import load_config_file  # imports jax: after the flags
+
+  c = load_config_file(args.config)
   if args.grad_accum is not None:
     c.optim.grad_accum = args.grad_accum
   if args.remat is not None:

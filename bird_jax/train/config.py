@@ -8,6 +8,9 @@ uses (QwenVLConfig, DataConfig, OptimConfig, ...) are built from it here and now
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
+import sys
 from typing import Any
 
 import ml_collections
@@ -26,6 +29,18 @@ def _fields(cls: type) -> dict[str, Any]:
     elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
       out[f.name] = f.default_factory()  # type: ignore[misc]
   return out
+
+
+def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+  """`get_config()` of a Python config file (`configs/*.py`); the repository root (the
+  folder above the file's folder) is importable from it."""
+  spec = importlib.util.spec_from_file_location("config_file", path)
+  if spec is None or spec.loader is None:
+    raise FileNotFoundError(f"{path}: not a Python config file")
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def default_config() -> ml_collections.ConfigDict:
