@@ -12,7 +12,7 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.out = "runs/eval"  # report.md/json, plots/, gallery/, predictions/ (model mode)
   c.tasks = "vg,roc,rc,mia"  # model mode: which test files to run
-  c.limit = 0  # samples per task (0 = all)
+  c.limit = 0  # samples per task, spread over each test file (0 = all)
   c.images = ""  # image folders, comma-separated (model mode also looks in --data,
   #                --data/images and --data/../images: datagen's OUT/medgrit + OUT/images)
   # generation

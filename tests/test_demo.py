@@ -27,3 +27,15 @@ def test_demo_quick_runs_end_to_end_and_the_loss_falls(tmp_path):
   for path in ("train/training_curve.png", "eval/gallery/index.html", "eval/report.md"):
     assert (tmp_path / path).exists(), path
   assert list((tmp_path / "eval" / "plots").glob("*.png"))
+
+
+def test_demo_configs_load_with_known_settings():
+  from bird_jax.demo import DEMO_DEFAULTS, demo_settings
+  from bird_jax.train.config import load_config_file, model_config
+
+  for name in ("demo.py", "demo_long.py"):
+    c = load_config_file(ROOT / "configs" / name)
+    model_config(c)  # the preset and overrides are valid
+    settings = demo_settings(c, quick=False)
+    for stage, values in settings.items():
+      assert set(values) <= set(DEMO_DEFAULTS[stage]), (name, stage)

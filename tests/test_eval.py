@@ -200,6 +200,14 @@ def test_constant_answers_by_hand():
   assert constant_answer("roc", ["Liver", "kidney", "liver "]) == "liver"
 
 
+def test_limit_spreads_over_the_whole_test_file():
+  grouped = [f"{m}-{i}" for m in ("ct", "mr", "x", "pet") for i in range(25)]
+  picked = cli.spread_subset(grouped, 8)
+  assert len(picked) == 8 and len(set(picked)) == 8
+  assert {p.split("-")[0] for p in picked} == {"ct", "mr", "x", "pet"}
+  assert cli.spread_subset(grouped[:5], 8) == grouped[:5]
+
+
 def test_test_files_are_found_by_task_words(tmp_path):
   assert [task_of_filename(n) for n in ("test_VG.json", "Med-GRIT_ROC.json", "eval_GC.json",
                                         "MII.jsonl", "notes.json", "vg_roc.json")] == \

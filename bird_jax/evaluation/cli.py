@@ -74,6 +74,14 @@ def audit(c: ml_collections.ConfigDict, predictions: str, task: str, out: str) -
   return finish(c, out, results, image_finder(c, None), f"Audit of {', '.join(files)}")
 
 
+def spread_subset(items: list, n: int) -> list:
+  """`n` items evenly spread over `items` (test files are grouped by modality: a prefix would
+  cover only the first few)."""
+  if n >= len(items):
+    return items
+  return [items[i * len(items) // n] for i in range(n)]
+
+
 def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> EvalResult:
   """Generates predictions for the test files of `data` with the checkpoint, then scores them."""
   import jax
@@ -87,7 +95,7 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   files = find_test_files(data, tasks)
   samples = {t: read_test_file(f) for t, f in files.items()}
   if c.limit > 0:
-    samples = {t: s[:c.limit] for t, s in samples.items()}
+    samples = {t: spread_subset(s, c.limit) for t, s in samples.items()}
   initialize_distributed()
   mesh = make_mesh(**c.mesh.to_dict())
   override = get_preset(c.model_preset) if c.model_preset else None

@@ -1,0 +1,18 @@
+"""The long demo (about 80 minutes on 2 CPU cores): the demo's tiny model from scratch on 20k
+phantom images for 5500 steps, then BiRD's evaluation on a stratified part of the held-out cases.
+
+    .venv/bin/python -m bird_jax.demo --config configs/demo_long.py --out runs/demo_long
+"""
+
+from configs import demo
+
+
+def get_config():
+  c = demo.get_config()
+  c.train.steps = 5500
+  c.train.ckpt_every = 500
+  c.optim.warmup_steps = 100
+  c.train.workdir = "runs/demo_long"
+  c.demo.datagen.num_images = 20000
+  c.demo.eval.limit = 600  # per task, spread over the test file (all modalities)
+  return c
