@@ -1,5 +1,6 @@
-"""The long demo (about 80 minutes on 2 CPU cores): the demo's tiny model from scratch on 20k
-phantom images for 5500 steps, then BiRD's evaluation on a stratified part of the held-out cases.
+"""The long demo (about 70 minutes on 2 CPU cores): the demo's tiny model from scratch on 20k
+phantom images for 5500 steps, then BiRD's evaluation on 600 questions per task spread over the
+held-out cases.
 
     .venv/bin/python -m bird_jax.demo --config configs/demo_long.py --out runs/demo_long
 """

@@ -37,7 +37,9 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location("config_file", path)
   if spec is None or spec.loader is None:
     raise FileNotFoundError(f"{path}: not a Python config file")
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(path))))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  if root not in sys.path:
+    sys.path.insert(0, root)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
