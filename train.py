@@ -1,13 +1,20 @@
 """Train (fine-tune) Qwen-VL / BiRD.
 
-    .venv/bin/python train.py --config configs/demo.py
+    .venv/bin/python train.py --config configs/demo.py --config.data.shards=runs/demo/data/train
     .venv/bin/python train.py --config configs/bird_7b.py --config.data.shards=data/train \\
         --config.init.hf=Qwen-VL-Chat --config.train.workdir=runs/bird7b
 
 Every field of the config file can be overridden with --config.a.b=value. The run resumes
-from the latest checkpoint in train.workdir when there is one (--config.train.resume=false to
-refuse); SIGTERM/SIGINT save a checkpoint and exit.
+from the newest usable checkpoint in train.workdir when there is one (--config.train.resume_step
+picks one; --config.train.resume=false starts anew, and refuses a workdir holding a run unless
+--config.train.overwrite=true); SIGTERM/SIGINT save a checkpoint and exit.
+
+Exit codes (bird_jax/exit_codes.py, docs/faults.md): 0 finished, 2 refused input, 3 out of
+data, 4 non-finite loss/gradients, 5 a checkpoint could not be written, 75 preempted (saved;
+rerun to resume), 1 anything unexpected.
 """
+
+import sys
 
 from absl import app
 from ml_collections import config_flags
@@ -16,17 +23,33 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (g
                                           lock_config=True)
 
 
-def main(argv) -> None:
+def main(argv) -> int:
   del argv
   from absl import logging
 
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO
-  from bird_jax.train.loop import train
+  from bird_jax import exit_codes as X
+  from bird_jax.train.checkpointing import SaveFailed, quiet_background_save_logs
+  from bird_jax.train.loop import BadInput, NonFiniteLoss, train
 
-  result = train(_CONFIG.value)
-  print(f"stopped at step {result.step} ({result.stopped_by}); "
+  quiet_background_save_logs()
+
+  try:
+    result = train(_CONFIG.value)
+  except BadInput as e:
+    print(f"train.py: error: {e}", file=sys.stderr)
+    return X.BAD_INPUT
+  except NonFiniteLoss as e:
+    print(f"train.py: error: {e}", file=sys.stderr)
+    return X.NON_FINITE
+  except SaveFailed as e:
+    print(f"train.py: error: {e}", file=sys.stderr)
+    return X.SAVE_FAILED
+  code = X.TRAIN_STOPS[result.stopped_by]
+  print(f"stopped at step {result.step} ({result.stopped_by}: {X.DESCRIPTIONS[code]}); "
         + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()
                     if k in ("loss", "accuracy", "tokens_per_s")))
+  return code
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from bird_jax.tokenizer import IMG, IMG_END, Tokenizer
+from bird_jax.tokenizer import IMAGE_TAGS, IMG, IMG_END, Tokenizer
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 IGNORE_ID = -100
@@ -92,7 +92,10 @@ def encode_content(tok: Tokenizer, text: str, n_image_tokens: int, image_fill: s
 
 
 def _encode_text(tok: Tokenizer, text: str) -> list[int]:
-  ids = tok.encode(text)
+  """Message text -> ids: the image/ref/box/quad tags become their special ids, every other
+  special token written in the text (``<|im_start|>``, ``<|endoftext|>``, ...) stays plain text,
+  so no message can open or close a turn (as the reference's make_context)."""
+  ids = tok.encode(text, allowed_special=IMAGE_TAGS)
   if tok.img_id in ids or tok.img_end_id in ids:
     raise ValueError(f"unpaired {IMG} or {IMG_END} tag in message text {text[:120]!r}")
   return ids

@@ -3,13 +3,15 @@
 Presets are data, not code paths: the same modules serve every size.
 
     >>> cfg = get_preset("tiny")
-    >>> cfg = QwenVLConfig.from_hf_config(json.load(open("Qwen-VL-Chat/config.json")))
+    >>> hf_dict, cfg = read_hf_config("Qwen-VL-Chat")   # Qwen-VL-Chat/config.json
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from typing import Any
 
 # Qwen-VL's tokenizer ids (spec/qwen_vl.md). The model reads the image-start id from its
@@ -143,6 +145,15 @@ class QwenVLConfig:
     if hf.get("model_type") != "qwen" or "visual" not in hf:
       raise ValueError(f"not a Qwen-VL config.json: model_type={hf.get('model_type')!r}, "
                        f"visual section {'present' if 'visual' in hf else 'missing'}")
+    try:
+      return cls._from_hf_config(hf, **overrides)
+    except KeyError as e:
+      raise ValueError(f"missing key {e.args[0]!r} (a Qwen-VL config.json has it)") from None
+    except (TypeError, AttributeError) as e:
+      raise ValueError(f"a value has the wrong type ({e})") from None
+
+  @classmethod
+  def _from_hf_config(cls, hf: dict[str, Any], **overrides: Any) -> "QwenVLConfig":
     v = hf["visual"]
     width = int(v["width"])
     vision = VisionConfig(
@@ -242,3 +253,29 @@ def get_preset(name: str) -> QwenVLConfig:
   if name not in PRESETS:
     raise KeyError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
   return PRESETS[name]().validate()
+
+
+HF_CONFIG_FILE = "config.json"
+
+
+def read_hf_config(directory: str | os.PathLike) -> tuple[dict[str, Any], QwenVLConfig]:
+  """(the dict, the model config) of an HF Qwen-VL folder's config.json; errors name the file
+  and say what is wrong (missing file or key, invalid JSON, another architecture)."""
+  path = os.path.join(directory, HF_CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{directory}: no {HF_CONFIG_FILE} (the HF folder's model config is "
+                            "needed to know the architecture)")
+  try:
+    with open(path, encoding="utf-8") as f:
+      hf = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+                     ) from None
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not UTF-8 text ({e.reason})") from None
+  if not isinstance(hf, dict):
+    raise ValueError(f"{path}: expected a JSON object, got {type(hf).__name__}")
+  try:
+    return hf, QwenVLConfig.from_hf_config(hf)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None

@@ -27,13 +27,14 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from bird_jax import exit_codes
 from bird_jax.checkpoint import hf
 from bird_jax.checkpoint import orbax as ckpt
 from bird_jax.checkpoint import safetensors_io as st
-from bird_jax.config import QwenVLConfig
+from bird_jax.checkpoint.verify import NonFiniteWeights, nonfinite_count, verify_params
+from bird_jax.config import HF_CONFIG_FILE, QwenVLConfig, read_hf_config
 
 ASSETS_DIR = "hf_assets"
-CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 # Qwen-VL-Chat's generation_config.json (written when the source folder had none).
 QWEN_VL_CHAT_GENERATION_CONFIG = {
@@ -59,14 +60,6 @@ def _model_shapes(cfg: QwenVLConfig) -> dict[str, tuple[int, ...]]:
   from bird_jax.model import abstract_model
 
   return hf.param_shapes(nnx.state(abstract_model(cfg)))
-
-
-def read_hf_config(directory: Path) -> dict[str, Any]:
-  path = directory / CONFIG_FILE
-  if not path.exists():
-    raise FileNotFoundError(f"{directory}: no {CONFIG_FILE} (the HF folder's model config is "
-                            f"needed to know the architecture)")
-  return json.loads(path.read_text())
 
 
 def _auto_dtype(tags: Sequence[str]) -> np.dtype:
@@ -95,8 +88,7 @@ def hf_to_jax(hf_dir: str | Path, out_dir: str | Path, *, dtype: str = "auto", s
   hf_dir, out_dir = Path(hf_dir), Path(out_dir)
   reader = st.HFReader(hf_dir)
   directory = reader.directory
-  hf_config = read_hf_config(directory)
-  cfg = QwenVLConfig.from_hf_config(hf_config)
+  hf_config, cfg = read_hf_config(directory)
   shapes = _model_shapes(cfg)
   entries = hf.expected_tensors(cfg, shapes)
   hf.check_tensors({n: (t.shape, t.dtype) for n, t in reader.tensors.items()}, entries,
@@ -147,12 +139,14 @@ def _copy_assets(src: Path, dst: Path) -> list[str]:
 
 def jax_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None = None,
               shard_size: str | int | None = None, dtype: str = "auto",
-              assets: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+              assets: str | Path | None = None, allow_non_finite: bool = False,
+              progress: bool = True) -> dict[str, Any]:
   """Writes an HF Qwen-VL folder from a step of an Orbax checkpoint. shard_size None reuses
   the source checkpoint's shard layout when recorded (else 4GB shards). dtype 'auto': each
   tensor's dtype in the HF source when recorded, else the stored parameter's dtype. assets: a
   folder whose non-weight files (tokenizer, model code, generation config) are copied; default
-  the checkpoint's own `hf_assets/` (written by hf-to-jax)."""
+  the checkpoint's own `hf_assets/` (written by hf-to-jax). A parameter holding NaN/inf stops
+  the export (NonFiniteWeights, the output folder removed) unless `allow_non_finite`."""
   t0 = time.time()
   ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
   manager = ckpt.checkpoint_manager(ckpt_dir, read_only=True)
@@ -186,10 +180,24 @@ def jax_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None = N
 
   def get(name: str) -> np.ndarray:
     _release_free_memory()
-    return hf.to_hf_tensor(entries[name], reader.read, dtypes[name])
+    x = hf.to_hf_tensor(entries[name], reader.read, dtypes[name])
+    bad = 0 if allow_non_finite else nonfinite_count(x)
+    if bad:
+      raise NonFiniteWeights(f"{ckpt_dir} step {reader.step}: {name} holds {bad:,} NaN/inf "
+                             f"value(s) of {x.size:,}; not exported (--allow-non-finite exports "
+                             "it anyway)")
+    return x
 
-  index = st.write_sharded(out_dir, shards, get, on_tensor=lambda s: bar.update(s.nbytes))
-  bar.close()
+  existed = out_dir.exists()
+  try:
+    index = st.write_sharded(out_dir, shards, get, on_tensor=lambda s: bar.update(s.nbytes))
+  except NonFiniteWeights:
+    shutil.rmtree(out_dir, ignore_errors=True)  # it was empty: nothing but this export is lost
+    if existed:
+      out_dir.mkdir()
+    raise
+  finally:
+    bar.close()
   _write_metadata(out_dir, Path(assets) if assets else ckpt_dir / ASSETS_DIR, cfg, source,
                   set(dtypes.values()))
   return {"tensors": len(specs), "bytes": index["metadata"]["total_size"], "files": len(shards),
@@ -210,8 +218,8 @@ def _write_metadata(out: Path, assets: Path, cfg: QwenVLConfig, source: dict,
   """config.json (this model's config over the source's), then the assets' other files, the
   default generation config and the packaged qwen.tiktoken where those are missing."""
   base = source.get("config") or {}
-  if not base and (assets / CONFIG_FILE).exists():
-    base = json.loads((assets / CONFIG_FILE).read_text())
+  if not base and (assets / HF_CONFIG_FILE).exists():
+    base = json.loads((assets / HF_CONFIG_FILE).read_text())
   config = {**base, **cfg.to_hf_config()}
   config["visual"] = {**base.get("visual", {}), **config["visual"]}
   floats = {np.dtype(d) for d in dtypes}
@@ -219,10 +227,10 @@ def _write_metadata(out: Path, assets: Path, cfg: QwenVLConfig, source: dict,
     config[flag] = floats == {d}
   config["torch_dtype"] = {DTYPES["bf16"]: "bfloat16", DTYPES["fp16"]: "float16"}.get(
       next(iter(floats)) if len(floats) == 1 else None, "float32")
-  (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+  (out / HF_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
   if assets.is_dir():
     for p in sorted(assets.iterdir()):
-      if p.is_file() and p.name != CONFIG_FILE and not _is_weight_file(p):
+      if p.is_file() and p.name != HF_CONFIG_FILE and not _is_weight_file(p):
         shutil.copy2(p, out / p.name)
   if not (out / GENERATION_CONFIG_FILE).exists():
     (out / GENERATION_CONFIG_FILE).write_text(
@@ -240,10 +248,13 @@ def _is_orbax_root(path: Path) -> bool:
                                for p in path.iterdir())
 
 
-def inspect(path: str | Path) -> str:
-  """A report of what a checkpoint holds and where each tensor maps."""
+def inspect(path: str | Path, *, step: int | None = None, verify: bool = True) -> tuple[str, bool]:
+  """(a report of what a checkpoint holds and where each tensor maps, whether it is usable).
+  Orbax: `verify` reads every parameter of the step back and counts NaN/inf values."""
   path = Path(path)
-  return _inspect_orbax(path) if _is_orbax_root(path) else _inspect_hf(path)
+  if _is_orbax_root(path):
+    return _inspect_orbax(path, step, verify)
+  return _inspect_hf(path)
 
 
 def _mapping(name: str) -> str:
@@ -264,11 +275,15 @@ def _inspect_hf(path: Path) -> str:
   for name, t in reader.tensors.items():
     lines.append(f"  {name:<{width}}  {t.dtype:<4} {str(list(t.shape)):<18} {t.file:<32} -> "
                  f"{_mapping(name)}")
-  cfg_path = reader.directory / CONFIG_FILE
+  cfg_path = reader.directory / HF_CONFIG_FILE
   if not cfg_path.exists():
-    lines.append(f"no {CONFIG_FILE}: cannot check the tensors against a model config")
-    return "\n".join(lines)
-  cfg = QwenVLConfig.from_hf_config(json.loads(cfg_path.read_text()))
+    lines.append(f"no {HF_CONFIG_FILE}: cannot check the tensors against a model config")
+    return "\n".join(lines), False
+  try:
+    _, cfg = read_hf_config(reader.directory)
+  except ValueError as e:
+    lines.append(f"{e}\nNOT LOADABLE as it is")
+    return "\n".join(lines), False
   entries = hf.expected_tensors(cfg, _model_shapes(cfg))
   problems = hf.tensor_problems({n: (t.shape, t.dtype) for n, t in reader.tensors.items()}, entries)
   lines.append(f"model config: LLM {cfg.llm.layers} layers x {cfg.llm.hidden}, ViT "
@@ -277,13 +292,13 @@ def _inspect_hf(path: Path) -> str:
     lines.append(f"{title}: {len(items)}" + "".join(f"\n    {x}" for x in items))
   ok = not any(problems.values())
   lines.append("OK: every tensor maps onto the model" if ok else "NOT LOADABLE as it is")
-  return "\n".join(lines)
+  return "\n".join(lines), ok
 
 
-def _inspect_orbax(path: Path) -> str:
+def _inspect_orbax(path: Path, step: int | None, verify: bool) -> tuple[str, bool]:
   manager = ckpt.checkpoint_manager(path, read_only=True)
   steps = manager.all_steps()
-  reader = ckpt.ParamReader(manager)
+  reader = ckpt.ParamReader(manager, step)
   lines = [f"Orbax checkpoint {path}: steps {steps}; showing step {reader.step}"]
   items = sorted(p.name for p in (path / str(reader.step)).iterdir() if p.is_dir())
   lines.append(f"items: {', '.join(items)}")
@@ -312,13 +327,22 @@ def _inspect_orbax(path: Path) -> str:
               ", ".join(f"{r.hf.replace('{i}', layers)} ({r.transform.name})" for r in rules))
     lines.append(f"  {p:<{width}}  {str(dt):<8} {str(list(shape)):<22} -> {target}")
   lines.append(f"{len(reader.arrays)} parameters, {total / 1e9:.3f} GB")
+  ok = cfg is not None
   if cfg is not None:
     expected = _model_shapes(cfg)
     missing = sorted(set(expected) - set(reader.arrays))
     wrong = [p for p in expected if p in reader.arrays and tuple(expected[p]) != reader.shapes[p]]
+    ok = not (missing or wrong)
     lines.append(f"model_config: missing parameters {missing}, wrong shapes {wrong}"
-                 if missing or wrong else "OK: parameters match model_config")
-  return "\n".join(lines)
+                 if not ok else "parameters match model_config")
+  if verify:
+    report = verify_params(manager, reader.step)
+    ok = ok and report.ok
+    lines.append(f"read back: {report.summary()}")
+  else:
+    lines.append("read back: not checked (--no-verify)")
+  lines.append("OK" if ok else "NOT USABLE as it is")
+  return "\n".join(lines), ok
 
 
 # ---- CLI -------------------------------------------------------------------------------------
@@ -339,24 +363,34 @@ def main(argv: Sequence[str] | None = None) -> int:
   b.add_argument("--shard-size", default=None,
                  help="e.g. 4GB; default: the source's shard layout when recorded, else 4GB")
   b.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"])
+  b.add_argument("--allow-non-finite", action="store_true",
+                 help="export weights holding NaN/inf (refused by default)")
   b.add_argument("--assets", default=None,
                  help="folder whose non-weight files (qwen.tiktoken, *.py, generation_config.json) "
                       "are copied, e.g. the original HF download; default: CKPT/hf_assets")
-  c = sub.add_parser("inspect", help="list tensors/parameters and what maps where")
+  c = sub.add_parser("inspect", help="list tensors/parameters and what maps where; check them")
   c.add_argument("path")
+  c.add_argument("--step", type=int, default=None, help="Orbax: default the latest step")
+  c.add_argument("--no-verify", action="store_true",
+                 help="Orbax: skip reading every parameter back (NaN/inf, truncated files)")
   args = parser.parse_args(argv)
   try:
     if args.command == "hf-to-jax":
       report = hf_to_jax(args.hf, args.out, dtype=args.dtype, step=args.step)
     elif args.command == "jax-to-hf":
       report = jax_to_hf(args.ckpt, args.out, step=args.step, shard_size=args.shard_size,
-                         dtype=args.dtype, assets=args.assets)
+                         dtype=args.dtype, assets=args.assets,
+                         allow_non_finite=args.allow_non_finite)
     else:
-      print(inspect(args.path))
-      return 0
+      text, ok = inspect(args.path, step=args.step, verify=not args.no_verify)
+      print(text)
+      return exit_codes.OK if ok else exit_codes.BAD_INPUT
+  except NonFiniteWeights as e:
+    print(f"error: {e}", file=sys.stderr)
+    return exit_codes.NON_FINITE
   except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return exit_codes.BAD_INPUT
   print(json.dumps(report))
   return 0
 

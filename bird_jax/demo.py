@@ -18,8 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
+
+from bird_jax import exit_codes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,6 +143,10 @@ def main(argv: list[str] | None = None) -> None:
         flush=True)
   result = stage_train(c, out / "data", out / "train", args.quick)
   times["train"] = time.perf_counter() - t0
+  if result.stopped_by == "signal":
+    print(f"training preempted at step {result.step} (saved); rerun the same command to "
+          "continue", flush=True)
+    sys.exit(exit_codes.PREEMPTED)
   curve = plot_curve(out / "train")
 
   t0 = time.perf_counter()

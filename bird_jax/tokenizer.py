@@ -44,6 +44,9 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     (ENDOFTEXT, IM_START, IM_END) + tuple(f"<|extra_{i}|>" for i in range(205))
     + (REF, REF_END, BOX, BOX_END, QUAD, QUAD_END, IMG, IMG_END, IMGPAD))
 
+# The special tokens a message's text may contain (Qwen-VL's IMAGE_ST); the others are
+# control tokens that message text never produces.
+IMAGE_TAGS = frozenset((REF, REF_END, BOX, BOX_END, QUAD, QUAD_END, IMG, IMG_END, IMGPAD))
 AllowedSpecial = Literal["all"] | Set[str]
 DisallowedSpecial = Literal["all"] | Collection[str]
 _REPLACEMENT = "\ufffd".encode()

@@ -7,7 +7,9 @@
     OPENAI_API_KEY=... python -m datagen --source phantom --out data/p --backend openai \\
         --base-url https://api.openai.com/v1 --model gpt-4o-mini --price-in 0.15 --price-out 0.6
 
-Rerun the same command to resume an interrupted run.
+Rerun the same command to resume an interrupted run. Exit codes: 0 done, 2 refused input or
+a server that refuses the requests, 7 more images fell back to template text than
+--max-fallback-fraction allows (docs/faults.md).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from bird_jax import exit_codes
 from datagen.config import BACKENDS, DEFAULT_ATLAS_DIR, SOURCES, GenConfig, LLMConfig
 from datagen.llm.base import FatalAPIError
 from datagen.llm.template import ANSWER_STYLES
 from datagen.meta import COMPONENT_RULES, DEFAULT_MIN_AREA
-from datagen.run import ConfigMismatch, clean_output, generate
+from datagen.run import ConfigMismatch, TooManyFallbacks, clean_output, generate
 from datagen.sources.base import SourceError
 from datagen.summary import format_summary
 from datagen.tasks import TaskCounts
@@ -87,7 +90,10 @@ def parser() -> argparse.ArgumentParser:
   g.add_argument("--max-retries", type=int, default=d.max_retries)
   g.add_argument("--backoff", type=float, default=d.backoff)
   g.add_argument("--max-backoff", type=float, default=d.max_backoff)
-  g.add_argument("--max-failures", type=int, default=d.max_failures)
+  g.add_argument("--max-failures", type=int, default=d.max_failures,
+                 help="images whose requests failed after all retries before the run stops")
+  g.add_argument("--max-fallback-fraction", type=float, default=d.max_fallback_fraction,
+                 help="fail (exit 7) when a larger share of images fell back to template text")
   g.add_argument("--cache-dir", default="")
   g.add_argument("--price-in", type=float, default=None, help="USD per 1M prompt tokens")
   g.add_argument("--price-out", type=float, default=None, help="USD per 1M completion tokens")
@@ -100,7 +106,8 @@ def parser() -> argparse.ArgumentParser:
   g.add_argument("--workers", type=int, default=0, help="processes (0 = number of CPUs)")
   g.add_argument("--host-index", type=int, default=0)
   g.add_argument("--host-count", type=int, default=1)
-  g.add_argument("--overwrite", action="store_true", help="delete a previous run in --out")
+  g.add_argument("--overwrite", action="store_true",
+                 help="delete a previous run in --out (its LLM response cache is kept)")
   g.add_argument("--no-progress", action="store_true")
   return p
 
@@ -110,7 +117,8 @@ def config_from_args(a: argparse.Namespace) -> GenConfig:
                   json_mode=a.json_mode, prompt_version=a.prompt_version,
                   max_attempts=a.max_attempts, concurrency=a.concurrency, timeout=a.timeout,
                   max_retries=a.max_retries, backoff=a.backoff, max_backoff=a.max_backoff,
-                  max_failures=a.max_failures, cache_dir=a.cache_dir, price_in=a.price_in,
+                  max_failures=a.max_failures, max_fallback_fraction=a.max_fallback_fraction,
+                  cache_dir=a.cache_dir, price_in=a.price_in,
                   price_out=a.price_out)
   return GenConfig(
       out=a.out, source=a.source, num_images=a.num_images, seed=a.seed,
@@ -138,9 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.overwrite:
       clean_output(cfg.out)
     result = generate(cfg)
+  except TooManyFallbacks as e:
+    print(f"error: {e}", file=sys.stderr)
+    return exit_codes.TOO_MANY_FALLBACKS
   except (ValueError, ConfigMismatch, SourceError, FileNotFoundError, FatalAPIError) as e:
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return exit_codes.BAD_INPUT
   if result.get("status") in ("incomplete", "host_done"):
     print(f"datagen: this host's chunks are written; stage {result['stage']!r} still misses "
           f"chunks {result['missing_chunks'][:10]}... from other hosts; rerun when they are "

@@ -16,6 +16,9 @@ DEFAULT_ATLAS_DIR = "/usr/share/mricron/templates"
 KEY_ENV = "OPENAI_API_KEY"  # the only place the openai backend reads its key from
 
 
+LLM_CACHE = "llm_cache"  # OUT/.work/llm_cache: paid responses, never deleted by datagen
+
+
 @dataclasses.dataclass(frozen=True)
 class LLMConfig:
   """The openai backend (see datagen.llm.openai_backend)."""
@@ -32,6 +35,7 @@ class LLMConfig:
   backoff: float = 1.0  # first retry wait (doubles each time) when no Retry-After is given
   max_backoff: float = 60.0
   max_failures: int = 20  # images whose requests failed for good before the run stops
+  max_fallback_fraction: float = 0.05  # fail the run when more images fall back to templates
   cache_dir: str = ""  # default: OUT/.work/llm_cache
   price_in: float | None = None  # USD per 1M prompt tokens (for the cost estimate)
   price_out: float | None = None  # USD per 1M completion tokens
@@ -121,7 +125,7 @@ class GenConfig:
               "samed2d_index", "samed2d_mapping", "atlas_dir"):  # data may move between runs
       d.pop(k)
     for k in ("concurrency", "timeout", "max_retries", "backoff", "max_backoff", "max_failures",
-              "cache_dir", "price_in", "price_out", "base_url"):
+              "max_fallback_fraction", "cache_dir", "price_in", "price_out", "base_url"):
       d["llm"].pop(k)
     if self.backend != "openai":
       d.pop("llm")
@@ -174,4 +178,4 @@ def make_backend(cfg: GenConfig, work_dir: str):
     return TemplateBackend(cfg.seed, cfg.answer_style)
   from datagen.llm.openai_backend import OpenAIBackend
   return OpenAIBackend(cfg.llm, seed=cfg.seed,
-                       cache_dir=cfg.llm.cache_dir or os.path.join(work_dir, "llm_cache"))
+                       cache_dir=cfg.llm.cache_dir or os.path.join(work_dir, LLM_CACHE))

@@ -32,7 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from datagen.config import GenConfig, check_backend_ready, make_backend, make_source
+from datagen.config import LLM_CACHE, GenConfig, check_backend_ready, make_backend, make_source
 from datagen.fileio import read_json, remove_temp_files, write_json_atomic
 from datagen.meta import ImageMeta
 from datagen.sampling import dedup, iter_chunks, select
@@ -50,11 +50,20 @@ class ConfigMismatch(RuntimeError):
   """OUT holds a run made with other options."""
 
 
+class TooManyFallbacks(RuntimeError):
+  """More images fell back to template text than ``max_fallback_fraction`` allows."""
+
+
 def clean_output(out: str | Path) -> None:
-  """Removes what a previous run wrote into ``out`` (nothing else)."""
+  """Removes what a previous run wrote into ``out`` (nothing else), except the LLM response
+  cache: those answers were paid for, and a request that is asked again is served from it."""
   for name in OUTPUT_ENTRIES:
     p = Path(out) / name
-    if p.is_dir():
+    if name == ".work" and p.is_dir():
+      for q in p.iterdir():
+        if q.name != LLM_CACHE:
+          shutil.rmtree(q) if q.is_dir() else q.unlink()
+    elif p.is_dir():
       shutil.rmtree(p)
     elif p.exists():
       p.unlink()
@@ -156,10 +165,15 @@ def text_stage(cfg: GenConfig, source, work: Path, kept: Sequence[ImageMeta],
   def is_done(k: int) -> bool:
     return done(k).exists() and read_json(done(k)).get("key") == keys[k]
 
+  def is_final(k: int) -> bool:
+    """Done without template fallbacks: a chunk that fell back is generated again on a rerun
+    (its answers that were paid for come from the response cache)."""
+    return is_done(k) and not fallback_images(read_json(done(k))["stats"])
+
   def finish(k: int, stats: dict[str, Any]) -> None:
     write_json_atomic(done(k), {"key": keys[k], "stats": stats})
 
-  todo = [(k, c) for k, c in chunks if _mine(cfg, k) and not is_done(k)]
+  todo = [(k, c) for k, c in chunks if _mine(cfg, k) and not is_final(k)]
   in_process = cfg.backend != "template"  # the openai backend runs threads in this process
   backend = make_backend(cfg, str(work)) if in_process and todo else None
   tasks = [(k, (source, cfg, str(work), k, [m.to_dict() for m in c],
@@ -177,6 +191,29 @@ def text_stage(cfg: GenConfig, source, work: Path, kept: Sequence[ImageMeta],
     if k not in missing:
       merge_counts(stats, read_json(done(k))["stats"])
   return [k for k, _ in chunks], missing, stats
+
+
+def fallback_images(stats: dict[str, Any]) -> int:
+  """Images of (merged) chunk counts whose text came from the template backend, wholly or in
+  part, because the LLM failed or its answers were rejected."""
+  return int(stats.get("backend", {}).get("fallback_images", 0))
+
+
+def check_fallbacks(cfg: GenConfig, stats: dict[str, Any]) -> None:
+  """Raises TooManyFallbacks when the fallback share of the written images exceeds the limit;
+  the final files are then not written (a rerun against a healthy server regenerates them)."""
+  images = sum(stats.get("images", {}).values())
+  fell = fallback_images(stats)
+  if cfg.backend != "openai" or not images or fell / images <= cfg.llm.max_fallback_fraction:
+    return
+  b = stats.get("backend", {})
+  raise TooManyFallbacks(
+      f"{fell} of {images} images ({fell / images:.0%}) fell back to template text, more than "
+      f"--max-fallback-fraction {cfg.llm.max_fallback_fraction:g} ({b.get('failed_images', 0)} "
+      f"with requests failing after all retries, {b.get('fallback_caption', 0)} captions and "
+      f"{b.get('fallback_conversation', 0)} conversations rejected after "
+      f"{cfg.llm.max_attempts} answers); check --base-url / the server and rerun: chunks with "
+      "fallbacks are generated again, paid answers come from the cache")
 
 
 def generate(cfg: GenConfig) -> dict[str, Any]:
@@ -205,6 +242,7 @@ def generate(cfg: GenConfig) -> dict[str, Any]:
 
   t = time.time()
   chunks, missing, stats = text_stage(cfg, source, work, kept, sides)
+  check_fallbacks(cfg, stats)
   if missing or cfg.host_index != 0:
     return {"status": "incomplete" if missing else "host_done", "stage": "text",
             "missing_chunks": missing}

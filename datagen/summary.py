@@ -78,11 +78,14 @@ def format_summary(s: Mapping[str, Any]) -> str:
     cost = b.get("cost_usd")
     lines.append(
         f"  openai: {b.get('requests', 0)} requests, {b.get('cache_hits', 0)} cache hits, "
-        f"{b.get('retries', 0)} retries, {b.get('rejected', 0)} rejected answers, fallbacks "
-        f"caption {b.get('fallback_caption', 0)} / conversation "
-        f"{b.get('fallback_conversation', 0)}; tokens {b.get('prompt_tokens', 0)} in + "
-        f"{b.get('completion_tokens', 0)} out"
+        f"{b.get('retries', 0)} retries, {b.get('rejected', 0)} rejected answers; tokens "
+        f"{b.get('prompt_tokens', 0)} in + {b.get('completion_tokens', 0)} out"
         + (f", estimated cost ${cost:.4f}" if cost is not None else
            " (cost: give --price-in/--price-out)"))
+    lines.append(
+        f"  template fallbacks: {b.get('fallback_images', 0)} of {im['written']} images "
+        f"({b.get('failed_images', 0)} with requests failing after all retries, "
+        f"{b.get('fallback_caption', 0)} captions and {b.get('fallback_conversation', 0)} "
+        "conversations rejected)")
   lines.append("  files: " + ", ".join(f"{k} ({v})" for k, v in s["files"].items()))
   return "\n".join(lines)

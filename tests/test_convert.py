@@ -5,6 +5,7 @@ PyTorch reference, validation errors, the CLI and `inspect`."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -189,9 +190,9 @@ def test_missing_extra_and_misshaped_tensors_are_all_reported(fp32_hf, tmp_path)
                  "model expects [256]", "transformer.visual.ln_pre.bias: dtype I32"):
     assert needle in msg, (needle, msg)
   assert not (tmp_path / "out").exists()
-  report = convert.inspect(fp32_hf)
+  report, ok = convert.inspect(fp32_hf)
   assert "transformer.visual.extra_head" in report and "NOT MAPPED" in report
-  assert "missing tensors: 2" in report and "NOT LOADABLE" in report
+  assert "missing tensors: 2" in report and "NOT LOADABLE" in report and not ok
 
 
 def test_pickle_checkpoints_are_refused(tmp_path, fp32_hf):
@@ -204,7 +205,7 @@ def test_pickle_checkpoints_are_refused(tmp_path, fp32_hf):
       convert.hf_to_jax(path, tmp_path / "out", progress=False)
   # next to safetensors a pickle is ignored (and reported by inspect), never read
   (fp32_hf / "pytorch_model.bin").write_bytes(b"\x80\x04not loaded")
-  assert "ignored pickle files (never loaded): pytorch_model.bin" in convert.inspect(fp32_hf)
+  assert "ignored pickle files (never loaded): pytorch_model.bin" in convert.inspect(fp32_hf)[0]
 
 
 def test_inconsistent_index_and_nonempty_output_are_errors(tmp_path, tiny_cfg, hf_weights):
@@ -239,14 +240,15 @@ def test_cli_both_directions_and_inspect(tmp_path, tiny_cfg, hf_weights):
   assert_bitwise(tensors_of(tmp_path / "hf"), tensors_of(tmp_path / "cli"))
   assert convert.main(["hf-to-jax", "--hf", str(tmp_path / "nowhere"),
                        "--out", str(tmp_path / "x")]) == 2
-  text = convert.inspect(tmp_path / "jax")
+  text, ok = convert.inspect(tmp_path / "jax")
   assert "llm.h.mlp.w1.kernel" in text and "transformer.h.{0..1}.mlp.w1.weight (linear1)" in text
   assert "hf_assets/: config.json, modeling_qwen.py, qwen.tiktoken" in text
-  assert "OK: parameters match model_config" in text
-  text = convert.inspect(tmp_path / "hf")
+  assert "parameters match model_config" in text and ok
+  assert "read back: step 0: 41 parameters" in text and "all finite" in text
+  text, ok = convert.inspect(tmp_path / "hf")
   assert "transformer.visual.transformer.resblocks.1.attn.in_proj.weight" in text
   assert "visual.blocks.attn.in_proj.kernel[1]  (vit_interleaved_qkv)" in text
-  assert "OK: every tensor maps onto the model" in text
+  assert "OK: every tensor maps onto the model" in text and ok
 
 
 def test_trained_checkpoint_exports_with_assets_from_the_hf_folder(tmp_path, tiny_cfg,
@@ -270,3 +272,54 @@ def test_trained_checkpoint_exports_with_assets_from_the_hf_folder(tmp_path, tin
   config = json.loads((tmp_path / "out" / "config.json").read_text())
   assert config["torch_dtype"] == "bfloat16" and config["bf16"] and not config["fp32"]
   assert json.loads((tmp_path / "out" / "config.json").read_text())["visual"]["layers"] == 2
+
+
+@pytest.mark.parametrize("text, match", [
+    (None, r"config.json: missing key 'num_attention_heads' \(a Qwen-VL config.json has it\)"),
+    ('{"model_type": "qwen",\n', r"config.json: not valid JSON \(Expecting .* at line 2 column 1\)"),
+    ("[1, 2]", r"config.json: expected a JSON object, got list"),
+])
+def test_bad_config_json_is_named_with_what_is_wrong(tmp_path, tiny_cfg, hf_weights, text, match):
+  write_hf(tmp_path / "hf", tiny_cfg, hf_weights, BF16)
+  path = tmp_path / "hf" / "config.json"
+  if text is None:
+    config = json.loads(path.read_text())
+    del config["num_attention_heads"]
+    text = json.dumps(config)
+  path.write_text(text)
+  with pytest.raises(ValueError, match=match):
+    convert.hf_to_jax(tmp_path / "hf", tmp_path / "out", progress=False)
+  assert convert.main(["hf-to-jax", "--hf", str(tmp_path / "hf"), "--out",
+                       str(tmp_path / "out")]) == 2
+  assert str(path) in convert.inspect(tmp_path / "hf")[0]
+
+
+def test_non_finite_weights_are_refused_by_export_and_flagged_by_inspect(tmp_path, tiny_cfg,
+                                                                         tiny_model):
+  params = {p: np.array(v) for p, v in hf.flatten(nnx.state(tiny_model)).items()}
+  params["llm.h.mlp.w1.kernel"][1, 3, :5] = np.nan
+  manager = ckpt.checkpoint_manager(tmp_path / "run")
+  ckpt.save(manager, 5, params=params, config=tiny_cfg)
+  manager.wait_until_finished()
+  out = tmp_path / "out"
+  with pytest.raises(convert.NonFiniteWeights, match=r"step 5: transformer.h.1.mlp.w1.weight "
+                                                     r"holds 5 NaN/inf value"):
+    convert.jax_to_hf(tmp_path / "run", out, progress=False)
+  assert not out.exists()
+  assert convert.main(["jax-to-hf", "--ckpt", str(tmp_path / "run"), "--out", str(out)]) == 4
+  assert convert.main(["jax-to-hf", "--ckpt", str(tmp_path / "run"), "--out", str(out),
+                       "--allow-non-finite"]) == 0
+  text, ok = convert.inspect(tmp_path / "run")
+  assert not ok and "5 of" in text and "NaN/inf in 1 parameter(s) (most in llm.h.mlp.w1.kernel)" in text
+  assert convert.main(["inspect", str(tmp_path / "run")]) == 2
+  assert convert.main(["inspect", "--no-verify", str(tmp_path / "run")]) == 0
+
+
+def test_inspect_reads_every_parameter_back(tmp_path, tiny_cfg, hf_weights):
+  """A truncated data file: inspect names the unreadable parameters instead of saying OK."""
+  write_hf(tmp_path / "hf", tiny_cfg, hf_weights, BF16)
+  convert.hf_to_jax(tmp_path / "hf", tmp_path / "jax", progress=False)
+  data = sorted((tmp_path / "jax" / "0" / "params").rglob("d/*"), key=lambda p: p.stat().st_size)
+  os.truncate(data[-1], 100)
+  text, ok = convert.inspect(tmp_path / "jax")
+  assert not ok and "unreadable" in text and "OUT_OF_RANGE" in text, text

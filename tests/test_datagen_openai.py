@@ -6,6 +6,7 @@ uninterrupted run, without paying twice."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import json
@@ -26,7 +27,8 @@ from datagen.config import GenConfig, LLMConfig
 from datagen.llm.base import FatalAPIError
 from datagen.llm.openai_backend import OpenAIBackend, retry_after
 from datagen.meta import ImageMeta, MetaObject
-from datagen.run import generate
+from datagen.run import TooManyFallbacks, generate
+from datagen.summary import format_summary
 from datagen.tasks import TaskCounts, TurnSpec
 
 KEY = "sk-test-7f3a9c-do-not-log"
@@ -36,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 class FakeLLM:
   """A chat-completions server whose answers are computed from the prompt.
 
-  ``fault(request, first_time) -> None | "429" | "500" | "timeout" | "malformed" |
+  ``fault(request, first_time) -> None | "429" | "500" | "timeout" | "html" | "malformed" |
   "hallucinate"``: transport faults are meant for the first time a request is seen;
   content faults may depend on the request only, so reruns see the same answers.
   ``pause_after``: once that many answers were paid, further requests hang until released.
@@ -109,6 +111,8 @@ class FakeLLM:
     if kind == "timeout":
       time.sleep(self.sleep_s)
       return self._send(h, 500, {"error": {"message": "too late"}})
+    if kind == "html":  # a proxy's page with status 200: not a chat completion
+      return self._send(h, 200, "<html><body>502 Bad Gateway</body></html>")
     content = answer(req, kind)
     with self.lock:
       self.paid += 1
@@ -385,3 +389,54 @@ def test_killed_run_resumes_to_the_records_of_an_uninterrupted_run(server, tmp_p
   for p in out.rglob("*"):
     if p.is_file():
       assert KEY.encode() not in p.read_bytes(), p
+
+
+def test_a_200_that_is_not_json_is_retried(server, tmp_path, monkeypatch):
+  s = server(fault=lambda req, first: "html" if first else None)
+  be = backend(s.url, tmp_path, monkeypatch)
+  assert be.generate(meta_fixture(), SPECS).backend == "openai"
+  assert be.take_stats()["bad_responses"] == 2  # caption and conversation, once each
+
+
+def test_an_outage_fails_the_run_and_a_rerun_regenerates_the_fallbacks(server, tmp_path,
+                                                                      monkeypatch):
+  """Every request fails (server down): the run stops with exit 7 naming the share, writes no
+  final files; the same command against a healthy server replaces every template record."""
+  monkeypatch.setenv("OPENAI_API_KEY", KEY)
+  down = server(fault=lambda req, first: "500")
+  cfg = dataclasses.replace(run_cfg(tmp_path / "out", down.url),
+                            llm=llm_cfg(down.url, max_retries=0, max_failures=1000))
+  with pytest.raises(TooManyFallbacks, match=r"(\d+) of \1 images \(100%\) fell back .* "
+                                             r"--max-fallback-fraction 0.05 \(\1 with requests "
+                                             r"failing"):
+    generate(cfg)
+  assert not (tmp_path / "out" / "summary.json").exists()
+  assert not (tmp_path / "out" / "medgrit").exists()
+  up = server()
+  summary = generate(dataclasses.replace(cfg, llm=llm_cfg(up.url)))
+  assert summary["backend_stats"].get("fallback_images", 0) == 0
+  assert {r["provenance"]["backend"] for r in records_of(tmp_path / "out")} == {"openai"}
+  assert "template fallbacks: 0 of" in format_summary(summary)
+
+
+def test_fallbacks_are_reported_and_overwrite_keeps_paid_answers(server, tmp_path, monkeypatch):
+  """Conversations always rejected: every image falls back; the summary says so, a higher
+  limit accepts it; --overwrite deletes the run but not the paid answers."""
+  s = server(fault=lambda req, first: "hallucinate" if is_conversation(req) else None)
+  out = tmp_path / "out"
+  env = {**os.environ, "OPENAI_API_KEY": KEY, "PYTHONPATH": str(REPO)}
+  args = cli_args(out, s.url) + ["--max-attempts", "1"]
+  res = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+  assert res.returncode == 7, res.stderr
+  assert re.search(r"error: (\d+) of \1 images \(100%\) fell back to template text", res.stderr)
+  res = subprocess.run(args + ["--max-fallback-fraction", "1"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=180)
+  assert res.returncode == 0, res.stderr
+  n = json.loads((out / "summary.json").read_text())["images"]["written"]
+  assert f"template fallbacks: {n} of {n} images (0 with requests failing after all retries, " \
+         f"0 captions and {n} conversations rejected)" in res.stdout
+  paid = s.paid
+  res = subprocess.run(args + ["--max-fallback-fraction", "1", "--overwrite"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=180)
+  assert res.returncode == 0, res.stderr
+  assert s.paid == paid and (out / ".work" / "llm_cache").is_dir()

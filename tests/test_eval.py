@@ -339,3 +339,51 @@ def test_model_mode_files_audit_to_the_same_scores(model_run):
                   out=str(d / "audit"))
   assert again.scores["roc"].bird == result.scores["roc"].bird
   assert again.scores["roc"].processed == result.scores["roc"].processed
+
+
+def test_model_mode_records_what_it_scored(model_run):
+  d, result, _ = model_run
+  src = json.loads(open(result.paths["json"]).read())["source"]
+  assert src["mode"] == "model" and src["step"] == 7 and src["checkpoint"] == str(d / "ckpt")
+  vg = src["predictions"]["vg"]
+  assert vg["samples"] == 3 and vg["test_file"] == str(d / "data" / "test_VG.json")
+  assert vg["sha256"] == cli.sha256_of(vg["path"])
+
+
+def test_a_non_finite_model_is_refused(tmp_path, tiny_cfg, tiny_model, model_run):
+  from bird_jax.checkpoint import orbax as ockpt
+  from bird_jax.checkpoint.verify import NonFiniteWeights
+
+  params = nnx.to_pure_dict(nnx.state(tiny_model))
+  params["llm"]["ln_f"]["weight"] = np.full_like(params["llm"]["ln_f"]["weight"], np.nan)
+  mngr = ockpt.checkpoint_manager(tmp_path / "ckpt")
+  ockpt.save(mngr, 3, params=params, config=tiny_cfg)
+  mngr.wait_until_finished()
+  d, _, c = model_run
+  with pytest.raises(NonFiniteWeights, match=r"step 3: the weights hold NaN/inf"):
+    cli.run(c, ckpt=str(tmp_path / "ckpt"), data=str(d / "data"), out=str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("task, lines, why", [
+    ("vg", [], "the prediction file holds no samples"),
+    ("vg", [("ct_1.png", "liver", "kidney"), ("mr_1.png", "kidney", "kidney")],
+     "no reference answer of the 2 samples holds a box"),  # a ROC file scored as vg
+    ("vg", [("ct_1.png", "<ref>liver</ref> on the left", "x")],
+     "no reference answer of the 1 samples holds a box"),  # unparseable annotation
+    ("roc", [("ct_1.png", "<ref>liver</ref>" + B(1, 2, 3, 4), "liver")],
+     "every reference answer of the 1 samples is a box"),  # a VG file scored as roc
+    ("roc", [("foo_1.png", "liver", "liver")], "none of the 1 samples has an image name"),
+])
+def test_nothing_scored_is_an_error_with_the_reason(tmp_path, task, lines, why):
+  path = tmp_path / "p.jsonl"
+  write_cases(path, lines)
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "eval.py"), f"--predictions={path}", f"--task={task}",
+       f"--out={tmp_path / 'out'}", "--config.gallery=0"],
+      capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 6, proc.stderr[-2000:]  # exit_codes.NOTHING_SCORED
+  assert f"{task}: nothing scored: {why}" in proc.stderr
+  rep = json.loads((tmp_path / "out" / "report.json").read_text())
+  assert why in rep["unscorable"][task] and f"NOTHING SCORED: {why}" in rep["tasks"][task]["notes"][0]
+  assert rep["source"]["predictions"][task]["sha256"] == cli.sha256_of(str(path))
+  assert "NOTHING SCORED" in (tmp_path / "out" / "report.md").read_text()

@@ -264,13 +264,15 @@ def config_from_dict(d: Mapping[str, Any]) -> QwenVLConfig:
 
 class ParamReader:
   """Reads one saved parameter, or one layer of a stacked one, at a time (tensorstore on the
-  Orbax files): `read(path)`, `read(path, layer)`. Nothing else is loaded."""
+  Orbax files): `read(path)`, `read(path, layer)`. Nothing else is loaded. `item` names
+  another array item of the step (e.g. a trainer's optimizer state)."""
 
-  def __init__(self, manager: ocp.CheckpointManager, step: int | None = None):
+  def __init__(self, manager: ocp.CheckpointManager, step: int | None = None,
+               item: str = PARAMS):
     self.step = _latest(manager, step)
-    meta = manager.item_metadata(self.step)[PARAMS]
+    meta = manager.item_metadata(self.step)[item]
     if meta is None:
-      raise FileNotFoundError(f"{manager.directory}: step {self.step} has no {PARAMS} item")
+      raise FileNotFoundError(f"{manager.directory}: step {self.step} has no {item} item")
     self.use_zarr3 = bool(getattr(meta, "use_zarr3", False))
     tree = getattr(meta, "tree", meta)
     self.arrays = {path: m for path, m in flatten(tree).items()}

@@ -40,7 +40,7 @@ from bird_jax.config import QwenVLConfig
 from bird_jax.data.image import ImageDecodeError, load_pixels
 from bird_jax.data.packing import PACKING_MODES, BatchPacker
 from bird_jax.data.records import ImageRoot, RecordError, decode_record, image_bytes_of
-from bird_jax.data.shards import count_records, find_shards
+from bird_jax.data.shards import check_shards, count_records
 from bird_jax.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -312,9 +312,7 @@ def make_dataset(cfg: DataConfig, model_cfg: QwenVLConfig, *, tokenizer_dir: str
   index, count = process_info(process_index, process_count)
   if cfg.batch_size % count:
     raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {count} processes")
-  source = ShardSource(find_shards(cfg.shards))
-  if len(source) < count:
-    raise ValueError(f"{source} has fewer records than the {count} processes")
+  source = ShardSource([p for p, _ in check_shards(cfg.shards, min_records=count)])
   ds = grain.MapDataset.source(source)[index::count]
   if cfg.shuffle:
     ds = ds.shuffle(seed=cfg.seed)

@@ -79,6 +79,41 @@ def find_shards(pattern: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
   return found
 
 
+class ShardError(ValueError):
+  """Training data that cannot be read; the message names the file."""
+
+
+def check_shards(pattern: str | os.PathLike | Sequence[str | os.PathLike], *,
+                 min_records: int = 1, name: str = "data.shards") -> list[tuple[str, int]]:
+  """(path, records) of every shard, checked before any model is built: the paths exist, each
+  file is a readable, non-empty ArrayRecord shard, and there are at least `min_records`."""
+  if not pattern:
+    raise ShardError(f"{name} is empty: set it to a folder of {SUFFIX} shards (datagen writes "
+                     "OUT/train/), e.g. --config.data.shards=runs/demo/data/train")
+  try:
+    paths = find_shards(pattern)
+  except FileNotFoundError as e:
+    raise ShardError(f"{name}: {e}") from None
+  out = []
+  for p in paths:
+    if p.lower().endswith((".json", ".jsonl")):
+      raise ShardError(f"{name}: {p} is a JSON file, not an ArrayRecord shard; build shards from "
+                       "Med-GRIT JSON with `python -m bird_jax.data.medgrit import`")
+    if os.path.getsize(p) == 0:
+      raise ShardError(f"{name}: {p} is an empty file")
+    try:
+      n = count_records(p)
+    except Exception as e:  # noqa: BLE001 -- array_record raises plain RuntimeErrors
+      first = (str(e).strip().splitlines() or [""])[0][:200]
+      raise ShardError(f"{name}: {p} is not a readable ArrayRecord shard ({first})") from None
+    out.append((p, n))
+  total = sum(n for _, n in out)
+  if total < min_records:
+    raise ShardError(f"{name}: {len(out)} shard(s) hold {total} record(s), fewer than the "
+                     f"{min_records} needed (one per process at least)")
+  return out
+
+
 def count_records(path: str | os.PathLike) -> int:
   reader = array_record_module.ArrayRecordReader(str(path))
   try:

@@ -10,7 +10,9 @@ report.md, report.json, plots/<task>.png and gallery/index.html, and print the M
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import sys
 from typing import Any
 
 import ml_collections
@@ -43,14 +45,24 @@ def image_finder(c: ml_collections.ConfigDict, data: str | None) -> ImageFinder 
   return ImageFinder(roots) if roots else None
 
 
+def sha256_of(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
 def finish(c: ml_collections.ConfigDict, out: str,
            results: dict[str, tuple[list[Prediction], TaskScores]],
-           find_image: ImageFinder | None, title: str) -> EvalResult:
-  """Report, plots and gallery for scored tasks."""
+           find_image: ImageFinder | None, title: str, source: dict[str, Any]) -> EvalResult:
+  """Report, plots and gallery for scored tasks; `source` (what was scored) goes into
+  report.json."""
   from bird_jax.evaluation.gallery import write_gallery
 
   scores = {t: s for t, (_, s) in results.items()}
-  paths = write_report(scores, out, paper_table=load_paper_table(c.paper_table), title=title)
+  paths = write_report(scores, out, paper_table=load_paper_table(c.paper_table), title=title,
+                       source=source)
   if c.gallery > 0:
     paths["gallery"] = write_gallery(os.path.join(out, "gallery"), results, find_image,
                                      per_task=c.gallery)
@@ -71,7 +83,9 @@ def audit(c: ml_collections.ConfigDict, predictions: str, task: str, out: str) -
     s = score_task(t, pf.predictions, scoring_options(c))
     s.notes += [f"{path}: {n} line(s) with {problem}" for problem, n in pf.repaired.items()]
     results[t] = (pf.predictions, s)
-  return finish(c, out, results, image_finder(c, None), f"Audit of {', '.join(files)}")
+  source = {"mode": "audit", "predictions": {
+      t: {"path": os.path.abspath(p), "sha256": sha256_of(p)} for p, t in zip(files, tasks)}}
+  return finish(c, out, results, image_finder(c, None), f"Audit of {', '.join(files)}", source)
 
 
 def spread_subset(items: list, n: int) -> list:
@@ -87,7 +101,8 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   import jax
 
   from bird_jax.config import get_preset
-  from bird_jax.evaluation.runner import RunOptions, load_model, make_generator, predict
+  from bird_jax.evaluation.runner import (RunOptions, checkpoint_step, load_model,
+                                          make_generator, predict)
   from bird_jax.sharding import initialize_distributed, make_mesh
   from bird_jax.tokenizer import load_tokenizer
 
@@ -99,26 +114,31 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   initialize_distributed()
   mesh = make_mesh(**c.mesh.to_dict())
   override = get_preset(c.model_preset) if c.model_preset else None
+  step = checkpoint_step(ckpt, None if c.step < 0 else c.step)
   with jax.set_mesh(mesh):
-    cfg, model = load_model(ckpt, mesh, step=None if c.step < 0 else c.step, cfg=override,
-                            dtype=c.dtype or None)
+    cfg, model = load_model(ckpt, mesh, step=step, cfg=override, dtype=c.dtype or None)
   tok = load_tokenizer(cfg)
   opts = RunOptions(batch_size=c.batch_size, max_new_tokens=dict(c.max_new_tokens.to_dict()),
                     min_new_tokens=c.min_new_tokens, temperature=c.temperature, top_p=c.top_p,
                     seed=c.seed, buckets=tuple(int(b) for b in _list(c.buckets)))
   gen = make_generator(model, cfg, tok, opts, mesh)
   find_image = image_finder(c, data)
-  results = {}
+  results, written = {}, {}
   for t in tasks:
     preds = predict(t, samples[t], gen, tok, cfg, find_image, opts)
     if jax.process_index() == 0:
-      write_predictions(os.path.join(out, "predictions", f"{t}.jsonl"), preds)
+      path = os.path.join(out, "predictions", f"{t}.jsonl")
+      write_predictions(path, preds)
+      written[t] = {"path": os.path.abspath(path), "sha256": sha256_of(path),
+                    "test_file": os.path.abspath(files[t]), "samples": len(preds)}
     results[t] = (preds, score_task(t, preds, scoring_options(c)))
   title = f"Evaluation of {ckpt} on {data}"
   if jax.process_index() != 0:  # one process writes the report
     scores = {t: s for t, (_, s) in results.items()}
     return EvalResult(scores, {}, markdown(scores, title))
-  return finish(c, out, results, find_image, title)
+  source = {"mode": "model", "checkpoint": os.path.abspath(ckpt), "step": step,
+            "data": os.path.abspath(data), "limit": int(c.limit), "predictions": written}
+  return finish(c, out, results, find_image, title, source)
 
 
 def run(c: ml_collections.ConfigDict, *, ckpt: str = "", data: str = "", predictions: str = "",
@@ -138,8 +158,20 @@ def run(c: ml_collections.ConfigDict, *, ckpt: str = "", data: str = "", predict
 
 
 def main(config: ml_collections.ConfigDict, flags: Any) -> int:
-  result = run(config, ckpt=flags.ckpt, data=flags.data, predictions=flags.predictions,
-               task=flags.task, out=flags.out)
+  """Exit codes (bird_jax/exit_codes.py): 0 scored, 6 some task had nothing to score (the
+  report says why), 4 the checkpoint's weights are not finite."""
+  from bird_jax import exit_codes
+  from bird_jax.checkpoint.verify import NonFiniteWeights
+
+  try:
+    result = run(config, ckpt=flags.ckpt, data=flags.data, predictions=flags.predictions,
+                 task=flags.task, out=flags.out)
+  except NonFiniteWeights as e:
+    print(f"eval.py: error: {e}", file=sys.stderr)
+    return exit_codes.NON_FINITE
   print(result.markdown)
   print("written: " + ", ".join(f"{k}={v}" for k, v in result.paths.items()))
-  return 0
+  unscorable = {t: s.unscorable for t, s in result.scores.items() if s.unscorable}
+  for t, why in unscorable.items():
+    print(f"eval.py: warning: {t}: nothing scored: {why}", file=sys.stderr)
+  return exit_codes.NOTHING_SCORED if unscorable else exit_codes.OK

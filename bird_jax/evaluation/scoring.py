@@ -67,6 +67,7 @@ class TaskScores:
   processed: list[str]  # post-processed responses, input order
   notes: list[str] = dataclasses.field(default_factory=list)
   baseline: dict[str, Any] | None = None
+  unscorable: str | None = None  # why nothing of this task could be scored (None: scored)
 
 
 def _none_if_absent(values: dict[str, float], counts: dict[str, int]) -> dict[str, float | None]:
@@ -154,9 +155,31 @@ def score_task(task: str, preds: Sequence[Prediction], opts: ScoringOptions = Sc
     notes.append(f"{empty} response(s) are empty after post-processing (scored as such)")
   out = TaskScores(task=task, metric=METRIC_NAMES[task], total=len(preds), processed=processed,
                    notes=notes, **parts)
+  out.unscorable = why_unscorable(out, annotations)
+  if out.unscorable:
+    out.notes.insert(0, f"NOTHING SCORED: {out.unscorable}")
   if baselines and task in ("vg", "roc"):
     out.baseline = constant_baseline(task, images, annotations)
   return out
+
+
+def why_unscorable(s: TaskScores, annotations: Sequence[str]) -> str | None:
+  """Why a task's score means nothing (an empty file, the wrong task's file, references that
+  cannot be parsed), or None when samples were scored."""
+  if s.total == 0:
+    return "the prediction file holds no samples"
+  if s.unknown == s.total:
+    return (f"none of the {s.total} samples has an image name starting with one of the 8 "
+            "modality prefixes")
+  if s.task == "vg" and not sum(s.details["targets"].values()):
+    return (f"no reference answer of the {s.total} samples holds a box BiRD's parser reads: "
+            "not a VG file (another task's file scored as vg?) or unparseable annotations")
+  if s.task == "roc" and all(bird_extract_boxes(a, fallback=False) for a in annotations):
+    return (f"every reference answer of the {s.total} samples is a box, not a class name: a VG "
+            "file scored as roc?")
+  if not any(s.counts.values()):
+    return f"none of the {s.total} samples could be scored"
+  return None
 
 
 # ---- constant-answer baselines ------------------------------------------------------------

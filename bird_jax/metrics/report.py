@@ -84,8 +84,10 @@ def corrected_table(scores: Mapping[str, "TaskScores"]) -> dict[str, Any]:
   return rows
 
 
-def report_dict(scores: Mapping[str, "TaskScores"]) -> dict[str, Any]:
-  """Everything in the report as JSON-serialisable data (percent values)."""
+def report_dict(scores: Mapping[str, "TaskScores"],
+                source: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Everything in the report as JSON-serialisable data (percent values); `source` says what
+  was scored (checkpoint and step, prediction files with their SHA-256)."""
   tasks = {}
   for task, s in scores.items():
     tasks[task] = {
@@ -94,12 +96,14 @@ def report_dict(scores: Mapping[str, "TaskScores"]) -> dict[str, Any]:
         "bird_mean_script": pct(s.bird_mean), "paper_mean": pct(s.paper_mean),
         "corrected": {m: pct(v) for m, v in s.corrected.items()},
         "corrected_mean_present": pct(s.corrected_mean), "corrected_micro": pct(s.corrected_micro),
-        "details": s.details, "notes": s.notes,
+        "details": s.details, "notes": s.notes, "unscorable": s.unscorable,
         "baseline": None if s.baseline is None else {
             **s.baseline, "bird": {m: pct(v) for m, v in s.baseline["bird"].items()},
             "bird_mean": pct(s.baseline["bird_mean"]), "paper_mean": pct(s.baseline["paper_mean"]),
             "corrected_micro": pct(s.baseline["corrected_micro"])}}
-  return {"table3_bird_compatible": table3(scores), "corrected": corrected_table(scores),
+  return {"source": dict(source or {}),
+          "unscorable": {t: s.unscorable for t, s in scores.items() if s.unscorable},
+          "table3_bird_compatible": table3(scores), "corrected": corrected_table(scores),
           "paper_bird": {**PAPER_BIRD, "average": PAPER_BIRD_AVERAGE}, "tasks": tasks}
 
 
@@ -244,7 +248,8 @@ def bar_chart(s: "TaskScores", path: str | os.PathLike,
 
 def write_report(scores: Mapping[str, "TaskScores"], out_dir: str | os.PathLike, *,
                  paper_table: Mapping[str, Mapping[str, float]] | None = None,
-                 title: str = "Evaluation") -> dict[str, str]:
+                 title: str = "Evaluation", source: Mapping[str, Any] | None = None
+                 ) -> dict[str, str]:
   """Writes report.md, report.json and plots/<task>.png; returns their paths."""
   os.makedirs(os.path.join(out_dir, "plots"), exist_ok=True)
   paths = {"markdown": os.path.join(out_dir, "report.md"),
@@ -252,7 +257,7 @@ def write_report(scores: Mapping[str, "TaskScores"], out_dir: str | os.PathLike,
   with open(paths["markdown"], "w", encoding="utf-8") as f:
     f.write(markdown(scores, title))
   with open(paths["json"], "w", encoding="utf-8") as f:
-    json.dump(_finite(report_dict(scores)), f, indent=1, allow_nan=False)
+    json.dump(_finite(report_dict(scores, source)), f, indent=1, allow_nan=False)
   for task, s in scores.items():
     paths[f"plot_{task}"] = bar_chart(s, os.path.join(out_dir, "plots", f"{task}.png"),
                                       (paper_table or {}).get(task))

@@ -7,8 +7,11 @@ optimizer state, the data-iterator state and the resolved run config.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
-from typing import Any
+import sys
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -16,10 +19,20 @@ from flax import nnx
 
 from bird_jax.checkpoint import orbax as ckpt
 from bird_jax.checkpoint.hf import flatten, unflatten
+from bird_jax.checkpoint.verify import first_line, verify_params
 from bird_jax.config import QwenVLConfig
 from bird_jax.train.state import Layout, place_params
+from bird_jax.train.workdir import reject_step
 
 OPT, DATA, RUN_CONFIG = "opt_state", "data_iter", "train_config"
+
+
+class SaveFailed(RuntimeError):
+  """A checkpoint could not be written (the message names the step, the path and the error)."""
+
+
+class NoUsableCheckpoint(ValueError):
+  """Resume found no checkpoint step it could read (or not the one asked for)."""
 
 
 class TrainCheckpointer:
@@ -29,16 +42,45 @@ class TrainCheckpointer:
         self.directory, max_to_keep=keep, async_save=async_save,
         extra_handlers={OPT: ocp.StandardCheckpointHandler(), DATA: ocp.JsonCheckpointHandler(),
                         RUN_CONFIG: ocp.JsonCheckpointHandler()})
+    self.pending: int | None = None  # the step of a save that may still be writing
+    self.last_started: int | None = None  # the newest save's step (errors belong to it)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state: dict[str, Any], frozen: Any, *, data_state: dict[str, Any],
            run_config: dict[str, Any], model_config: QwenVLConfig) -> None:
+    """Starts saving `step` (in the background); raises SaveFailed for an earlier save that
+    failed, or for this one when it cannot even start."""
+    self.wait()  # the previous save first, so a failure is named by its own step
     params = nnx.to_pure_dict(nnx.merge_state(state["params"], frozen))
-    ckpt.save(self.manager, step, params=params, config=model_config, force=True, extra={
-        OPT: ocp.args.StandardSave(state["opt"]), DATA: ocp.args.JsonSave(data_state),
-        RUN_CONFIG: ocp.args.JsonSave(run_config)})
+    self.pending = self.last_started = step
+    with self._failure_names():
+      ckpt.save(self.manager, step, params=params, config=model_config, force=True, extra={
+          OPT: ocp.args.StandardSave(state["opt"]), DATA: ocp.args.JsonSave(data_state),
+          RUN_CONFIG: ocp.args.JsonSave(run_config)})
+
+  def check(self) -> None:
+    """Raises SaveFailed if the background save failed (cheap; call it every step)."""
+    if self.pending is None:
+      return
+    with self._failure_names():
+      self.manager.check_for_errors()
+      if not self.manager.is_saving_in_progress():
+        self.manager.check_for_errors()  # it may have failed since the first look
+        self.pending = None
+
+  def wait(self) -> None:
+    with self._failure_names():
+      self.manager.wait_until_finished()
+    self.pending = None
+
+  def close(self) -> None:
+    self.wait()
+    self.manager.close()
+
+  def _failure_names(self):
+    return _SaveErrors(self.last_started, self.directory)
 
   def restore(self, layout: Layout, step: int | None = None
               ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
@@ -55,12 +97,111 @@ class TrainCheckpointer:
              "params": trainable, "opt": out[OPT]}
     return state, frozen, out[DATA]
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
+  def restore_usable(self, layout: Layout, step: int | None = None,
+                     note: Callable[[str], None] = print
+                     ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """Restores the newest step that reads back completely with finite values (or exactly
+    `step`). A newer step that fails is moved to `<workdir>/rejected/` with a note saying why,
+    so the run continues from the one before and never mixes the two."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    if step is not None:
+      if step not in steps:
+        raise NoUsableCheckpoint(f"{self.directory}: no checkpoint step {step} "
+                                 f"(steps: {sorted(steps)})")
+      steps = [step]
+    problems = []
+    for s in steps:
+      why = _unusable(self.manager, s)
+      if why:
+        problems.append(f"step {s}: {why}")
+        if step is not None:
+          break
+        moved = reject_step(self.directory, s)
+        self.manager.reload()
+        note(f"resume: checkpoint step {s} is not usable ({why}); moved to {moved}")
+        continue
+      if problems:
+        note(f"resume: continuing from step {s}, the newest usable checkpoint")
+      return self.restore(layout, s)
+    raise NoUsableCheckpoint(f"{self.directory}: no usable checkpoint ({'; '.join(problems)})")
 
-  def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+
+def _unusable(manager: ocp.CheckpointManager, step: int) -> str:
+  """Why a step cannot be resumed from ("" if it can): every array of its parameters and
+  optimizer state is read back (streamed, host memory only) and must be finite. Checking
+  before Orbax's restore keeps a failure to one clear line."""
+  for item in (ckpt.PARAMS, OPT):
+    report = verify_params(manager, step, item)
+    if not report.ok:
+      return f"{item}: {report.summary().split(': ', 1)[1]}"
+  return ""
+
+
+_SAVE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO)
+
+
+def _os_reason(e: BaseException) -> str:
+  """'[Errno N] text' of the OS error behind an exception ('' if none is found): an OSError in
+  its chain, or the OS's message inside the text tensorstore reports it with."""
+  seen, todo = set(), [e]
+  while todo:
+    x = todo.pop()
+    if x is None or id(x) in seen:
+      continue
+    seen.add(id(x))
+    if isinstance(x, OSError) and x.errno is not None:
+      return f"[Errno {x.errno}] {os.strerror(x.errno)}"
+    text = str(x)
+    for n in _SAVE_ERRNOS:
+      if os.strerror(n) in text:
+        return f"[Errno {n}] {os.strerror(n)}"
+    todo += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
+  return ""
+
+
+def quiet_background_save_logs() -> None:
+  """A failed background save makes Orbax log every failing write with its traceback, asyncio
+  log each unretrieved failure, and tensorstore callbacks print "Event loop is closed"
+  tracebacks: hundreds of lines for the one error SaveFailed reports in a line. Drops those
+  three; for apps (train.py), not the library."""
+  from absl import logging as absl_logging
+
+  class _DropOrbaxErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+      return not ("orbax" in record.pathname and record.levelno >= logging.ERROR)
+
+  class _DropUnretrieved(logging.Filter):  # the failed writes' futures, when collected
+    def filter(self, record: logging.LogRecord) -> bool:
+      return "exception was never retrieved" not in record.getMessage()
+
+  absl_logging.get_absl_logger().addFilter(_DropOrbaxErrors())
+  logging.getLogger("asyncio").addFilter(_DropUnretrieved())
+  hook = sys.unraisablehook  # tensorstore's callbacks report through it
+
+  def quiet(u) -> None:
+    if not (u.exc_type is RuntimeError and str(u.exc_value) == "Event loop is closed"):
+      hook(u)
+
+  sys.unraisablehook = quiet
+
+
+class _SaveErrors:
+  """Turns any error raised while saving (or checking a background save) into SaveFailed."""
+
+  def __init__(self, step: int | None, directory: str):
+    self.step, self.directory = step, directory
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, e, tb) -> bool:
+    if e is None or not isinstance(e, Exception) or isinstance(e, SaveFailed):
+      return False
+    why = _os_reason(e) or first_line(e)
+    if any(os.strerror(n) in why for n in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)):
+      why += " (out of disk space, quota or file-size limit)"
+    where = os.path.join(self.directory, str(self.step)) if self.step is not None else self.directory
+    raise SaveFailed(f"checkpoint step {self.step} could not be written to {where}: {why}") from e
 
 
 def restore_params_on(manager: ocp.CheckpointManager, layout: Layout, step: int | None = None

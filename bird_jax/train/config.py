@@ -67,7 +67,9 @@ def default_config() -> ml_collections.ConfigDict:
       "log_every": 10,
       "ckpt_every": 500,  # also at the end, on SIGTERM/SIGINT
       "keep": 3,  # checkpoints kept
-      "resume": True,  # continue from the latest checkpoint in workdir when there is one
+      "resume": True,  # continue from the newest usable checkpoint in workdir (docs/faults.md)
+      "resume_step": -1,  # resume from exactly this step (-1: the newest usable one)
+      "overwrite": False,  # with resume=false: move an earlier run in workdir to previous/
       "peak_tflops": 0.0,  # per device, for MFU (0 = do not report MFU)
       "replication_tolerance": 0.02,
       "tensorboard": True,

@@ -2,10 +2,17 @@
 
     train(get_config())      # what train.py runs
 
-- resumes from the latest checkpoint in `<workdir>/checkpoints` (params, optimizer, step and
-  the data iterator, so the batches continue exactly where they stopped);
-- saves every `train.ckpt_every` steps, at the end, and on SIGTERM/SIGINT (then exits);
-- stops at a NaN/inf loss, naming the step and the batch, without saving the bad state.
+- checks the data and takes the workdir's lock before building the model;
+- resumes from the newest usable checkpoint in `<workdir>/checkpoints` (params, optimizer,
+  step and the data iterator, so the batches continue exactly where they stopped); a step
+  that does not read back, or holds NaN/inf, is moved aside and the one before is used;
+  `train.resume_step` picks a step; `train.resume=false` refuses a workdir holding a run
+  unless `train.overwrite=true` moves that run aside;
+- saves every `train.ckpt_every` steps, at the end, and on SIGTERM/SIGINT (then exits); a
+  save that fails stops the run at once, naming the step, the path and the OS error;
+- stops at a non-finite loss, gradient norm or parameter norm, naming the step and the batch,
+  before anything of that step is saved, and names the last good checkpoint after reading it
+  back (docs/faults.md).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import contextlib
 import os
 import signal
 import time
@@ -23,8 +31,11 @@ import ml_collections
 import numpy as np
 
 from bird_jax import sharding
+from bird_jax.checkpoint.verify import verify_params
 from bird_jax.data.pipeline import make_dataset
+from bird_jax.data.shards import check_shards
 from bird_jax.train import config as C
+from bird_jax.train import workdir as W
 from bird_jax.train.checkpointing import TrainCheckpointer, restore_params_on
 from bird_jax.train.flops import mfu, step_flops
 from bird_jax.train.logger import MetricLogger
@@ -35,7 +46,11 @@ from bird_jax.train.step import BATCH_KEYS, batch_sharding, jit_step, make_train
 
 
 class NonFiniteLoss(RuntimeError):
-  pass
+  """A step's loss, gradient norm or updated parameter norm is NaN/inf."""
+
+
+class BadInput(ValueError):
+  """The config, data or workdir was refused before training started."""
 
 
 class _Preemption:
@@ -94,21 +109,55 @@ def initial_params(c: ml_collections.ConfigDict, model_cfg, layout, freeze):
 
 def train(c: ml_collections.ConfigDict) -> TrainResult:
   sharding.initialize_distributed()
-  model_cfg, data_cfg, optim_cfg = C.model_config(c), C.data_config(c), C.optim_config(c)
-  freeze, accum, steps = list(c.freeze), int(c.optim.grad_accum), int(c.train.steps)
+  try:
+    model_cfg, data_cfg, optim_cfg = C.model_config(c), C.data_config(c), C.optim_config(c)
+    check_shards(data_cfg.shards, min_records=jax.process_count())
+  except (ValueError, FileNotFoundError) as e:
+    raise BadInput(str(e)) from None
   workdir = c.train.workdir
+  lead = jax.process_index() == 0
+  with contextlib.ExitStack() as stack:
+    try:
+      if lead:
+        stack.enter_context(W.WorkdirLock(workdir))
+      if not c.train.resume and lead:
+        moved = W.start_fresh(workdir, overwrite=c.train.overwrite)
+        if moved is not None:
+          print(f"train.overwrite: the earlier run in {workdir} was moved to {moved}")
+    except W.WorkdirError as e:
+      raise BadInput(str(e)) from None
+    _barrier("workdir")
+    return _train(c, model_cfg, data_cfg, optim_cfg, workdir, lead)
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def _train(c, model_cfg, data_cfg, optim_cfg, workdir: str, lead: bool) -> TrainResult:
+  freeze, accum, steps = list(c.freeze), int(c.optim.grad_accum), int(c.train.steps)
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
   tx, lr = make_optimizer(optim_cfg, steps)
   checkpointer = TrainCheckpointer(workdir, keep=c.train.keep)
   with jax.set_mesh(mesh):
     layout = make_layout(model_cfg, freeze, tx, mesh, c.train.replication_tolerance)
     data_state = None
-    if c.train.resume and checkpointer.latest_step() is not None:
-      state, frozen, data_state = checkpointer.restore(layout)
+    pick = None if c.train.resume_step < 0 else int(c.train.resume_step)
+    if c.train.resume and (checkpointer.latest_step() is not None or pick is not None):
+      try:
+        state, frozen, data_state = checkpointer.restore_usable(
+            layout, pick, note=print if lead else (lambda _: None))
+      except ValueError as e:
+        raise BadInput(str(e)) from None
     else:
       params, frozen = initial_params(c, model_cfg, layout, freeze)
       state = initial_state(params, tx, layout)
     start = int(jax.device_get(state["step"]))
+    if lead:
+      W.trim_metrics(workdir, start)
     dataset = make_dataset(data_cfg, model_cfg, tokenizer_dir=c.init.hf or None)
     it = iter(dataset)
     if data_state is not None:
@@ -118,10 +167,12 @@ def train(c: ml_collections.ConfigDict) -> TrainResult:
     logger = MetricLogger(workdir, total_steps=steps, start_step=start,
                           tensorboard=c.train.tensorboard)
     _write_run_config(workdir, c)
-    result = _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, start,
-                  steps, accum)
-    checkpointer.close()
-    logger.close()
+    try:
+      result = _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, start,
+                    steps, accum)
+      checkpointer.close()
+    finally:
+      logger.close()
   return result
 
 
@@ -156,11 +207,14 @@ def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, s
       metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
       dt = time.perf_counter() - t0
       step += 1
-      if not math.isfinite(metrics["loss"]):
+      checkpointer.check()  # a background save that failed stops the run here
+      bad = [k for k in ("loss", "grad_norm", "param_norm") if not math.isfinite(metrics[k])]
+      if bad:
         raise NonFiniteLoss(
-            f"step {step}: loss is {metrics['loss']} (grad norm {metrics['grad_norm']}); the run "
-            f"stops without saving this state. The batch starts at data-iterator state "
-            f"{json.dumps(batch_state)}; the last good checkpoint is step {last_saved}.")
+            f"step {step}: loss is {metrics['loss']}, grad norm {metrics['grad_norm']}, "
+            f"param norm {metrics['param_norm']} (non-finite: {', '.join(bad)}); the run stops "
+            f"without saving this state. The batch starts at data-iterator state "
+            f"{json.dumps(batch_state)}; {_last_good(checkpointer, last_saved)}")
       metrics["step_time"] = dt
       metrics["tokens_per_s"] = metrics["tokens"] / dt
       if peak > 0:
@@ -180,6 +234,19 @@ def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, s
   finally:
     preempt.restore()
   return TrainResult(step, stopped_by, metrics)
+
+
+def _last_good(checkpointer: TrainCheckpointer, step: int) -> str:
+  """Names the newest saved step after reading it back (waits for a save in flight)."""
+  checkpointer.wait()
+  if step not in checkpointer.manager.all_steps():
+    return "no checkpoint of this run was saved yet (rerun from scratch with other settings)"
+  report = verify_params(checkpointer.manager, step)
+  if report.ok:
+    return (f"the last good checkpoint is step {step} (verified: {report.arrays} parameters read "
+            "back, all finite)")
+  return (f"the newest checkpoint, step {step}, is NOT good ({report.summary()}); resume moves "
+          "it aside and uses an older step")
 
 
 def _write_run_config(workdir: str, c: ml_collections.ConfigDict) -> None:

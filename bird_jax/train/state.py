@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from bird_jax.config import QwenVLConfig
+from bird_jax.config import QwenVLConfig, read_hf_config
 from bird_jax.model import QwenVL, abstract_model
 from bird_jax.sharding import check_replication, named_shardings, param_specs
 from bird_jax.train.optimizer import dotted, trainable_filter
@@ -99,16 +99,12 @@ def hf_param_source(hf_dir: str, cfg: QwenVLConfig) -> Callable[[str], Any]:
   """get(dotted path) -> that parameter assembled from an HF Qwen-VL folder (safetensors only)
   in the model's dtype, one parameter at a time (`place_params` puts each on the mesh before
   the next is read; host memory peaks at the largest stacked parameter)."""
-  import json
-  import os
-
   import numpy as np
 
   from bird_jax.checkpoint import hf
   from bird_jax.checkpoint.safetensors_io import HFReader
 
-  with open(os.path.join(hf_dir, "config.json")) as f:
-    hf_cfg = QwenVLConfig.from_hf_config(json.load(f))
+  _, hf_cfg = read_hf_config(hf_dir)
   if (hf_cfg.vision, hf_cfg.llm, hf_cfg.image_start_id) != (cfg.vision, cfg.llm, cfg.image_start_id):
     raise ValueError(f"{hf_dir}/config.json describes another architecture than the run's model "
                      f"config:\n  checkpoint: {hf_cfg.vision}, {hf_cfg.llm}\n  run: {cfg.vision}, "

@@ -9,11 +9,13 @@ answers per stage, after which the template backend writes that stage for the im
 
 Transport: the ``openai`` client (its own retries off) with ``base_url`` and a per-request
 ``timeout``; the key is read from ``OPENAI_API_KEY`` only and never written anywhere.
-429 and 5xx answers, timeouts and connection errors are retried up to ``max_retries``
-times, waiting what ``Retry-After`` / ``retry-after-ms`` says or else an exponential backoff
+429 and 5xx answers, timeouts, connection errors and HTTP 200 answers whose body is not a
+chat completion are retried up to ``max_retries`` times, waiting what ``Retry-After`` / ``retry-after-ms`` says or else an exponential backoff
 (with jitter, capped at ``max_backoff``). Other 4xx errors (bad key, unknown model) stop the
 run. An image whose requests keep failing falls back to the template backend; past
-``max_failures`` such images the run stops (a rerun resumes it). At most ``concurrency``
+``max_failures`` such images the run stops (a rerun resumes it). Every fallback is counted
+(summary.json ``fallbacks``), a run whose share of fallback images exceeds
+``--max-fallback-fraction`` fails, and a rerun regenerates the chunks that hold fallbacks. At most ``concurrency``
 requests are in flight (one thread per image). Responses are cached on disk by request
 hash (:mod:`datagen.llm.cache`).
 """
@@ -21,6 +23,7 @@ hash (:mod:`datagen.llm.cache`).
 from __future__ import annotations
 
 import email.utils
+import json
 import random
 import threading
 import time
@@ -144,6 +147,11 @@ class OpenAIBackend:
         self._count(connection_errors=1)
         wait = self._wait(attempt, None)
         continue
+      except (json.JSONDecodeError, openai.APIResponseValidationError):
+        # an HTTP 200 whose body is not a chat completion (a proxy's error page, a cut body)
+        self._count(bad_responses=1)
+        wait = self._wait(attempt, None)
+        continue
       except openai.APIStatusError as e:
         if e.status_code >= 500 or e.status_code in (408, 409):
           self._count(server_errors=1)
@@ -216,6 +224,7 @@ class OpenAIBackend:
       with self._lock:
         self._failures += 1
         self._stats["failed_images"] += 1
+        self._stats["fallback_images"] += 1
         if self._failures > self.cfg.max_failures:
           self._abort = (f"{self._failures} images failed after all retries (more than "
                          f"--max-failures {self.cfg.max_failures}); {self.cfg.base_url} may be "
@@ -223,6 +232,8 @@ class OpenAIBackend:
       if self._abort:
         raise FatalAPIError(self._abort) from None
       return fallback
+    if cap is None or pairs is None:
+      self._count(fallback_images=1)
     if pairs is None:
       self._count(fallback_conversation=1)
       return Generation(cap or fallback.caption, fallback.qas, "template-fallback",

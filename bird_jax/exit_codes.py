@@ -1,0 +1,31 @@
+"""Process exit codes of the command-line tools (train, eval, convert, datagen, demo).
+
+One table, so a job chain (`sbatch --dependency=afterok`, a shell `&&`) can tell a finished
+run from one that must be rerun or inspected. docs/faults.md explains each case.
+"""
+
+OK = 0  # finished: every planned step / sample / tensor done
+FAILED = 1  # an unexpected error (Python's own code for an uncaught exception)
+BAD_INPUT = 2  # refused before any work: config, data, checkpoint or workdir (one line says why)
+OUT_OF_DATA = 3  # train: the data ended before train.steps; the last state is saved
+NON_FINITE = 4  # train: loss, gradients or parameters not finite (nothing of that step saved);
+#                 eval / convert: the checkpoint's weights are not finite
+SAVE_FAILED = 5  # train: a checkpoint could not be written (the step, path and OS error named)
+NOTHING_SCORED = 6  # eval: no sample of some task could be scored (report.json says why)
+TOO_MANY_FALLBACKS = 7  # datagen: more images fell back to template text than allowed
+PREEMPTED = 75  # SIGTERM / SIGINT: the state is saved, rerun to resume (EX_TEMPFAIL)
+
+DESCRIPTIONS = {
+    OK: "finished",
+    FAILED: "unexpected error",
+    BAD_INPUT: "refused: bad config, data, checkpoint or workdir",
+    OUT_OF_DATA: "stopped early: out of data (state saved)",
+    NON_FINITE: "stopped: non-finite loss, gradients or weights",
+    SAVE_FAILED: "stopped: a checkpoint could not be written",
+    NOTHING_SCORED: "nothing could be scored",
+    TOO_MANY_FALLBACKS: "too many LLM fallbacks",
+    PREEMPTED: "preempted: state saved, rerun to resume",
+}
+
+# How a training run ended (TrainResult.stopped_by) -> the process's exit code.
+TRAIN_STOPS = {"done": OK, "data": OUT_OF_DATA, "signal": PREEMPTED}
