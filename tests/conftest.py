@@ -64,3 +64,48 @@ def image_row(cfg, length: int, starts: list[int], seed: int = 0) -> np.ndarray:
   for s in starts:
     row[s], row[s + 1:s + 1 + q], row[s + 1 + q] = cfg.image_start_id, cfg.image_pad_id, cfg.image_end_id
   return row
+
+
+# ---- the fault-injection suite (`pytest -m faults`; bench/faults.py adds --slow) -------------
+
+FAULT_ROWS: list[dict] = []
+
+
+def pytest_addoption(parser):
+  parser.addoption("--slow", action="store_true",
+                   help="also run the tests marked slow (the whole fault suite)")
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption("--slow"):
+    return
+  skip = pytest.mark.skip(reason="slow: run with --slow (bench/faults.py does)")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)
+
+
+@pytest.fixture
+def fault_log(request):
+  """record(recovered=None|bool, poisoned=0, lost=0, duplicated=0): one injected fault of this
+  test and what came of it (summed up after the run by pytest_terminal_summary)."""
+  def record(*, recovered: bool | None = None, poisoned: int = 0, lost: int = 0,
+             duplicated: int = 0, what: str = "") -> None:
+    FAULT_ROWS.append({"what": what or request.node.name, "recovered": recovered,
+                       "poisoned": poisoned, "lost": lost, "duplicated": duplicated})
+  return record
+
+
+def pytest_terminal_summary(terminalreporter):
+  if not FAULT_ROWS:
+    return
+  w = terminalreporter
+  w.section("fault injection")
+  for r in FAULT_ROWS:
+    outcome = {None: "refused/reported", True: "recovered", False: "NOT RECOVERED"}[r["recovered"]]
+    w.line(f"{r['what']} -> {outcome}; poisoned checkpoints {r['poisoned']}, "
+           f"records lost {r['lost']}, duplicated {r['duplicated']}")
+  runs = [r for r in FAULT_ROWS if r["recovered"] is not None]
+  w.line(f"faults injected {len(FAULT_ROWS)}, runs recovered {sum(bool(r['recovered']) for r in runs)}"
+         f"/{len(runs)}, checkpoints poisoned {sum(r['poisoned'] for r in FAULT_ROWS)}, records lost "
+         f"{sum(r['lost'] for r in FAULT_ROWS)}, duplicated {sum(r['duplicated'] for r in FAULT_ROWS)}")

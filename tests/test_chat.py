@@ -79,8 +79,9 @@ def test_known_qwen_layout():
   assert tok.special_id("<box>") in labels[a + 3:]  # tags in the text are special ids
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("make", [qwen_tokenizer, byte_tokenizer])
-def test_control_tokens_in_message_text_stay_text(make):
+def test_control_tokens_in_message_text_stay_text(make, fault_log):
   """User or dataset text cannot open or close a turn: only the image/ref/box/quad tags in a
   message become special ids (the reference's make_context), the rest is plain text."""
   tok = make()
@@ -97,6 +98,7 @@ def test_control_tokens_in_message_text_stay_text(make):
   assert tok.decode(content) == inject
   tags = chat.encode_content(tok, "<ref>a</ref><box>(1,2),(3,4)</box>", N_IMG)[0]
   assert {tok.special_id(t) for t in ("<ref>", "</ref>", "<box>", "</box>")} <= set(tags)
+  fault_log(what=f"{tok.name}: turn markers injected through message text")
 
 
 def test_role_newline_and_content_are_encoded_separately():

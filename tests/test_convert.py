@@ -274,12 +274,14 @@ def test_trained_checkpoint_exports_with_assets_from_the_hf_folder(tmp_path, tin
   assert json.loads((tmp_path / "out" / "config.json").read_text())["visual"]["layers"] == 2
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("text, match", [
     (None, r"config.json: missing key 'num_attention_heads' \(a Qwen-VL config.json has it\)"),
     ('{"model_type": "qwen",\n', r"config.json: not valid JSON \(Expecting .* at line 2 column 1\)"),
     ("[1, 2]", r"config.json: expected a JSON object, got list"),
 ])
-def test_bad_config_json_is_named_with_what_is_wrong(tmp_path, tiny_cfg, hf_weights, text, match):
+def test_bad_config_json_is_named_with_what_is_wrong(tmp_path, tiny_cfg, hf_weights, text, match,
+                                                     fault_log):
   write_hf(tmp_path / "hf", tiny_cfg, hf_weights, BF16)
   path = tmp_path / "hf" / "config.json"
   if text is None:
@@ -292,10 +294,12 @@ def test_bad_config_json_is_named_with_what_is_wrong(tmp_path, tiny_cfg, hf_weig
   assert convert.main(["hf-to-jax", "--hf", str(tmp_path / "hf"), "--out",
                        str(tmp_path / "out")]) == 2
   assert str(path) in convert.inspect(tmp_path / "hf")[0]
+  fault_log(what="hf-to-jax: broken config.json")
 
 
+@pytest.mark.faults
 def test_non_finite_weights_are_refused_by_export_and_flagged_by_inspect(tmp_path, tiny_cfg,
-                                                                         tiny_model):
+                                                                         tiny_model, fault_log):
   params = {p: np.array(v) for p, v in hf.flatten(nnx.state(tiny_model)).items()}
   params["llm.h.mlp.w1.kernel"][1, 3, :5] = np.nan
   manager = ckpt.checkpoint_manager(tmp_path / "run")
@@ -313,9 +317,11 @@ def test_non_finite_weights_are_refused_by_export_and_flagged_by_inspect(tmp_pat
   assert not ok and "5 of" in text and "NaN/inf in 1 parameter(s) (most in llm.h.mlp.w1.kernel)" in text
   assert convert.main(["inspect", str(tmp_path / "run")]) == 2
   assert convert.main(["inspect", "--no-verify", str(tmp_path / "run")]) == 0
+  fault_log(what="jax-to-hf / inspect on NaN weights")
 
 
-def test_inspect_reads_every_parameter_back(tmp_path, tiny_cfg, hf_weights):
+@pytest.mark.faults
+def test_inspect_reads_every_parameter_back(tmp_path, tiny_cfg, hf_weights, fault_log):
   """A truncated data file: inspect names the unreadable parameters instead of saying OK."""
   write_hf(tmp_path / "hf", tiny_cfg, hf_weights, BF16)
   convert.hf_to_jax(tmp_path / "hf", tmp_path / "jax", progress=False)
@@ -323,3 +329,4 @@ def test_inspect_reads_every_parameter_back(tmp_path, tiny_cfg, hf_weights):
   os.truncate(data[-1], 100)
   text, ok = convert.inspect(tmp_path / "jax")
   assert not ok and "unreadable" in text and "OUT_OF_RANGE" in text, text
+  fault_log(what="inspect on a truncated checkpoint")

@@ -391,15 +391,18 @@ def test_killed_run_resumes_to_the_records_of_an_uninterrupted_run(server, tmp_p
       assert KEY.encode() not in p.read_bytes(), p
 
 
-def test_a_200_that_is_not_json_is_retried(server, tmp_path, monkeypatch):
+@pytest.mark.faults
+def test_a_200_that_is_not_json_is_retried(server, tmp_path, monkeypatch, fault_log):
   s = server(fault=lambda req, first: "html" if first else None)
   be = backend(s.url, tmp_path, monkeypatch)
   assert be.generate(meta_fixture(), SPECS).backend == "openai"
   assert be.take_stats()["bad_responses"] == 2  # caption and conversation, once each
+  fault_log(what="HTTP 200 with a non-JSON body", recovered=True)
 
 
+@pytest.mark.faults
 def test_an_outage_fails_the_run_and_a_rerun_regenerates_the_fallbacks(server, tmp_path,
-                                                                      monkeypatch):
+                                                                      monkeypatch, fault_log):
   """Every request fails (server down): the run stops with exit 7 naming the share, writes no
   final files; the same command against a healthy server replaces every template record."""
   monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -415,11 +418,18 @@ def test_an_outage_fails_the_run_and_a_rerun_regenerates_the_fallbacks(server, t
   up = server()
   summary = generate(dataclasses.replace(cfg, llm=llm_cfg(up.url)))
   assert summary["backend_stats"].get("fallback_images", 0) == 0
-  assert {r["provenance"]["backend"] for r in records_of(tmp_path / "out")} == {"openai"}
+  records = records_of(tmp_path / "out")
+  assert {r["provenance"]["backend"] for r in records} == {"openai"}
   assert "template fallbacks: 0 of" in format_summary(summary)
+  ids = [r["id"] for r in records]
+  planned = summary["images"]["written"]
+  fault_log(what="LLM server down for a whole run", recovered=True,
+            lost=planned - len(set(ids)), duplicated=len(ids) - len(set(ids)))
 
 
-def test_fallbacks_are_reported_and_overwrite_keeps_paid_answers(server, tmp_path, monkeypatch):
+@pytest.mark.faults
+def test_fallbacks_are_reported_and_overwrite_keeps_paid_answers(server, tmp_path, monkeypatch,
+                                                                 fault_log):
   """Conversations always rejected: every image falls back; the summary says so, a higher
   limit accepts it; --overwrite deletes the run but not the paid answers."""
   s = server(fault=lambda req, first: "hallucinate" if is_conversation(req) else None)
@@ -440,3 +450,4 @@ def test_fallbacks_are_reported_and_overwrite_keeps_paid_answers(server, tmp_pat
                        capture_output=True, text=True, timeout=180)
   assert res.returncode == 0, res.stderr
   assert s.paid == paid and (out / ".work" / "llm_cache").is_dir()
+  fault_log(what="every conversation rejected; --overwrite after paying")

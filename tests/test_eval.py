@@ -350,7 +350,8 @@ def test_model_mode_records_what_it_scored(model_run):
   assert vg["sha256"] == cli.sha256_of(vg["path"])
 
 
-def test_a_non_finite_model_is_refused(tmp_path, tiny_cfg, tiny_model, model_run):
+@pytest.mark.faults
+def test_a_non_finite_model_is_refused(tmp_path, tiny_cfg, tiny_model, model_run, fault_log):
   from bird_jax.checkpoint import orbax as ockpt
   from bird_jax.checkpoint.verify import NonFiniteWeights
 
@@ -362,8 +363,10 @@ def test_a_non_finite_model_is_refused(tmp_path, tiny_cfg, tiny_model, model_run
   d, _, c = model_run
   with pytest.raises(NonFiniteWeights, match=r"step 3: the weights hold NaN/inf"):
     cli.run(c, ckpt=str(tmp_path / "ckpt"), data=str(d / "data"), out=str(tmp_path / "out"))
+  fault_log(what="eval of a NaN checkpoint")
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("task, lines, why", [
     ("vg", [], "the prediction file holds no samples"),
     ("vg", [("ct_1.png", "liver", "kidney"), ("mr_1.png", "kidney", "kidney")],
@@ -374,7 +377,7 @@ def test_a_non_finite_model_is_refused(tmp_path, tiny_cfg, tiny_model, model_run
      "every reference answer of the 1 samples is a box"),  # a VG file scored as roc
     ("roc", [("foo_1.png", "liver", "liver")], "none of the 1 samples has an image name"),
 ])
-def test_nothing_scored_is_an_error_with_the_reason(tmp_path, task, lines, why):
+def test_nothing_scored_is_an_error_with_the_reason(tmp_path, task, lines, why, fault_log):
   path = tmp_path / "p.jsonl"
   write_cases(path, lines)
   proc = subprocess.run(
@@ -387,3 +390,4 @@ def test_nothing_scored_is_an_error_with_the_reason(tmp_path, task, lines, why):
   assert why in rep["unscorable"][task] and f"NOTHING SCORED: {why}" in rep["tasks"][task]["notes"][0]
   assert rep["source"]["predictions"][task]["sha256"] == cli.sha256_of(str(path))
   assert "NOTHING SCORED" in (tmp_path / "out" / "report.md").read_text()
+  fault_log(what=f"eval --task {task}: {why}")

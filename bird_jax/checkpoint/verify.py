@@ -16,6 +16,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+WHOLE_BYTES = 256 * 2**20  # larger arrays are read back one slice of axis 0 at a time
+
+
 class NonFiniteWeights(ValueError):
   """Weights hold NaN or inf values."""
 
@@ -96,7 +99,8 @@ def verify_params(manager: ocp.CheckpointManager, step: int | None = None,
   report = ParamsReport(step=reader.step)
   for path, shape in reader.shapes.items():
     report.arrays += 1
-    layers = range(shape[0]) if len(shape) > 1 and shape[0] > 1 else [None]
+    nbytes = int(np.prod(shape, dtype=np.int64)) * reader.dtypes[path].itemsize
+    layers = range(shape[0]) if nbytes > WHOLE_BYTES and len(shape) > 1 else [None]
     bad = 0
     try:
       for layer in layers:

@@ -97,44 +97,51 @@ class TrainCheckpointer:
              "params": trainable, "opt": out[OPT]}
     return state, frozen, out[DATA]
 
+  def why_unusable(self, step: int) -> str:
+    """Why a step cannot be resumed from ("" if it can): every array of its parameters and
+    optimizer state is read back (streamed, host memory only) and must be finite. Checking
+    before Orbax's restore keeps a failure to one clear line."""
+    for item in (ckpt.PARAMS, OPT):
+      report = verify_params(self.manager, step, item)
+      if not report.ok:
+        return f"{item}: {report.summary().split(': ', 1)[1]}"
+    return ""
+
   def restore_usable(self, layout: Layout, step: int | None = None,
                      note: Callable[[str], None] = print
                      ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-    """Restores the newest step that reads back completely with finite values (or exactly
-    `step`). A newer step that fails is moved to `<workdir>/rejected/` with a note saying why,
-    so the run continues from the one before and never mixes the two."""
+    """Restores the newest step that reads back completely with finite values, or exactly
+    `step`. Steps newer than the one restored (unusable ones, or all newer than `step`) are
+    moved to `<workdir>/rejected/` with a note saying why: the run continues from the step it
+    restored and never mixes in the later ones (their numbers are saved again)."""
     steps = sorted(self.manager.all_steps(), reverse=True)
     if step is not None:
       if step not in steps:
         raise NoUsableCheckpoint(f"{self.directory}: no checkpoint step {step} "
                                  f"(steps: {sorted(steps)})")
-      steps = [step]
-    problems = []
-    for s in steps:
-      why = _unusable(self.manager, s)
+      why = self.why_unusable(step)
       if why:
-        problems.append(f"step {s}: {why}")
-        if step is not None:
-          break
-        moved = reject_step(self.directory, s)
-        self.manager.reload()
-        note(f"resume: checkpoint step {s} is not usable ({why}); moved to {moved}")
-        continue
-      if problems:
-        note(f"resume: continuing from step {s}, the newest usable checkpoint")
-      return self.restore(layout, s)
-    raise NoUsableCheckpoint(f"{self.directory}: no usable checkpoint ({'; '.join(problems)})")
+        raise NoUsableCheckpoint(f"{self.directory}: step {step} is not usable ({why})")
+      for s in steps:
+        if s > step:
+          note(f"resume: step {s} is newer than train.resume_step={step}; moved to "
+               f"{self._reject(s)}")
+      return self.restore(layout, step)
+    for s in steps:
+      why = self.why_unusable(s)
+      if not why:
+        if s != steps[0]:
+          note(f"resume: continuing from step {s}, the newest usable checkpoint")
+        return self.restore(layout, s)
+      note(f"resume: checkpoint step {s} is not usable ({why}); moved to {self._reject(s)}")
+    raise NoUsableCheckpoint(f"{self.directory}: no usable checkpoint (steps {sorted(steps)} "
+                             f"moved to {os.path.join(os.path.dirname(self.directory), 'rejected')}"
+                             "); a rerun starts from step 0")
 
-
-def _unusable(manager: ocp.CheckpointManager, step: int) -> str:
-  """Why a step cannot be resumed from ("" if it can): every array of its parameters and
-  optimizer state is read back (streamed, host memory only) and must be finite. Checking
-  before Orbax's restore keeps a failure to one clear line."""
-  for item in (ckpt.PARAMS, OPT):
-    report = verify_params(manager, step, item)
-    if not report.ok:
-      return f"{item}: {report.summary().split(': ', 1)[1]}"
-  return ""
+  def _reject(self, step: int) -> str:
+    moved = reject_step(self.directory, step)
+    self.manager.reload()
+    return str(moved)
 
 
 _SAVE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO)

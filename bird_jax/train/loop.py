@@ -110,8 +110,8 @@ def initial_params(c: ml_collections.ConfigDict, model_cfg, layout, freeze):
 def train(c: ml_collections.ConfigDict) -> TrainResult:
   sharding.initialize_distributed()
   try:
+    check_shards(c.data.shards, min_records=jax.process_count())
     model_cfg, data_cfg, optim_cfg = C.model_config(c), C.data_config(c), C.optim_config(c)
-    check_shards(data_cfg.shards, min_records=jax.process_count())
   except (ValueError, FileNotFoundError) as e:
     raise BadInput(str(e)) from None
   workdir = c.train.workdir
