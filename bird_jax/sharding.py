@@ -119,6 +119,14 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (nothing with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
 def mesh_shape(data: int = -1, fsdp: int = 1, tensor: int = 1,
                n_devices: int | None = None) -> tuple[int, int, int]:
   """Mesh axis sizes; one of them may be -1 (= the devices left over)."""

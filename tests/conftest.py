@@ -50,6 +50,18 @@ def torch_reference(tiny_cfg, hf_weights):
   return QwenVLReference(tiny_cfg, hf_weights)
 
 
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory):
+  """Training data: 24 synthetic records (56 px images) in 2 ArrayRecord shards."""
+  from bird_jax.data.shards import write_shards
+  from bird_jax.data.synthetic import synthetic_record
+
+  out = tmp_path_factory.mktemp("train_shards")
+  write_shards([synthetic_record(i, image_size=56) for i in range(24)], out, num_shards=2,
+               progress=False)
+  return str(out)
+
+
 @functools.partial(nnx.jit, static_argnames=("train",))
 def forward(model, tokens, images=None, positions=None, segment_ids=None, train=False):
   """The model's forward under jit (tests call this; eager op-by-op execution is slow)."""

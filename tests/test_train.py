@@ -29,14 +29,6 @@ from bird_jax.train.logger import read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-  out = tmp_path_factory.mktemp("train_shards")
-  write_shards([synthetic_record(i, image_size=56) for i in range(24)], out, num_shards=2,
-               progress=False)
-  return str(out)
-
-
 def run_config(shards: str, workdir: str, **train):
   c = default_config()
   c.model.preset = "tiny"

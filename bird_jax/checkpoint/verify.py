@@ -2,7 +2,7 @@
 
     tree_is_finite(params)                 # on device, one fused reduction
     report = verify_params(manager, step)  # streams a checkpoint's params from disk
-    report.raise_if_bad()
+    report.ok, report.summary()
 """
 
 from __future__ import annotations
@@ -21,10 +21,6 @@ WHOLE_BYTES = 256 * 2**20  # larger arrays are read back one slice of axis 0 at 
 
 class NonFiniteWeights(ValueError):
   """Weights hold NaN or inf values."""
-
-
-class UnreadableCheckpoint(ValueError):
-  """A checkpoint step whose files cannot be read back."""
 
 
 @jax.jit
@@ -77,12 +73,6 @@ class ParamsReport:
                    f"parameter(s) (most in {path})")
     return f"step {self.step}: " + "; ".join(parts)
 
-  def raise_if_bad(self, where: str) -> None:
-    if self.unreadable:
-      raise UnreadableCheckpoint(f"{where}: {self.summary()}")
-    if self.nonfinite:
-      raise NonFiniteWeights(f"{where}: {self.summary()}")
-
 
 def verify_params(manager: ocp.CheckpointManager, step: int | None = None,
                   item: str = "params") -> ParamsReport:
@@ -95,7 +85,8 @@ def verify_params(manager: ocp.CheckpointManager, step: int | None = None,
     reader = ParamReader(manager, step, item)
   except Exception as e:  # noqa: BLE001 -- any failure to open the step is the finding
     s = manager.latest_step() if step is None else step
-    return ParamsReport(step=-1 if s is None else s, unreadable={f"{item} (metadata)": first_line(e)})
+    return ParamsReport(step=-1 if s is None else s,
+                        unreadable={f"{item} (metadata)": first_line(e)})
   report = ParamsReport(step=reader.step)
   for path, shape in reader.shapes.items():
     report.arrays += 1

@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from bird_jax import sharding
 from bird_jax.checkpoint import orbax as ckpt
 from bird_jax.checkpoint.hf import flatten, unflatten
 from bird_jax.checkpoint.verify import first_line, verify_params
@@ -139,7 +140,10 @@ class TrainCheckpointer:
                              "); a rerun starts from step 0")
 
   def _reject(self, step: int) -> str:
-    moved = reject_step(self.directory, step)
+    """Moves `step` to rejected/ (process 0; every process decided the same from the same
+    files) and returns where it went."""
+    moved = reject_step(self.directory, step) if jax.process_index() == 0 else "rejected/"
+    sharding.barrier(f"reject-{step}")
     self.manager.reload()
     return str(moved)
 

@@ -17,10 +17,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
-import contextlib
 import os
 import signal
 import time
@@ -31,7 +31,6 @@ import ml_collections
 import numpy as np
 
 from bird_jax import sharding
-from bird_jax.checkpoint.verify import verify_params
 from bird_jax.data.pipeline import make_dataset
 from bird_jax.data.shards import check_shards
 from bird_jax.train import config as C
@@ -126,15 +125,8 @@ def train(c: ml_collections.ConfigDict) -> TrainResult:
           print(f"train.overwrite: the earlier run in {workdir} was moved to {moved}")
     except W.WorkdirError as e:
       raise BadInput(str(e)) from None
-    _barrier("workdir")
+    sharding.barrier("workdir")
     return _train(c, model_cfg, data_cfg, optim_cfg, workdir, lead)
-
-
-def _barrier(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(name)
 
 
 def _train(c, model_cfg, data_cfg, optim_cfg, workdir: str, lead: bool) -> TrainResult:
@@ -241,12 +233,12 @@ def _last_good(checkpointer: TrainCheckpointer, step: int) -> str:
   checkpointer.wait()
   if step not in checkpointer.manager.all_steps():
     return "no checkpoint of this run was saved yet (rerun from scratch with other settings)"
-  report = verify_params(checkpointer.manager, step)
-  if report.ok:
-    return (f"the last good checkpoint is step {step} (verified: {report.arrays} parameters read "
-            "back, all finite)")
-  return (f"the newest checkpoint, step {step}, is NOT good ({report.summary()}); resume moves "
-          "it aside and uses an older step")
+  why = checkpointer.why_unusable(step)
+  if not why:
+    return (f"the last good checkpoint is step {step} (verified: its parameters and optimizer "
+            "state read back, all finite)")
+  return (f"the newest checkpoint, step {step}, is NOT usable ({why}); resume moves it aside "
+          "and uses an older step")
 
 
 def _write_run_config(workdir: str, c: ml_collections.ConfigDict) -> None:
