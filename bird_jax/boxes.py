@@ -1,6 +1,6 @@
 """Boxes <-> text: the one formatter and the parsers.
 
-Conventions (spec/qwen_vl.md "Boxes", spec/data.md):
+Conventions (docs/tokenizer.md, "Boxes"):
 - a *normalised* box is ``(x1, y1, x2, y2)`` floats in [0, 1] (top-left, bottom-right);
 - in text a box is ``(X1,Y1),(X2,Y2)`` with integers in [0, 1000): each coordinate is
   ``min(999, floor(v * 1000 + 0.5))`` (round half up, clamped); a value with at most three
@@ -13,7 +13,7 @@ Two readers:
 - :func:`parse_boxes` - a tolerant parser for model output (spaces, several boxes, missing
   tags, upper-case tags, truncated text, garbage). It never raises; what it could not read is
   returned as :class:`ParseIssue` records.
-- :func:`bird_extract_boxes` - BiRD's VG extraction rules, bit for bit (spec/eval.md), for
+- :func:`bird_extract_boxes` - BiRD's VG extraction rules, bit for bit (docs/evaluation.md), for
   BiRD-compatible scores.
 """
 
@@ -222,14 +222,14 @@ def parse_boxes(text: str) -> ParsedText:
   return ParsedText(tuple(boxes), tuple(issues))
 
 
-# ---- BiRD's VG extraction (spec/eval.md) ----------------------------------------------------
+# ---- BiRD's VG extraction (docs/evaluation.md) ------------------------------------------
 
 _BIRD_BOX = re.compile(r"<box>(.*?)</box>")
 _BIRD_FALLBACK = re.compile(r"\(\d+,\d+\),\(\d+,\d+\)")
 
 
 def bird_extract_boxes(text: str, *, fallback: bool = True) -> list[Box | None]:
-  """BiRD's VG box extraction, exactly (spec/eval.md "VG").
+  """BiRD's VG box extraction, exactly (docs/evaluation.md, "VG").
 
   All matches of ``<box>(.*?)</box>`` (case-sensitive, no DOTALL); when there are none and
   ``fallback`` is set, all matches of ``\\(\\d+,\\d+\\),\\(\\d+,\\d+\\)``. Each box text: drop

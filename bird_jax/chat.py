@@ -1,7 +1,7 @@
 """ChatML rendering of conversations, image spans and training labels (Qwen-VL's finetune).
 
 A conversation is Med-GRIT's list of ``{"from": "user" | "assistant", "value": str}``. It is
-rendered as (spec/qwen_vl.md "Chat format")::
+rendered as (docs/tokenizer.md, "Chat format")::
 
   <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
   <|im_start|>user\\n{q}<|im_end|>\\n<|im_start|>assistant\\n{a}<|im_end|>\\n ...

@@ -14,7 +14,7 @@ import math
 import os
 from typing import Any
 
-# Qwen-VL's tokenizer ids (spec/qwen_vl.md). The model reads the image-start id from its
+# Qwen-VL's tokenizer ids (docs/tokenizer.md). The model reads the image-start id from its
 # config and derives </img> = start + 1 and <imgpad> = start + 2.
 QWEN_IMAGE_START_ID = 151857
 # Byte tokenizer: 256 byte ids, then Qwen's 217 special tokens in Qwen's order

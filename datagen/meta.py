@@ -1,6 +1,6 @@
 """Meta information of one image: instance boxes from masks, modality, region, orientation.
 
-Boxes (spec/data.md): tight boxes around the instance's mask pixels, normalised to [0, 1] by
+Boxes (docs/datagen.md): tight boxes around the instance's mask pixels, normalised to [0, 1] by
 the image size and rounded to 3 decimals. A pixel column ``c`` covers ``[c, c + 1)``, so a
 mask spanning columns ``c0..c1`` gives ``x1 = c0 / W`` and ``x2 = (c1 + 1) / W``. Rounding is
 half up (``floor(v * 1000 + 0.5) / 1000``), the rule of :func:`bird_jax.boxes.quantize`, so a

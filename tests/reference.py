@@ -1,4 +1,4 @@
-"""Independent PyTorch reference for Qwen-VL, written from spec/qwen_vl.md.
+"""Independent PyTorch reference for Qwen-VL, written from docs/model.md.
 
 It consumes tensors with the HF checkpoint's names and layouts (per-head interleaved ViT
 in_proj, blocked resampler in_proj_weight, OIHW conv, Linear [out, in], proj [in, out]).

@@ -137,7 +137,7 @@ def square_mask(h, w, r0, r1, c0, c1, value=255):
 
 @pytest.fixture(scope="module")
 def samed2d_root(tmp_path_factory):
-  """A tiny SAMed2Dv1 folder with the quirks of spec/data.md."""
+  """A tiny SAMed2Dv1 folder with the quirks of docs/datagen.md."""
   root = tmp_path_factory.mktemp("SAMed2Dv1")
   rng = np.random.default_rng(0)
   index: dict[str, list[str]] = {}

@@ -33,7 +33,7 @@ def B(x1, y1, x2, y2):
   return f"<box>({x1},{y1}),({x2},{y2})</box>"
 
 
-# (image, annotation, raw response): every rule of spec/eval.md that VG/ROC scoring applies
+# (image, annotation, raw response): every rule of docs/evaluation.md that VG/ROC scoring applies
 VG_CASES = [
   ("ct_a.png", "<ref>liver</ref>" + B(100, 100, 300, 300),
    "<ref>liver</ref>" + B(100, 100, 300, 300) + "<|endoftext|>"),  # hit

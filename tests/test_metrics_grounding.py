@@ -1,4 +1,4 @@
-"""VG Recall@0.5: every BiRD rule of spec/eval.md on hand-computed cases, plus the corrected
+"""VG Recall@0.5: every BiRD rule of docs/evaluation.md on hand-computed cases, plus the corrected
 variant (IoU >= 0.5, one-to-one matching, micro averages)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""BiRD's response post-processing and the ROC recall rule, case by case (spec/eval.md)."""
+"""BiRD's response post-processing and the ROC recall rule, case by case (docs/evaluation.md)."""
 
 from __future__ import annotations
 

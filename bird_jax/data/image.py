@@ -1,4 +1,4 @@
-"""Image preprocessing exactly as Qwen-VL's reference (spec/qwen_vl.md "Image preprocessing").
+"""Image preprocessing exactly as Qwen-VL's reference (docs/model.md, "Image preprocessing").
 
 Reference: ``Image.open(f).convert("RGB")``, resize to ``image_size`` x ``image_size`` with
 PIL BICUBIC (aspect ratio ignored), ``/ 255``, then ``(x - mean) / std`` with CLIP's mean/std,

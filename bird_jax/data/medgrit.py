@@ -1,6 +1,6 @@
 """The released Med-GRIT JSON format (Qwen-VL finetune format) <-> records, and a shard CLI.
 
-The format (spec/data.md) is a list of ``{"id": STEM, "conversations": [{"from": "user" |
+The format (docs/data.md) is a list of ``{"id": STEM, "conversations": [{"from": "user" |
 "assistant", "value": ...}, ...]}``; the image file is ``STEM + ".png"`` and the modality is
 ``STEM.split("_")[0]``. Import keeps ids and conversation text verbatim, so export gives the
 same JSON data back. The format holds no task labels: import infers them per user turn

@@ -1,4 +1,4 @@
-"""The record schema (spec/data.md): one record per image, validated, with its byte codec.
+"""The record schema (docs/data.md): one record per image, validated, with its byte codec.
 
 A record holds an image (a path relative to an image root, and/or the encoded file bytes
 when it lives in a self-contained shard), its metadata, the instance boxes it was generated
@@ -128,7 +128,7 @@ def _where(where: str, rid: Any) -> str:
 
 
 def validate_record(r: Record, where: str = "") -> None:
-  """Schema checks of spec/data.md; the first problem found is raised as RecordError."""
+  """Schema checks of docs/data.md; the first problem found is raised as RecordError."""
   loc = _where(where, r.id)
 
   def fail(field: str, msg: str) -> None:

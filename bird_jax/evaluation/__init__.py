@@ -1,4 +1,4 @@
-"""Evaluation as BiRD does it (spec/eval.md): test files -> batched greedy generation ->
+"""Evaluation as BiRD does it (docs/evaluation.md): test files -> batched greedy generation ->
 BiRD-format JSONL predictions -> per-task x per-modality scores, plots and a box gallery.
 
 - `testsets`: finding and reading the per-task test files (Med-GRIT JSON);

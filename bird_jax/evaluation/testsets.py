@@ -1,6 +1,6 @@
 """BiRD's evaluation files: one Med-GRIT JSON file per task, found by name in a data folder.
 
-A test file is the released Med-GRIT format (spec/data.md): a list of ``{"id", "conversations":
+A test file is the released Med-GRIT format (docs/data.md): a list of ``{"id", "conversations":
 [{"from": "user", "value": "Picture 1: <img>NAME.png</img>\\n..."}, {"from": "assistant",
 "value": ...}, ...]}``. Every (user, assistant) pair is one sample: its question is the user text
 as written (a later turn without an image span gets ``Picture 1: <img>IMAGE</img>\\n`` put in

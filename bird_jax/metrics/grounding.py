@@ -1,6 +1,6 @@
 """Visual grounding (VG) scores: IoU and Recall@0.5, vectorised in JAX.
 
-BiRD-compatible rules (spec/eval.md, "VG"):
+BiRD-compatible rules (docs/evaluation.md, "VG"):
 - IoU of [x1, y1, x2, y2] boxes with continuous areas (x2-x1)*(y2-y1) (no +1), the
   intersection clipped at 0, union = a1 + a2 - inter; a box that failed to parse has IoU 0;
   inverted boxes give 0 (NaN when the union is 0, which is a miss as well);

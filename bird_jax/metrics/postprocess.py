@@ -1,6 +1,6 @@
 """BiRD's post-processing of a decoded response (decoded WITHOUT skipping special tokens).
 
-Steps, in order (spec/eval.md, "Inference protocol"):
+Steps, in order (docs/evaluation.md):
 1. if ".<|im_end|>" occurs, keep the text before its first occurrence plus ".";
 2. delete every "<|im_end|>" that is followed by a newline (together with that newline);
 3. if the regex ``\\n(.*?)\\n`` (DOTALL) matches, keep its first group, i.e. the text

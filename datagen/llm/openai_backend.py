@@ -10,14 +10,15 @@ answers per stage, after which the template backend writes that stage for the im
 Transport: the ``openai`` client (its own retries off) with ``base_url`` and a per-request
 ``timeout``; the key is read from ``OPENAI_API_KEY`` only and never written anywhere.
 429 and 5xx answers, timeouts, connection errors and HTTP 200 answers whose body is not a
-chat completion are retried up to ``max_retries`` times, waiting what ``Retry-After`` / ``retry-after-ms`` says or else an exponential backoff
-(with jitter, capped at ``max_backoff``). Other 4xx errors (bad key, unknown model) stop the
-run. An image whose requests keep failing falls back to the template backend; past
-``max_failures`` such images the run stops (a rerun resumes it). Every fallback is counted
-(summary.json ``fallbacks``), a run whose share of fallback images exceeds
-``--max-fallback-fraction`` fails, and a rerun regenerates the chunks that hold fallbacks. At most ``concurrency``
-requests are in flight (one thread per image). Responses are cached on disk by request
-hash (:mod:`datagen.llm.cache`).
+chat completion are retried up to ``max_retries`` times, waiting what ``Retry-After`` /
+``retry-after-ms`` says or else an exponential backoff (with jitter, capped at
+``max_backoff``). Other 4xx errors (bad key, unknown model) stop the run. An image whose
+requests keep failing falls back to the template backend; past ``max_failures`` such images
+the run stops (a rerun resumes it). Every image that fell back is counted
+(``fallback_images``); a run whose share of them exceeds ``max_fallback_fraction`` fails,
+and a rerun generates the chunks that hold fallbacks again. At most ``concurrency`` requests
+are in flight (one thread per image). Responses are cached on disk by request hash
+(:mod:`datagen.llm.cache`).
 """
 
 from __future__ import annotations

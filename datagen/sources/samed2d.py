@@ -1,6 +1,6 @@
 """SA-Med2D-16M (folder ``SAMed2Dv1/``) read from disk.
 
-Layout (spec/data.md): ``SAMed2D_v1.json`` maps ``images/<stem>.png`` to its mask paths
+Layout (docs/datagen.md): ``SAMed2D_v1.json`` maps ``images/<stem>.png`` to its mask paths
 ``masks/<stem>--CCCC_III.png``; ``SAMed2D_v1_class_mapping_id.json`` maps each dataset to
 ``{class name: class index}``. A stem is ``<modality_sub>--<dataset>--<case>--<axis>_<slice4>``
 (``--2d_none`` for 2-D sources); the modality key is ``stem.split("_")[0]``.
