@@ -21,7 +21,8 @@ import os
 import statistics
 import time
 
-from bird_jax.metrics.modality import MODALITIES, group_by_modality
+from bird_jax.metrics.modality import group_by_modality
+from bird_jax.vocabulary import MODALITIES
 from bird_jax.metrics.synthetic import corpus
 from bird_jax.metrics.text import caption_scores_by_modality
 

@@ -25,7 +25,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from bird_jax.tokenizer import IMAGE_TAGS, IMG, IMG_END, Tokenizer
+from bird_jax.tokenizer import Tokenizer
+from bird_jax.vocabulary import IMAGE_TAGS, IMG, IMG_END
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 IGNORE_ID = -100

@@ -24,6 +24,8 @@ BYTE_VOCAB_SIZE = 512  # 473 ids used, padded for alignment
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 TOKENIZERS = ("qwen", "byte")
+# config.json's tokenizer_type (the release writes QWenTokenizer) -> the tokenizer it names
+TOKENIZER_TYPES = {"QWenTokenizer": "qwen", "ByteTokenizer": "byte"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,9 +177,17 @@ class QwenVLConfig:
     if hf.get("tie_word_embeddings"):
       raise ValueError("tie_word_embeddings=true is not supported (Qwen-VL's lm_head is untied)")
     start = int(v.get("image_start_id", QWEN_IMAGE_START_ID))
-    tokenizer = "qwen" if start == QWEN_IMAGE_START_ID else "byte"
+    kind = hf.get("tokenizer_type")
+    if kind is not None and kind not in TOKENIZER_TYPES:
+      raise ValueError(f"tokenizer_type {kind!r} is not one of {sorted(TOKENIZER_TYPES)}")
+    # written by to_hf_config; a config without it is taken as the release's tokenizer unless
+    # its image ids are the byte tokenizer's
+    tokenizer = TOKENIZER_TYPES[kind] if kind else (
+        "byte" if start == BYTE_IMAGE_START_ID else "qwen")
+    # weights stored in float32 (torch_dtype) compute in float32; the release's bf16 in bf16
+    compute = "float32" if hf.get("torch_dtype") == "float32" else "bfloat16"
     return cls(vision=vision, llm=llm, image_start_id=start, tokenizer=tokenizer,
-               **overrides).validate()
+               **{"dtype": compute, **overrides}).validate()
 
   def to_hf_config(self) -> dict[str, Any]:
     """The `config.json` that the original Qwen-VL HF code (and vLLM's `qwen`) load."""
@@ -208,7 +218,8 @@ class QwenVLConfig:
         "num_attention_heads": m.heads, "num_hidden_layers": m.layers, "onnx_safe": None,
         "rotary_emb_base": m.rope_base, "rotary_pct": 1.0, "scale_attn_weights": True,
         "seq_length": m.seq_length, "tie_word_embeddings": False,
-        "tokenizer_type": "QWenTokenizer", "use_cache": True,
+        "tokenizer_type": {t: k for k, t in TOKENIZER_TYPES.items()}[self.tokenizer],
+        "use_cache": True,
         "use_dynamic_ntk": m.use_dynamic_ntk, "use_flash_attn": False,
         "use_logn_attn": m.use_logn_attn, "visual": visual, "vocab_size": m.vocab_size,
     }

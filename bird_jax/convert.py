@@ -42,6 +42,13 @@ QWEN_VL_CHAT_GENERATION_CONFIG = {
     "max_window_size": 6144, "pad_token_id": 151643, "top_k": 0, "top_p": 0.3,
     "transformers_version": "4.31.0",
 }
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# Qwen-VL-Chat's tokenizer_config.json (written when the assets have none): AutoTokenizer
+# loads tokenization_qwen.py, one of the release's *.py files.
+QWEN_VL_TOKENIZER_CONFIG = {
+    "model_max_length": 8192, "tokenizer_class": "QWenTokenizer",
+    "auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]},
+}
 DTYPES = {"bf16": np.dtype(ml_dtypes.bfloat16), "fp16": np.dtype(np.float16),
           "fp32": np.dtype(np.float32)}
 _WIDTH = {"BF16": 0, "F16": 0, "F32": 1}
@@ -89,6 +96,8 @@ def hf_to_jax(hf_dir: str | Path, out_dir: str | Path, *, dtype: str = "auto", s
   reader = st.HFReader(hf_dir)
   directory = reader.directory
   hf_config, cfg = read_hf_config(directory)
+  if dtype in ("fp32", "bf16"):  # the stored dtype is also the model config's compute dtype
+    cfg = cfg.replace(dtype={"fp32": "float32", "bf16": "bfloat16"}[dtype]).validate()
   shapes = _model_shapes(cfg)
   entries = hf.expected_tensors(cfg, shapes)
   hf.check_tensors({n: (t.shape, t.dtype) for n, t in reader.tensors.items()}, entries,
@@ -215,8 +224,9 @@ def _check_params(found: dict, expected: dict, where: Path) -> None:
 
 def _write_metadata(out: Path, assets: Path, cfg: QwenVLConfig, source: dict,
                     dtypes: set) -> None:
-  """config.json (this model's config over the source's), then the assets' other files, the
-  default generation config and the packaged qwen.tiktoken where those are missing."""
+  """config.json (this model's config over the source's), then the assets' other files, and
+  where those are missing the default generation config, the packaged qwen.tiktoken and
+  Qwen-VL-Chat's tokenizer_config.json."""
   base = source.get("config") or {}
   if not base and (assets / HF_CONFIG_FILE).exists():
     base = json.loads((assets / HF_CONFIG_FILE).read_text())
@@ -239,6 +249,8 @@ def _write_metadata(out: Path, assets: Path, cfg: QwenVLConfig, source: dict,
     from bird_jax.tokenizer import packaged_qwen_vocab
 
     shutil.copy2(packaged_qwen_vocab(), out / "qwen.tiktoken")
+  if cfg.tokenizer == "qwen" and not (out / TOKENIZER_CONFIG_FILE).exists():
+    (out / TOKENIZER_CONFIG_FILE).write_text(json.dumps(QWEN_VL_TOKENIZER_CONFIG, indent=2) + "\n")
 
 
 # ---- inspect ---------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ from typing import Literal
 
 import tiktoken
 
+from bird_jax.vocabulary import (BOX, BOX_END, ENDOFTEXT, IM_END, IM_START, IMG, IMG_END,
+                                 IMGPAD, QUAD, QUAD_END, REF, REF_END)
 from bird_jax.config import BYTE_IMAGE_START_ID, BYTE_VOCAB_SIZE, QWEN_IMAGE_START_ID, QwenVLConfig
 
 QWEN_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
@@ -36,17 +38,11 @@ QWEN_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|
 QWEN_N_RANKS = 151643  # regular BPE tokens in qwen.tiktoken
 QWEN_VOCAB_FILE = "qwen.tiktoken"
 
-ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
-REF, REF_END, BOX, BOX_END = "<ref>", "</ref>", "<box>", "</box>"
-QUAD, QUAD_END, IMG, IMG_END, IMGPAD = "<quad>", "</quad>", "<img>", "</img>", "<imgpad>"
 # Qwen-VL's special tokens, in id order from the first id after the regular tokens.
 SPECIAL_TOKENS: tuple[str, ...] = (
     (ENDOFTEXT, IM_START, IM_END) + tuple(f"<|extra_{i}|>" for i in range(205))
     + (REF, REF_END, BOX, BOX_END, QUAD, QUAD_END, IMG, IMG_END, IMGPAD))
 
-# The special tokens a message's text may contain (Qwen-VL's IMAGE_ST); the others are
-# control tokens that message text never produces.
-IMAGE_TAGS = frozenset((REF, REF_END, BOX, BOX_END, QUAD, QUAD_END, IMG, IMG_END, IMGPAD))
 AllowedSpecial = Literal["all"] | Set[str]
 DisallowedSpecial = Literal["all"] | Collection[str]
 _REPLACEMENT = "\ufffd".encode()

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from typing import Any
 
+from datagen.llm.config import LLMConfig, api_key
 from datagen.llm.template import ANSWER_STYLES
 from datagen.meta import COMPONENT_RULES, DEFAULT_MIN_AREA
 from datagen.tasks import TaskCounts
@@ -13,33 +14,7 @@ from datagen.tasks import TaskCounts
 SOURCES = ("phantom", "samed2d", "atlas", "shapes")
 BACKENDS = ("template", "openai")
 DEFAULT_ATLAS_DIR = "/usr/share/mricron/templates"
-KEY_ENV = "OPENAI_API_KEY"  # the only place the openai backend reads its key from
-
-
 LLM_CACHE = "llm_cache"  # OUT/.work/llm_cache: paid responses, never deleted by datagen
-
-
-@dataclasses.dataclass(frozen=True)
-class LLMConfig:
-  """The openai backend (see datagen.llm.openai_backend)."""
-
-  base_url: str = "https://api.openai.com/v1"
-  model: str = "gpt-4o-mini"
-  temperature: float = 0.7
-  json_mode: str = "json_object"  # json_object | json_schema | none
-  prompt_version: str = "v1"
-  max_attempts: int = 3  # answers rejected by validation -> ask again, then template fallback
-  concurrency: int = 8  # requests in flight
-  timeout: float = 60.0  # seconds per request
-  max_retries: int = 6  # per request, on 429 / 5xx / timeouts / connection errors
-  backoff: float = 1.0  # first retry wait (doubles each time) when no Retry-After is given
-  max_backoff: float = 60.0
-  max_failures: int = 20  # images whose requests failed for good before the run stops
-  max_fallback_fraction: float = 0.05  # fail the run when more images fall back to templates
-  cache_dir: str = ""  # default: OUT/.work/llm_cache
-  price_in: float | None = None  # USD per 1M prompt tokens (for the cost estimate)
-  price_out: float | None = None  # USD per 1M completion tokens
-  max_tokens: int = 1500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,15 +130,6 @@ def make_source(cfg: GenConfig):
                          mapping=cfg.samed2d_mapping or None, min_aspect=cfg.min_aspect)
   from datagen.sources.atlas import AtlasSource
   return AtlasSource(cfg.atlas_dir, labels=cfg.atlas_labels, planes=cfg.atlas_planes)
-
-
-def api_key() -> str:
-  """The openai backend's key, from the environment only (never logged or stored)."""
-  key = os.environ.get(KEY_ENV)
-  if not key:
-    raise ValueError(f"the openai backend reads its API key from {KEY_ENV} only: set it (any "
-                     "non-empty value for servers without keys)")
-  return key
 
 
 def check_backend_ready(cfg: GenConfig) -> None:

@@ -25,7 +25,7 @@ import heapq
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
-from bird_jax.metrics.modality import MODALITIES
+from bird_jax.vocabulary import MODALITIES
 from datagen.meta import ImageMeta, near_identical
 from datagen.sources.base import ImageRef, stable_seed, stable_unit
 

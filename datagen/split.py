@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 
-from bird_jax.metrics.modality import MODALITIES
+from bird_jax.vocabulary import MODALITIES
 from datagen.sources.base import stable_unit
 
 TRAIN, TEST = "train", "test"

@@ -6,8 +6,8 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bird_jax.data.records import TASKS
-from bird_jax.metrics.modality import MODALITIES
+from bird_jax.vocabulary import TASKS
+from bird_jax.vocabulary import MODALITIES
 from datagen.config import GenConfig
 
 MAX_EXAMPLES = 5  # skip messages kept per reason

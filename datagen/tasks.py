@@ -22,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from bird_jax.data.records import TASKS
+from bird_jax.vocabulary import TASKS
 from datagen.meta import ImageMeta
 from datagen.sources.base import stable_seed
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from bird_jax.boxes import parse_boxes, quantize_box
 from bird_jax.chat import image_prompt
 from bird_jax.data.medgrit import export_medgrit_json
-from bird_jax.data.records import TASKS, Object, Provenance, Record, RecordError, Turn
+from bird_jax.data.records import Object, Provenance, Record, RecordError, Turn
+from bird_jax.vocabulary import TASKS
 from bird_jax.data.shards import read_shard, write_shards
 from datagen.llm.base import Generation
 from datagen.meta import ImageMeta

@@ -89,12 +89,21 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-  if config.getoption("--slow"):
-    return
-  skip = pytest.mark.skip(reason="slow: run with --slow (bench/faults.py does)")
+  """`slow` runs with --slow only; `needs_java` is skipped (with the reason) where there is no
+  Java runtime, except in CI (CI=true), where that is an error."""
+  import shutil
+
+  no_java = shutil.which("java") is None
+  if no_java and os.environ.get("CI", "").lower() == "true":
+    raise pytest.UsageError("CI needs a Java runtime for the metric parity tests "
+                            "(apt-get install default-jre-headless)")
+  slow = pytest.mark.skip(reason="slow: run with --slow (bench/faults.py does)")
+  java = pytest.mark.skip(reason="needs a Java runtime (the official pycocoevalcap jars)")
   for item in items:
-    if "slow" in item.keywords:
-      item.add_marker(skip)
+    if "slow" in item.keywords and not config.getoption("--slow"):
+      item.add_marker(slow)
+    if "needs_java" in item.keywords and no_java:
+      item.add_marker(java)
 
 
 @pytest.fixture

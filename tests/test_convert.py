@@ -223,6 +223,7 @@ def test_inconsistent_index_and_nonempty_output_are_errors(tmp_path, tiny_cfg, h
     convert.hf_to_jax(tmp_path / "hf", tmp_path / "out", progress=False)
 
 
+@pytest.mark.e2e
 def test_cli_both_directions_and_inspect(tmp_path, tiny_cfg, hf_weights):
   write_hf(tmp_path / "hf", tiny_cfg, hf_weights, BF16)
   run = lambda *a: subprocess.run([sys.executable, "-m", "bird_jax.convert", *a],
@@ -330,3 +331,21 @@ def test_inspect_reads_every_parameter_back(tmp_path, tiny_cfg, hf_weights, faul
   text, ok = convert.inspect(tmp_path / "jax")
   assert not ok and "unreadable" in text and "OUT_OF_RANGE" in text, text
   fault_log(what="inspect on a truncated checkpoint")
+
+
+def test_export_metadata_is_what_the_release_code_loads(tmp_path):
+  """A qwen-tokenizer model exported without the release's files gets Qwen-VL-Chat's
+  tokenizer_config.json (AutoTokenizer -> tokenization_qwen.QWenTokenizer), qwen.tiktoken, the
+  generation config, and a config.json whose auto_map names the release's model code."""
+  from bird_jax.config import get_preset
+
+  convert._write_metadata(tmp_path, tmp_path / "no_assets", get_preset("qwen_vl_7b"), {},
+                          {convert.DTYPES["bf16"]})
+  tok = json.loads((tmp_path / "tokenizer_config.json").read_text())
+  assert tok["auto_map"]["AutoTokenizer"] == ["tokenization_qwen.QWenTokenizer", None]
+  assert tok["tokenizer_class"] == "QWenTokenizer"
+  config = json.loads((tmp_path / "config.json").read_text())
+  assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_qwen.QWenLMHeadModel"
+  assert config["torch_dtype"] == "bfloat16" and config["vocab_size"] == 151936
+  assert (tmp_path / "qwen.tiktoken").stat().st_size > 1_000_000
+  assert json.loads((tmp_path / "generation_config.json").read_text())["chat_format"] == "chatml"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bird_jax.boxes import format_box
-from bird_jax.metrics.modality import MODALITIES
+from bird_jax.vocabulary import MODALITIES
 from datagen import language as lang
 from datagen.meta import ImageMeta, MetaObject, instance_boxes, near_identical
 from datagen.meta import objects_from_instances, round3

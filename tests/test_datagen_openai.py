@@ -340,6 +340,7 @@ def cli_args(out: Path, url: str) -> list[str]:
           "0.3", "--no-progress"]
 
 
+@pytest.mark.e2e
 def test_killed_run_resumes_to_the_records_of_an_uninterrupted_run(server, tmp_path,
                                                                      monkeypatch):
   ref_server = server(fault=mixed_faults)
@@ -428,6 +429,7 @@ def test_an_outage_fails_the_run_and_a_rerun_regenerates_the_fallbacks(server, t
 
 
 @pytest.mark.faults
+@pytest.mark.e2e
 def test_fallbacks_are_reported_and_overwrite_keeps_paid_answers(server, tmp_path, monkeypatch,
                                                                  fault_log):
   """Conversations always rejected: every image falls back; the summary says so, a higher

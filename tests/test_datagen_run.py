@@ -15,9 +15,10 @@ import pytest
 
 from bird_jax.boxes import parse_boxes, quantize_box
 from bird_jax.data.medgrit import import_medgrit_json
-from bird_jax.data.records import TASKS, ImageRoot
+from bird_jax.data.records import ImageRoot
+from bird_jax.vocabulary import TASKS
 from bird_jax.data.shards import read_shards
-from bird_jax.metrics.modality import MODALITIES
+from bird_jax.vocabulary import MODALITIES
 from datagen.cli import main
 from datagen.language import modality_name
 from datagen.config import GenConfig

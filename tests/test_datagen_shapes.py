@@ -12,7 +12,7 @@ import pytest
 
 from bird_jax.boxes import parse_boxes
 from bird_jax.data.shards import read_shards
-from bird_jax.metrics.modality import MODALITIES, modality_of
+from bird_jax.vocabulary import MODALITIES, modality_of
 from datagen.config import GenConfig
 from datagen.meta import ImageMeta, MetaObject
 from datagen.run import generate

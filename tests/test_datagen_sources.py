@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bird_jax.metrics.modality import MODALITIES, modality_of
+from bird_jax.vocabulary import MODALITIES, modality_of
 from datagen.config import DEFAULT_ATLAS_DIR, GenConfig
 from datagen.jsonstream import JSONStreamError, iter_object
 from datagen.meta import instance_boxes, objects_from_instances

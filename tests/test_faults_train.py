@@ -20,7 +20,7 @@ import pytest
 from bird_jax.train.checkpointing import DATA, TrainCheckpointer
 from bird_jax.train.logger import read_metrics
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[1]
 # The runs share one persistent compilation cache: the same step program is compiled once
 # (a run takes ~7 s instead of ~20 s on 2 cores).

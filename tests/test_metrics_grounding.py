@@ -11,7 +11,7 @@ import pytest
 
 from bird_jax.metrics.grounding import (
   iou_matrix, one_to_one_hits, pad_boxes, vg_recall, vg_recall_from_text)
-from bird_jax.metrics.modality import MODALITIES
+from bird_jax.vocabulary import MODALITIES
 
 
 def box(x1, y1, x2, y2):

@@ -5,18 +5,14 @@ Java start-up (about 10 s for METEOR) to a single call."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-if shutil.which("java") is None:
-  pytest.fail("the parity tests need a Java runtime (Java 17 is part of the test setup)")
-
-from pycocoevalcap.bleu.bleu import Bleu  # noqa: E402
-from pycocoevalcap.cider.cider import Cider  # noqa: E402
-from pycocoevalcap.rouge.rouge import Rouge  # noqa: E402
-from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer  # noqa: E402
+pytestmark = pytest.mark.needs_java
 
 from bird_jax.metrics import meteor as M  # noqa: E402
 from bird_jax.metrics.ptb_tokenize import tokenize_captions  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bird_jax.metrics.modality import MODALITIES, modality_of
+from bird_jax.vocabulary import MODALITIES, modality_of
 from bird_jax.metrics.postprocess import postprocess_response
 from bird_jax.metrics.roc import roc_correct, roc_recall
 

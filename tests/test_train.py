@@ -143,6 +143,7 @@ def _wait_for_step(workdir: Path, step: int, proc: subprocess.Popen, timeout: fl
   raise AssertionError("timed out waiting for training")
 
 
+@pytest.mark.e2e
 def test_kill_and_resume_continues_the_uninterrupted_run(shards, tmp_path):
   args = lambda w: [f"--shards={shards}", f"--workdir={w}"]
   full = tmp_path / "full"
@@ -163,6 +164,7 @@ def test_kill_and_resume_continues_the_uninterrupted_run(shards, tmp_path):
   assert [r["loss"] for r in rows] == [ref[r["step"]] for r in rows]
 
 
+@pytest.mark.e2e
 def test_sigterm_saves_and_exits(shards, tmp_path):
   """Through the real CLI: train.py with a config file and --config overrides."""
   overrides = {"data.shards": shards, "train.workdir": tmp_path, "train.steps": 200,

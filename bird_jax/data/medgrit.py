@@ -27,7 +27,8 @@ from typing import Any
 from PIL import Image
 
 from bird_jax import boxes as boxes_lib
-from bird_jax.data.records import TASKS, ImageRoot, Provenance, Record, RecordError, Turn
+from bird_jax.data.records import ImageRoot, Provenance, Record, RecordError, Turn
+from bird_jax.vocabulary import TASKS
 from bird_jax.data.shards import read_shards, write_shards
 
 log = logging.getLogger(__name__)

@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from bird_jax import boxes as boxes_lib
-from bird_jax.metrics.modality import MODALITIES
+from bird_jax.chat import find_image_paths
+from bird_jax.vocabulary import MODALITIES, TASKS
 
-TASKS: tuple[str, ...] = ("vg", "roc", "rc", "mia")
 ROLES: tuple[str, ...] = ("user", "assistant")
-IMAGE_SPAN = re.compile(r"<img>(.*?)</img>", re.DOTALL)
 
 # Shard entry layout: MAGIC, uint32 little-endian header length, UTF-8 JSON header, image bytes.
 MAGIC = b"BJREC1\n"
@@ -187,7 +186,7 @@ def _validate_conversations(r: Record, fail) -> None:
       fail(f"conversations[{i}].value", "must be a string")
   if len(turns) % 2:
     fail("conversations", f"{len(turns)} turns: the last user turn has no assistant answer")
-  spans = [(i, m) for i, t in enumerate(turns) for m in IMAGE_SPAN.finditer(t.value)]
+  spans = [(i, p) for i, t in enumerate(turns) for p in find_image_paths(t.value)]
   if len(spans) != 1:
     fail("conversations", f"{len(spans)} <img> spans; one record holds exactly one image")
   if turns[spans[0][0]].role != "user":

@@ -13,7 +13,7 @@ from PIL import Image
 
 from bird_jax import boxes as boxes_lib
 from bird_jax.data.records import Object, Provenance, Record, Turn
-from bird_jax.metrics.modality import MODALITIES
+from bird_jax.vocabulary import MODALITIES
 
 LABELS = ("liver", "left kidney", "tumor", "edema", "optic disc", "lesion", "polyp", "heart")
 

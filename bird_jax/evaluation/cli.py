@@ -19,8 +19,9 @@ import ml_collections
 
 from bird_jax.evaluation.predictions import Prediction, read_predictions, write_predictions
 from bird_jax.evaluation.scoring import ScoringOptions, TaskScores, score_task
-from bird_jax.evaluation.testsets import TASKS, ImageFinder, find_test_files, read_test_file
-from bird_jax.metrics.report import load_paper_table, markdown, write_report
+from bird_jax.evaluation.testsets import ImageFinder, find_test_files, read_test_file
+from bird_jax.vocabulary import TASKS
+from bird_jax.evaluation.report import load_paper_table, markdown, write_report
 
 
 @dataclasses.dataclass
@@ -101,8 +102,8 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   import jax
 
   from bird_jax.config import get_preset
-  from bird_jax.evaluation.runner import (RunOptions, checkpoint_step, load_model,
-                                          make_generator, predict)
+  from bird_jax.evaluation.runner import RunOptions, make_generator, predict
+  from bird_jax.pretrained import checkpoint_step, load_model
   from bird_jax.sharding import initialize_distributed, make_mesh
   from bird_jax.tokenizer import load_tokenizer
 

@@ -24,8 +24,8 @@ from bird_jax.boxes import SCALE, bird_extract_boxes, parse_boxes
 from bird_jax.chat import find_image_paths
 from bird_jax.evaluation.predictions import Prediction
 from bird_jax.evaluation.scoring import TaskScores
-from bird_jax.metrics.modality import MODALITIES, modality_of
-from bird_jax.metrics.report import TASK_NAMES
+from bird_jax.vocabulary import MODALITIES, modality_of
+from bird_jax.vocabulary import TASK_NAMES
 
 REFERENCE, PREDICTED, QUESTION = (46, 204, 64), (240, 52, 52), (250, 210, 40)
 THUMB = 320

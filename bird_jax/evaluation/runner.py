@@ -41,45 +41,6 @@ class RunOptions:
   loader_threads: int = 8
 
 
-def load_model(ckpt: str | Path, mesh: jax.sharding.Mesh | None, *, step: int | None = None,
-               cfg: QwenVLConfig | None = None, dtype: str | None = None):
-  """(config, model) from an Orbax checkpoint folder (a step root, or a training workdir with
-  `checkpoints/`), parameters placed on `mesh` per the sharding rules. `cfg` replaces the
-  checkpoint's model config; `dtype` its compute dtype (e.g. "bfloat16")."""
-  from bird_jax.checkpoint import orbax as ockpt
-  from bird_jax.checkpoint.hf import flatten
-  from bird_jax.model import model_from_params
-
-  from bird_jax.checkpoint.verify import NonFiniteWeights, tree_is_finite
-
-  root = Path(ckpt)
-  if (root / "checkpoints").is_dir():
-    root = root / "checkpoints"
-  if not root.is_dir():
-    raise FileNotFoundError(f"--ckpt {ckpt}: no such checkpoint folder")
-  manager = ockpt.checkpoint_manager(root, read_only=True)
-  step = manager.latest_step() if step is None else step
-  cfg = cfg or ockpt.restore_config(manager, step)
-  if dtype:
-    cfg = cfg.replace(dtype=dtype).validate()
-  params = ockpt.restore_params(manager, ockpt.abstract_params(cfg, mesh), step)
-  if not tree_is_finite(params):
-    raise NonFiniteWeights(f"--ckpt {ckpt} step {step}: the weights hold NaN/inf values; its "
-                           "answers would be garbage (`convert inspect` shows where)")
-  return cfg, model_from_params(cfg, flatten(params))
-
-
-def checkpoint_step(ckpt: str | Path, step: int | None = None) -> int | None:
-  """The step `load_model` reads: `step`, or the latest of the checkpoint folder / workdir."""
-  if step is not None:
-    return step
-  from bird_jax.checkpoint import orbax as ockpt
-
-  root = Path(ckpt)
-  root = root / "checkpoints" if (root / "checkpoints").is_dir() else root
-  return ockpt.checkpoint_manager(root, read_only=True).latest_step() if root.is_dir() else None
-
-
 @dataclasses.dataclass(frozen=True)
 class _Prompt:
   index: int

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bird_jax.chat import find_image_paths, image_prompt
+from bird_jax.vocabulary import TASKS
 
-TASKS = ("vg", "roc", "rc", "mia")
 TASK_WORDS = {"vg": "vg", "roc": "roc", "ro": "roc", "rc": "rc", "gc": "rc", "mia": "mia",
               "mii": "mia"}
 MAX_NEW_TOKENS = {"vg": 80, "roc": 80, "rc": 80, "mia": 100}  # BiRD's inference settings

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bird_jax.boxes import bird_extract_boxes
-from bird_jax.metrics.modality import MODALITIES, mean_over, mean_present, modality_vector
+from bird_jax.metrics.modality import mean_over, mean_present, modality_vector
+from bird_jax.vocabulary import MODALITIES
 
 Box = tuple[float, float, float, float]
 BIRD_EPS = 1e-8

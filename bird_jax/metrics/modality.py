@@ -1,8 +1,8 @@
-"""Modalities of Med-GRIT and BiRD's per-modality averaging.
+"""BiRD's per-modality grouping and averaging (the modalities: bird_jax/vocabulary.py).
 
 The modality of a sample is the prefix of its image file name before the first "_"
-(``ct_0001.png`` -> ``ct``). BiRD reports every task per modality in the fixed order
-below and averages the 8 modality scores without weights, counting a modality that has no
+(``ct_0001.png`` -> ``ct``). BiRD reports every task per modality in a fixed order and
+averages the 8 modality scores without weights, counting a modality that has no
 samples as 0. Names whose prefix is not one of the 8 keys are reported, not dropped.
 """
 
@@ -10,21 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 
-MODALITIES: tuple[str, ...] = (
-  "ct", "mr", "x", "pet", "endoscopy", "dermoscopy", "fundus", "ultrasound")
-
-# Modalities that have ROC samples in Med-GRIT-Test30k (the paper's ROC average uses these).
-ROC_PAPER_MODALITIES: tuple[str, ...] = (
-  "ct", "mr", "x", "endoscopy", "dermoscopy", "ultrasound")
-
-
-def modality_of(image: str) -> str | None:
-  """Modality key of an image file name, or None when the prefix is not one of the 8 keys."""
-  prefix = os.path.basename(image).split("_", 1)[0]
-  return prefix if prefix in MODALITIES else None
+from bird_jax.vocabulary import MODALITIES, modality_of
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 
-IM_END = "<|im_end|>"
-END_OF_TEXT = "<|endoftext|>"
+from bird_jax.vocabulary import ENDOFTEXT, IM_END
+
 _BETWEEN_NEWLINES = re.compile(r"\n(.*?)\n", re.DOTALL)
 
 
@@ -27,5 +27,5 @@ def postprocess_response(text: str) -> str:
   match = _BETWEEN_NEWLINES.search(text)
   if match is not None:
     text = match.group(1)
-  text = text.replace(END_OF_TEXT, "")
+  text = text.replace(ENDOFTEXT, "")
   return text.strip()

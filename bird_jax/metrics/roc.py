@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from bird_jax.metrics.modality import (
-  MODALITIES, ROC_PAPER_MODALITIES, group_by_modality, mean_over, mean_present)
+from bird_jax.metrics.modality import group_by_modality, mean_over, mean_present
+from bird_jax.vocabulary import MODALITIES, ROC_PAPER_MODALITIES
 
 
 def roc_correct(annotation: str, response: str) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from bird_jax.metrics.modality import MODALITIES
+from bird_jax.vocabulary import MODALITIES
 
 _ORGANS = [
   "liver", "left kidney", "right kidney", "spleen", "pancreas", "gallbladder", "stomach",

@@ -27,7 +27,8 @@ import numpy as np
 from bird_jax.metrics import meteor as meteor_lib
 from bird_jax.metrics import spice as spice_lib
 from bird_jax.metrics.ngrams import NGRAM, NgramStats, encode, ngram_stats
-from bird_jax.metrics.modality import MODALITIES, group_by_modality, mean_over, mean_present
+from bird_jax.metrics.modality import group_by_modality, mean_over, mean_present
+from bird_jax.vocabulary import MODALITIES
 from bird_jax.metrics.ptb_tokenize import tokenize_captions
 
 CIDER_SIGMA = 6.0

@@ -7,6 +7,7 @@ unused image slots are computed and ignored.
 
     model = QwenVL(get_preset("tiny"), rngs=nnx.Rngs(0))
     logits = model(tokens, images)                      # [B, L, vocab] fp32
+    logits = model(tokens, images, attention_mask=m)    # a padded batch (left or right)
 """
 
 from __future__ import annotations
@@ -33,20 +34,29 @@ class QwenVL(nnx.Module):
     self.cfg = cfg
 
   def __call__(self, tokens: Array, images: Array | None = None, *,
-               num_images: Array | None = None, **decode_kw: Any):
+               attention_mask: Array | None = None, num_images: Array | None = None,
+               **decode_kw: Any):
     """Logits [B, L, vocab] (fp32), or (logits, cache) when decode_kw has a `cache`.
 
+    attention_mask [B, L] (1 = token, 0 = padding, left or right): padding is never attended
+    and the tokens of each row are at positions 0..n-1 (what a row alone would give).
     decode_kw: positions, segment_ids, train, ntk_lengths, cache (see `QwenLM.decode`).
     num_images [B] (optional) is checked against the image spans."""
-    out = self.hidden(tokens, images, num_images=num_images, **decode_kw)
+    out = self.hidden(tokens, images, attention_mask=attention_mask, num_images=num_images,
+                      **decode_kw)
     if isinstance(out, tuple):
       return self.llm.logits(out[0]), out[1]
     return self.llm.logits(out)
 
   def hidden(self, tokens: Array, images: Array | None = None, *,
-             num_images: Array | None = None, **decode_kw: Any):
+             attention_mask: Array | None = None, num_images: Array | None = None,
+             **decode_kw: Any):
     """Final hidden states [B, L, hidden] (after ln_f), or (hidden, cache)."""
     check_inputs(self.cfg, tokens, images, num_images)
+    if attention_mask is not None:
+      if "segment_ids" in decode_kw or "positions" in decode_kw:
+        raise ValueError("give attention_mask or segment_ids/positions, not both")
+      decode_kw.update(mask_layout(attention_mask))
     h = self.llm.embed(tokens)
     if images is not None:
       h = self.splice(h, tokens, images)
@@ -61,6 +71,13 @@ class QwenVL(nnx.Module):
   def splice(self, h: Array, tokens: Array, images: Array) -> Array:
     feats = self.encode_images(images)
     return splice_image_features(h, tokens, feats, self.cfg.image_start_id)
+
+
+def mask_layout(attention_mask: Array) -> dict[str, Array]:
+  """segment_ids and positions [B, L] of a padded batch: padding is segment 0 (never
+  attended), each row's tokens are segment 1 at positions 0..n-1."""
+  mask = jnp.asarray(attention_mask).astype(jnp.int32)
+  return {"segment_ids": mask, "positions": jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)}
 
 
 def splice_image_features(h: Array, tokens: Array, feats: Array, start_id: int) -> Array:

@@ -48,7 +48,7 @@ def make_layout(cfg: QwenVLConfig, freeze, tx: optax.GradientTransformation,
   check_replication(frozen, param_specs(frozen, mesh), mesh, replication_tolerance)
   opt_abstract = jax.eval_shape(tx.init, params)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state_sh = {"step": replicated, "params": p_sh, "opt": opt_shardings(opt_abstract, p_sh, mesh)}
+  state_sh = {"step": replicated, "params": p_sh, "opt": opt_shardings(tx, opt_abstract, p_sh, mesh)}
   abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params,
                     "opt": opt_abstract}
   return Layout(graphdef, params, frozen, state_sh, f_sh, abstract_state)

@@ -93,19 +93,16 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> Callable[[int], NamedSharding]:
   return lambda rank: NamedSharding(mesh, P(None, rows, *([None] * (rank - 2))))
 
 
-def opt_shardings(opt_abstract: Any, param_shardings: Any, mesh: jax.sharding.Mesh) -> Any:
-  """Optimizer-state shardings: a leaf whose path ends with a parameter's path (Adam's mu/nu)
-  takes that parameter's sharding; everything else (counts) is replicated."""
-  by_path = {dotted(p): s for p, s in jax.tree_util.tree_flatten_with_path(
-      param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding))[0]}
+def opt_shardings(tx: optax.GradientTransformation, opt_abstract: Any, param_shardings: Any,
+                  mesh: jax.sharding.Mesh) -> Any:
+  """Optimizer-state shardings by tree structure: every copy of the parameter tree inside the
+  state (Adam's moments) takes the parameters' shardings; everything else (counts) is
+  replicated."""
   replicated = NamedSharding(mesh, P())
-
-  def pick(path, leaf):
-    name = dotted(path)
-    hits = [s for p, s in by_path.items() if name == p or name.endswith("." + p)]
-    return hits[0] if hits else replicated
-
-  return jax.tree_util.tree_map_with_path(pick, opt_abstract)
+  return optax.tree_map_params(
+      tx, lambda _, s: s, opt_abstract, param_shardings,
+      transform_non_params=lambda _: replicated,
+      is_leaf=lambda x: isinstance(x, (NamedSharding, jax.ShapeDtypeStruct)))
 
 
 def jit_step(train_step: Callable, state_shardings: Any, frozen_shardings: Any,

@@ -35,7 +35,7 @@ from typing import Any
 
 import openai
 
-from datagen.config import LLMConfig, api_key
+from datagen.llm.config import LLMConfig, api_key
 from datagen.llm import template
 from datagen.llm.base import QA, FatalAPIError, Generation, Item
 from datagen.llm.cache import ResponseCache, request_key

@@ -19,8 +19,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bird_jax.metrics.modality import MODALITIES
-
 
 class SourceError(RuntimeError):
   """A source that cannot be read (missing files, unexpected layout); the message says why."""
@@ -29,7 +27,7 @@ class SourceError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class ImageRef:
   id: str
-  modality: str  # one of MODALITIES
+  modality: str  # one of bird_jax.vocabulary.MODALITIES
   dataset: str
   case_id: str
   slice: int | None  # slice number inside the case's volume; None for 2-D images
@@ -82,11 +80,6 @@ def make_id(modality_sub: str, dataset: str, case_id: str, axis: str | None,
   """SA-Med2D-style stem: ``ct_00--Dataset--case--z_0003`` / ``..--2d_none``."""
   tail = "2d_none" if slice_index is None else f"{axis}_{slice_index:04d}"
   return f"{modality_sub}--{dataset}--{case_id}--{tail}"
-
-
-def modality_of_stem(stem: str) -> str | None:
-  key = stem.split("_", 1)[0]
-  return key if key in MODALITIES else None
 
 
 def stable_seed(*parts: Any) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from bird_jax.data.synthetic import png_bytes
-from bird_jax.metrics.modality import MODALITIES
+from bird_jax.vocabulary import MODALITIES
 from datagen.sources.base import ImageRef, Loaded, make_id, stable_seed
 from datagen.sources.phantom_specs import SPECS, LabelSpec, ModalitySpec
 from datagen.sources import phantom_paint as paint

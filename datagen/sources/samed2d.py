@@ -37,8 +37,9 @@ import numpy as np
 from PIL import Image
 
 from bird_jax.data.records import ImageRoot
+from bird_jax.vocabulary import modality_of
 from datagen.jsonstream import JSONStreamError, iter_object
-from datagen.sources.base import ImageRef, Loaded, SourceError, modality_of_stem
+from datagen.sources.base import ImageRef, Loaded, SourceError
 
 INDEX_NAME = "SAMed2D_v1.json"
 MAPPING_NAME = "SAMed2D_v1_class_mapping_id.json"
@@ -129,7 +130,7 @@ class SAMed2DSource:
       skips["bad_image_name"] += 1
       return None
     _, dataset, case, tail = parts
-    modality = modality_of_stem(stem)
+    modality = modality_of(stem)
     if modality is None:
       skips["unknown_modality"] += 1
       return None

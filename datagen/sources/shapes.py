@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from bird_jax.data.synthetic import png_bytes
-from bird_jax.metrics.modality import MODALITIES
+from bird_jax.vocabulary import MODALITIES
 from datagen.sources.base import ImageRef, Loaded, make_id, stable_seed
 
 SHAPES = ("circle", "oval", "square", "rectangle", "ring", "triangle", "blob")

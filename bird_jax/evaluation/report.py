@@ -26,16 +26,12 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from bird_jax.metrics.modality import MODALITIES
 from bird_jax.metrics.spice import APPROX_LABEL
+from bird_jax.vocabulary import MODALITIES, MODALITY_NAMES, TASK_NAMES, TASKS
 
-if TYPE_CHECKING:  # the scores come from bird_jax.evaluation.scoring
+if TYPE_CHECKING:
   from bird_jax.evaluation.scoring import TaskScores
 
-TASKS = ("vg", "roc", "rc", "mia")
-TASK_NAMES = {"vg": "VG", "roc": "ROC", "rc": "RC", "mia": "MIA"}
-MODALITY_NAMES = {"ct": "CT", "mr": "MR", "x": "X-ray", "pet": "PET", "endoscopy": "Endoscopy",
-                  "dermoscopy": "Dermoscopy", "fundus": "Fundus", "ultrasound": "Ultrasound"}
 # BiRD on Med-GRIT-Test30k, the paper's Tables 1 and 3 (task averages, percent).
 PAPER_BIRD = {"vg": 53.92, "roc": 65.33, "rc": 55.23, "mia": 52.17}
 PAPER_BIRD_AVERAGE = 56.66
