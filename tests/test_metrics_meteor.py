@@ -5,6 +5,7 @@ the vectorised aggregation."""
 from __future__ import annotations
 
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -155,3 +156,20 @@ def test_aggregate_array_equals_aggregate(segments):
   stats = [M.Stats.from_list(r) for r in table.tolist()]
   assert any(s.perfect() for s in stats)              # perfect segments' chunks are skipped
   assert M.aggregate_array(table).to_list() == M.aggregate(stats).to_list()
+
+
+def test_a_missing_compiler_is_said_once_with_its_cost(tmp_path, monkeypatch):
+  monkeypatch.setenv("BIRD_JAX_CACHE", str(tmp_path))
+  monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+  meteor_native.library.cache_clear()
+  try:
+    with pytest.warns(RuntimeWarning, match=r"compiled aligner is unavailable: .*no-such-cc could "
+                                            r"not build it.*same scores with METEOR about 12x"):
+      assert meteor_native.library() is None
+    monkeypatch.setenv("BIRD_JAX_NO_NATIVE", "1")  # chosen on purpose: no warning
+    meteor_native.library.cache_clear()
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")
+      assert meteor_native.library() is None
+  finally:
+    meteor_native.library.cache_clear()
