@@ -7,7 +7,6 @@ record) is lost or repeated against an uninterrupted run of the same config."""
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -40,13 +39,10 @@ def launch(workdir: Path, shards: str, file_limit_kb: int | None = None, **over
   cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "demo.py"),
          *(f"--config.{k}={v}" for k, v in settings.items())]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", **COMPILE_CACHE}
-
-  def limit_files():  # a full disk, as a file-size limit: writes past it fail with EFBIG
-    if file_limit_kb:
-      resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit_kb * 1024, resource.RLIM_INFINITY))
-
+  if file_limit_kb:  # a full disk, as a file-size limit: writes past it fail with EFBIG
+    cmd = ["bash", "-c", f'ulimit -f {file_limit_kb} && exec "$0" "$@"', *cmd]
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, preexec_fn=limit_files)
+                          text=True)
 
 
 def train(workdir: Path, shards: str, **over) -> tuple[int, str, str]:
