@@ -1,7 +1,7 @@
 """The demo's table as README.md and docs/demo.md show it, from a demo run's report.json; with
 --check, fails when those files show other figures (run it after the demo changes).
 
-    .venv/bin/python -m bird_jax.demo --out runs/demo
+    .venv/bin/python -m bird_jax_demo --out runs/demo
     .venv/bin/python bench/demo_table.py runs/demo/eval/report.json --check README.md docs/demo.md
 """
 

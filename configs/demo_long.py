@@ -2,7 +2,7 @@
 phantom images for 5500 steps, then BiRD's evaluation on 600 questions per task spread over the
 held-out cases.
 
-    .venv/bin/python -m bird_jax.demo --config configs/demo_long.py --out runs/demo_long
+    .venv/bin/python -m bird_jax_demo --config configs/demo_long.py --out runs/demo_long
 """
 
 from configs import demo

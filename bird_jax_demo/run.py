@@ -1,11 +1,12 @@
 """The main job on the embedded default, end to end on CPU:
 
-    .venv/bin/python -m bird_jax.demo [--out runs/demo] [--quick]
+    .venv/bin/python -m bird_jax_demo [--out runs/demo] [--quick] [--config FILE]
 
 1. datagen: procedural phantom scans of all 8 modalities with instance masks -> Med-GRIT-style
    conversations (template backend, offline), split by case into train and test;
-2. train: `configs/demo.py` (the tiny model; from scratch, or from the HF folder that
-   `init.hf` names, relative to the repository root), on the training cases;
+2. train: the demo config (bird_jax_demo/config.py, or a config file given with --config,
+   e.g. configs/demo_long.py; the tiny model from scratch, or from the HF folder `init.hf`
+   names), on the training cases;
 3. eval: BiRD's protocol on the held-out cases (greedy decoding, BiRD's post-processing and
    scoring), beside constant-answer baselines;
 then prints the Table-3-style table and writes the training curve, per-task bar charts and the
@@ -17,30 +18,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from bird_jax import exit_codes
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# datagen and eval settings of the demo (configs/demo.py may override them under `demo`)
-DEMO_DEFAULTS = {
-    "datagen": {"num_images": 1000, "image_size": 112, "vg": 2, "roc": 2, "rc": 0, "mia": 0,
-                "negatives": 0.0, "disjoint": False, "answer_style": "varied", "seed": 0},
-    "eval": {"tasks": "vg,roc", "limit": 0, "batch_size": 32},
-}
+# --quick: what shrinks (the pipeline is checked, not the learning)
 QUICK = {"datagen": {"num_images": 48}, "eval": {"limit": 8}}
 QUICK_TRAIN = {"steps": 12, "log_every": 2, "ckpt_every": 1000}
 
 
 def demo_settings(c, quick: bool) -> dict[str, dict]:
-  out = {k: dict(v) for k, v in DEMO_DEFAULTS.items()}
-  if "demo" in c:
-    for k, v in c.demo.to_dict().items():
-      out.setdefault(k, {}).update(v)
+  """The datagen and eval settings of the config's `demo` block (quick mode shrunk)."""
+  if "demo" not in c:
+    raise ValueError("the config has no `demo` block (datagen and eval settings); start from "
+                     "bird_jax_demo.config.get_config()")
+  out = {k: dict(v) for k, v in c.demo.to_dict().items()}
   if quick:
     for k, v in QUICK.items():
       out.setdefault(k, {}).update(v)
@@ -69,8 +63,6 @@ def stage_train(c, data: Path, workdir: Path, quick: bool):
   if quick:
     c.train.update(QUICK_TRAIN)
     c.data.worker_count = 0
-  if c.init.hf and not os.path.isabs(c.init.hf):
-    c.init.hf = str(ROOT / c.init.hf)
   return train(c)
 
 
@@ -104,28 +96,30 @@ def plot_curve(workdir: Path) -> Path | None:
 
 def stage_eval(settings: dict, workdir: Path, data: Path, out: Path):
   from bird_jax.evaluation.cli import model_eval
-  from bird_jax.train.config import load_config_file
+  from bird_jax.evaluation.config import default_config
 
-  c = load_config_file(ROOT / "configs" / "eval_bird.py")
+  c = default_config()
   c.tasks, c.limit, c.batch_size = settings["tasks"], settings["limit"], settings["batch_size"]
   c.mesh.data = 1
   return model_eval(c, str(workdir), str(data / "medgrit"), str(out))
 
 
 def main(argv: list[str] | None = None) -> None:
-  ap = argparse.ArgumentParser(prog="python -m bird_jax.demo", description=__doc__,
+  ap = argparse.ArgumentParser(prog="python -m bird_jax_demo", description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--out", default="runs/demo", help="output folder (resumed when it exists)")
-  ap.add_argument("--config", default=str(ROOT / "configs" / "demo.py"))
+  ap.add_argument("--config", default="",
+                  help="a config file with a `demo` block (default: bird_jax_demo/config.py)")
   ap.add_argument("--quick", action="store_true", help="CI-sized run: checks the pipeline only")
   args = ap.parse_args(argv)
   from absl import logging
 
   from bird_jax.train.config import load_config_file
+  from bird_jax_demo.config import get_config
 
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint at INFO
   out = Path(args.out)
-  c = load_config_file(args.config)
+  c = load_config_file(args.config) if args.config else get_config()
   settings = demo_settings(c, args.quick)
   times = {}
 
@@ -139,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         f"questions per task: {json.dumps(summary['per_task'])}", flush=True)
 
   t0 = time.perf_counter()
-  print(f"== 2/3 train: {args.config}" + (f", init from {c.init.hf}" if c.init.hf else ""),
+  print(f"== 2/3 train: {args.config or 'the demo config'}"
+        + (f", init from {c.init.hf}" if c.init.hf else ""),
         flush=True)
   result = stage_train(c, out / "data", out / "train", args.quick)
   times["train"] = time.perf_counter() - t0

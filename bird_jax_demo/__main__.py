@@ -1,0 +1,3 @@
+from bird_jax_demo.run import main
+
+main()
