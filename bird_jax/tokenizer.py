@@ -29,9 +29,9 @@ from typing import Literal
 
 import tiktoken
 
+from bird_jax.config import BYTE_IMAGE_START_ID, BYTE_VOCAB_SIZE, QWEN_IMAGE_START_ID, QwenVLConfig
 from bird_jax.vocabulary import (BOX, BOX_END, ENDOFTEXT, IM_END, IM_START, IMG, IMG_END,
                                  IMGPAD, QUAD, QUAD_END, REF, REF_END)
-from bird_jax.config import BYTE_IMAGE_START_ID, BYTE_VOCAB_SIZE, QWEN_IMAGE_START_ID, QwenVLConfig
 
 QWEN_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
                 r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")

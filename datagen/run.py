@@ -61,8 +61,12 @@ def clean_output(out: str | Path) -> None:
     p = Path(out) / name
     if name == ".work" and p.is_dir():
       for q in p.iterdir():
-        if q.name != LLM_CACHE:
-          shutil.rmtree(q) if q.is_dir() else q.unlink()
+        if q.name == LLM_CACHE:
+          continue
+        if q.is_dir():
+          shutil.rmtree(q)
+        else:
+          q.unlink()
     elif p.is_dir():
       shutil.rmtree(p)
     elif p.exists():

@@ -31,7 +31,7 @@ from bird_jax.boxes import bird_extract_boxes
 from bird_jax.evaluation.predictions import Prediction
 from bird_jax.metrics import text as text_metrics
 from bird_jax.metrics.grounding import vg_recall_from_text
-from bird_jax.vocabulary import MODALITIES, modality_of, ROC_PAPER_MODALITIES
+from bird_jax.vocabulary import MODALITIES, ROC_PAPER_MODALITIES, modality_of
 from bird_jax.metrics.postprocess import postprocess_response
 from bird_jax.metrics.roc import roc_correct, roc_recall
 from bird_jax.metrics.spice import APPROX_LABEL
