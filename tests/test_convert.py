@@ -137,6 +137,7 @@ def test_widened_then_narrowed_round_trip_is_bitwise(tmp_path, tiny_cfg, hf_weig
   assert_bitwise(tensors_of(tmp_path / "hf"), tensors_of(tmp_path / "back"))
 
 
+@pytest.mark.heavy
 def test_logits_after_conversion_match_the_torch_reference(tmp_path, tiny_cfg, hf_weights):
   write_hf(tmp_path / "hf", tiny_cfg, hf_weights, np.float32)
   convert.hf_to_jax(tmp_path / "hf", tmp_path / "jax", progress=False)

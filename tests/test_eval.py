@@ -81,6 +81,7 @@ def audit_run(tmp_path_factory):
   return d / "out", proc.stdout
 
 
+@pytest.mark.heavy
 def test_audit_vg_by_hand(audit_run):
   out, stdout = audit_run
   rep = json.loads((out / "report.json").read_text())
@@ -105,6 +106,7 @@ def test_audit_vg_by_hand(audit_run):
   assert "| VG (Recall@0.5) | 100.00 | 0.00 | 100.00 | 0.00 | - |" in stdout
 
 
+@pytest.mark.heavy
 def test_audit_roc_by_hand(audit_run):
   out, _ = audit_run
   rep = json.loads((out / "report.json").read_text())
@@ -126,6 +128,7 @@ def test_audit_roc_by_hand(audit_run):
   assert roc["baseline"]["bird"]["ct"] == 50.0 and roc["baseline"]["bird"]["mr"] == 0.0
 
 
+@pytest.mark.heavy
 def test_audit_outputs(audit_run):
   out, _ = audit_run
   md = (out / "report.md").read_text()
@@ -289,6 +292,7 @@ def model_run(tmp_path_factory, tiny_cfg, tiny_model):
   return d, result, c
 
 
+@pytest.mark.heavy
 def test_model_mode_writes_bird_predictions(model_run, tiny_cfg):
   d, result, _ = model_run
   from bird_jax.tokenizer import load_tokenizer
@@ -316,6 +320,7 @@ def test_model_mode_writes_bird_predictions(model_run, tiny_cfg):
   assert os.path.isfile(result.paths["gallery"]) and os.path.isfile(result.paths["plot_mia"])
 
 
+@pytest.mark.heavy
 def test_model_mode_prompt_is_the_reference_chat_prompt(model_run, tiny_cfg):
   from bird_jax.evaluation.runner import build_prompts
   from bird_jax.tokenizer import load_tokenizer
@@ -333,6 +338,7 @@ def test_model_mode_prompt_is_the_reference_chat_prompt(model_run, tiny_cfg):
       "Picture 1: <img></img>\nWhere is the liver?<|im_end|>\n<|im_start|>assistant\n")
 
 
+@pytest.mark.heavy
 def test_model_mode_files_audit_to_the_same_scores(model_run):
   d, result, c = model_run
   again = cli.run(c, predictions=str(d / "out" / "predictions" / "roc.jsonl"), task="roc",
@@ -341,6 +347,7 @@ def test_model_mode_files_audit_to_the_same_scores(model_run):
   assert again.scores["roc"].processed == result.scores["roc"].processed
 
 
+@pytest.mark.heavy
 def test_model_mode_records_what_it_scored(model_run):
   d, result, _ = model_run
   src = json.loads(open(result.paths["json"]).read())["source"]
@@ -350,6 +357,7 @@ def test_model_mode_records_what_it_scored(model_run):
   assert vg["sha256"] == cli.sha256_of(vg["path"])
 
 
+@pytest.mark.heavy
 @pytest.mark.faults
 def test_a_non_finite_model_is_refused(tmp_path, tiny_cfg, tiny_model, model_run, fault_log):
   from bird_jax.checkpoint import orbax as ockpt

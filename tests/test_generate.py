@@ -97,6 +97,7 @@ def test_prompt_alone_equals_prompt_in_a_padded_batch(gen, prompts, greedy_out):
   assert mixed[1].tolist() == greedy_out[0] and mixed[2].tolist() == greedy_out[2]
 
 
+@pytest.mark.heavy
 def test_images_are_spliced_at_prefill(gen, tiny_cfg, tiny_model):
   """Cached decoding with an image equals naive greedy (full forward pass per step)."""
   rows = [image_row(tiny_cfg, 26, [2], seed=3), image_row(tiny_cfg, 30, [5], seed=4)]
@@ -146,6 +147,7 @@ def test_sampling(gen, prompts, greedy_out):
   assert a != greedy_out
 
 
+@pytest.mark.heavy
 def test_sharded_generation_equals_single_device(tiny_model, prompts, greedy_out):
   assert jax.device_count() >= 8, "conftest forces 8 host devices"
   mesh = make_mesh(data=2, fsdp=2, tensor=2)

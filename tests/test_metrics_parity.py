@@ -12,7 +12,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-pytestmark = pytest.mark.needs_java
+pytestmark = [pytest.mark.needs_java, pytest.mark.heavy]
 
 from bird_jax.metrics import meteor as M  # noqa: E402
 from bird_jax.metrics.ptb_tokenize import tokenize_captions  # noqa: E402

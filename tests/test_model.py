@@ -29,6 +29,7 @@ def test_splice_changes_only_logits_at_and_after_the_image(tiny_cfg, tiny_model)
   assert diff[1].max() == 0.0
 
 
+@pytest.mark.heavy
 def test_packed_segments_equal_separate_sequences(tiny_cfg, tiny_model):
   a = image_row(tiny_cfg, 12, [], seed=4)
   b = image_row(tiny_cfg, 30, [4], seed=5)
@@ -44,6 +45,7 @@ def test_packed_segments_equal_separate_sequences(tiny_cfg, tiny_model):
   assert np.isfinite(out).all()
 
 
+@pytest.mark.heavy
 def test_jit_matches_eager_and_does_not_retrace(tiny_cfg, tiny_model):
   graphdef, state = nnx.split(tiny_model)
   traces = []
@@ -97,6 +99,7 @@ def test_ntk_alpha_formula():
   assert ntk_alpha(lengths, 2048).tolist() == [1, 1, 3, 3, 3, 7, 7]
 
 
+@pytest.mark.heavy
 def test_training_dtypes_fp32_params_bf16_compute(tiny_model):
   cfg = get_preset("tiny").replace(dtype="bfloat16", vision_param_dtype="bfloat16")
   model = model_from_params(cfg, flatten(nnx.state(tiny_model)))
@@ -107,6 +110,7 @@ def test_training_dtypes_fp32_params_bf16_compute(tiny_model):
   assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_remat_policies_give_the_same_gradients(tiny_cfg, tiny_model, remat):
   tokens = jnp.asarray(image_row(tiny_cfg, 32, [2], seed=9)[None])
@@ -123,6 +127,7 @@ def test_remat_policies_give_the_same_gradients(tiny_cfg, tiny_model, remat):
   assert max(jax.tree.leaves(diffs)) <= 1e-6
 
 
+@pytest.mark.heavy
 def test_kv_cache_decoding_equals_the_full_forward(tiny_cfg, tiny_model):
   """Prefill (image included) then token-by-token decoding, with and without left padding."""
   row = image_row(tiny_cfg, 30, [3], seed=10)[None]

@@ -25,6 +25,7 @@ def _run(tx, params, grads_seq):
   return params
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("clip", [1.0, 0.0])
 def test_fused_adamw_equals_optax_chain(clip):
   rng = np.random.default_rng(0)

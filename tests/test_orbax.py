@@ -24,6 +24,7 @@ def tiny_params(tiny_model):
   return hf.flatten(nnx.state(tiny_model))
 
 
+@pytest.mark.heavy
 def test_restore_onto_a_different_mesh(tmp_path, tiny_cfg, tiny_params):
   save_mesh, restore_mesh = mesh((1, 8, 1)), mesh((2, 2, 2))
   saved_target = hf.flatten(ckpt.abstract_params(tiny_cfg, save_mesh))

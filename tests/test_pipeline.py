@@ -193,6 +193,7 @@ def test_per_host_sharding_covers_every_record_once(shards, by_tokens):
     make_dataset(_cfg(shards, batch_size=4), MODEL, process_index=0, process_count=3)
 
 
+@pytest.mark.heavy
 def test_workers_give_the_same_batches_and_resume(shards):
   cfg = _cfg(shards, num_epochs=2)
   ref, _ = _batches(cfg)
@@ -207,6 +208,7 @@ def test_workers_give_the_same_batches_and_resume(shards):
   _assert_equal_batches(head + rest, ref)
 
 
+@pytest.mark.heavy
 def test_workers_from_a_plain_script(shards, tmp_path):
   script = tmp_path / "load.py"
   script.write_text(textwrap.dedent(f"""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import pytest
 from flax import nnx
 
 from bird_jax import plan
@@ -11,6 +12,7 @@ from bird_jax.train.config import default_config, model_config
 from bird_jax.train.optimizer import BIRD_FREEZE, trainable_filter
 
 
+@pytest.mark.heavy
 def test_planner_memory_and_flops_on_the_tiny_config():
   c = default_config()
   c.model.preset = "tiny"

@@ -38,6 +38,7 @@ def max_diff(a, b) -> float:
   return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
 
 
+@pytest.mark.heavy
 def test_an_hf_folder_and_an_orbax_checkpoint_load_in_one_call(tmp_path, tiny_cfg, hf_weights,
                                                                tiny_model):
   write_hf_folder(tmp_path / "hf", tiny_cfg, hf_weights)

@@ -82,6 +82,7 @@ def max_tree_diff(a, b) -> float:
       lambda x, y: float(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).max()), a, b)))
 
 
+@pytest.mark.heavy
 def test_sharded_steps_equal_single_device(single_and_sharded):
   (l1, _, s1, _), (l8, _, s8, _) = single_and_sharded
   assert np.allclose(l1, l8, rtol=0, atol=1e-5) and l1[2] < l1[0]
@@ -92,6 +93,7 @@ def test_sharded_steps_equal_single_device(single_and_sharded):
   assert kernel.addressable_shards[0].data.shape == (2, 128, 256)  # [layers, 256/2, 512/2]
 
 
+@pytest.mark.heavy
 def test_frozen_parameters_stay_bit_identical(single_and_sharded):
   _, (_, (params0, frozen0), state, frozen) = single_and_sharded
   assert max_tree_diff(frozen0, frozen) == 0.0
@@ -103,6 +105,7 @@ def test_frozen_parameters_stay_bit_identical(single_and_sharded):
   assert not any(p.startswith("visual.attn_pool.query") for p in paths)  # the resampler trains
 
 
+@pytest.mark.heavy
 def test_nan_loss_stops_with_step_and_batch(shards, tmp_path, monkeypatch):
   real = loop.global_batch
   calls = []
@@ -222,6 +225,7 @@ def test_init_from_hf_rejects_another_architecture(tiny_cfg, hf_weights, tmp_pat
     S.hf_param_source(str(tmp_path), other)
 
 
+@pytest.mark.heavy
 def test_overfitting_a_few_records_reproduces_their_answers(tiny_cfg, tmp_path):
   """A handful of grounding records: the loss goes to ~0 and greedy decoding then writes the
   exact training answers, boxes included."""
