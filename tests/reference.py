@@ -19,7 +19,7 @@ from torch import nn
 
 
 def hf_shapes(cfg) -> dict[str, tuple[int, ...]]:
-  """Every HF tensor name of a Qwen-VL checkpoint with its shape, from the spec."""
+  """Every HF tensor name of a Qwen-VL checkpoint with its shape, from docs/model.md."""
   v, m = cfg.vision, cfg.llm
   w, e, d = v.width, v.output_dim, m.hidden
   out = {"transformer.wte.weight": (m.vocab_size, d), "transformer.ln_f.weight": (d,),
@@ -55,7 +55,7 @@ def hf_shapes(cfg) -> dict[str, tuple[int, ...]]:
 
 
 def mae_sincos(dim: int, grid: int) -> np.ndarray:
-  """2D sin-cos written element by element from the spec (first half: column index)."""
+  """2D sin-cos written element by element from docs/model.md (first half: column index)."""
   out = np.zeros((grid * grid, dim), np.float64)
   quarter = dim // 4
   for r in range(grid):
