@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-MODALITIES = ("ct", "mr", "x", "pet", "endoscopy", "dermoscopy", "fundus", "ultrasound")
+from bird_jax.vocabulary import MODALITIES
+
 HEADER = ("| task | CT | MR | X-ray | PET | Endoscopy | Dermoscopy | Fundus | Ultrasound | Average "
           "| constant answer |\n|---|---|---|---|---|---|---|---|---|---|---|")
 ROWS = {"vg": "VG (Recall@0.5)", "roc": "ROC (Recall)"}

@@ -40,7 +40,6 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None,
       raise ValueError(f"{path}: an HF folder has no steps (step={step})")
     cfg, model = load_hf_model(path, mesh, dtype=dtype)
     return Pretrained(model, load_tokenizer(cfg, hf_dir=path), cfg)
-  step = checkpoint_step(path, step)
   cfg, model = load_model(path, mesh, step=step, dtype=dtype)
   return Pretrained(model, load_tokenizer(cfg), cfg)
 

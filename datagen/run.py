@@ -172,7 +172,10 @@ def text_stage(cfg: GenConfig, source, work: Path, kept: Sequence[ImageMeta],
   def is_final(k: int) -> bool:
     """Done without template fallbacks: a chunk that fell back is generated again on a rerun
     (its answers that were paid for come from the response cache)."""
-    return is_done(k) and not fallback_images(read_json(done(k))["stats"])
+    if not done(k).exists():
+      return False
+    d = read_json(done(k))
+    return d.get("key") == keys[k] and not fallback_images(d["stats"])
 
   def finish(k: int, stats: dict[str, Any]) -> None:
     write_json_atomic(done(k), {"key": keys[k], "stats": stats})

@@ -277,6 +277,7 @@ class ParamReader:
     tree = getattr(meta, "tree", meta)
     self.arrays = {path: m for path, m in flatten(tree).items()}
     self._context = ocp.type_handlers.get_ts_context(use_ocdbt=True)
+    self._stores: dict[str, ts.TensorStore] = {}
 
   @property
   def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -287,6 +288,12 @@ class ParamReader:
     return {p: np.dtype(m.dtype) for p, m in self.arrays.items()}
 
   def _open(self, path: str) -> ts.TensorStore:
+    """The array's tensorstore, opened once (reads of its layers reuse it)."""
+    if path not in self._stores:
+      self._stores[path] = self._open_new(path)
+    return self._stores[path]
+
+  def _open_new(self, path: str) -> ts.TensorStore:
     if path not in self.arrays:
       raise KeyError(f"parameter {path!r} is not in the checkpoint")
     m = self.arrays[path]

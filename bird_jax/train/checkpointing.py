@@ -7,6 +7,7 @@ optimizer state, the data-iterator state and the resolved run config.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -43,7 +44,6 @@ class TrainCheckpointer:
         self.directory, max_to_keep=keep, async_save=async_save,
         extra_handlers={OPT: ocp.StandardCheckpointHandler(), DATA: ocp.JsonCheckpointHandler(),
                         RUN_CONFIG: ocp.JsonCheckpointHandler()})
-    self.pending: int | None = None  # the step of a save that may still be writing
     self.last_started: int | None = None  # the newest save's step (errors belong to it)
 
   def latest_step(self) -> int | None:
@@ -55,33 +55,40 @@ class TrainCheckpointer:
     failed, or for this one when it cannot even start."""
     self.wait()  # the previous save first, so a failure is named by its own step
     params = nnx.to_pure_dict(nnx.merge_state(state["params"], frozen))
-    self.pending = self.last_started = step
-    with self._failure_names():
+    self.last_started = step
+    with self._save_errors():
       ckpt.save(self.manager, step, params=params, config=model_config, force=True, extra={
           OPT: ocp.args.StandardSave(state["opt"]), DATA: ocp.args.JsonSave(data_state),
           RUN_CONFIG: ocp.args.JsonSave(run_config)})
 
   def check(self) -> None:
     """Raises SaveFailed if the background save failed (cheap; call it every step)."""
-    if self.pending is None:
-      return
-    with self._failure_names():
+    with self._save_errors():
       self.manager.check_for_errors()
-      if not self.manager.is_saving_in_progress():
-        self.manager.check_for_errors()  # it may have failed since the first look
-        self.pending = None
 
   def wait(self) -> None:
-    with self._failure_names():
+    with self._save_errors():
       self.manager.wait_until_finished()
-    self.pending = None
 
   def close(self) -> None:
     self.wait()
     self.manager.close()
 
-  def _failure_names(self):
-    return _SaveErrors(self.last_started, self.directory)
+  @contextlib.contextmanager
+  def _save_errors(self):
+    """Any error raised while saving (or checking a background save) becomes SaveFailed, naming
+    the newest save's step, its path and the OS error."""
+    try:
+      yield
+    except SaveFailed:
+      raise
+    except Exception as e:  # noqa: BLE001 -- Orbax and tensorstore wrap the OS error variously
+      step = self.last_started
+      why = _os_reason(e) or first_line(e)
+      if any(os.strerror(n) in why for n in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)):
+        why += " (out of disk space, quota or file-size limit)"
+      where = self.directory if step is None else os.path.join(self.directory, str(step))
+      raise SaveFailed(f"checkpoint step {step} could not be written to {where}: {why}") from e
 
   def restore(self, layout: Layout, step: int | None = None
               ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
@@ -194,25 +201,6 @@ def quiet_background_save_logs() -> None:
       hook(u)
 
   sys.unraisablehook = quiet
-
-
-class _SaveErrors:
-  """Turns any error raised while saving (or checking a background save) into SaveFailed."""
-
-  def __init__(self, step: int | None, directory: str):
-    self.step, self.directory = step, directory
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, kind, e, tb) -> bool:
-    if e is None or not isinstance(e, Exception) or isinstance(e, SaveFailed):
-      return False
-    why = _os_reason(e) or first_line(e)
-    if any(os.strerror(n) in why for n in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)):
-      why += " (out of disk space, quota or file-size limit)"
-    where = os.path.join(self.directory, str(self.step)) if self.step is not None else self.directory
-    raise SaveFailed(f"checkpoint step {self.step} could not be written to {where}: {why}") from e
 
 
 def restore_params_on(manager: ocp.CheckpointManager, layout: Layout, step: int | None = None
