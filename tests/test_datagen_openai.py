@@ -424,6 +424,7 @@ def test_an_outage_fails_the_run_and_a_rerun_regenerates_the_fallbacks(server, t
   assert "template fallbacks: 0 of" in format_summary(summary)
   ids = [r["id"] for r in records]
   planned = summary["images"]["written"]
+  assert len(ids) == len(set(ids)) == planned  # every image once
   fault_log(what="LLM server down for a whole run", recovered=True,
             lost=planned - len(set(ids)), duplicated=len(ids) - len(set(ids)))
 

@@ -84,6 +84,7 @@ def compare(workdir: Path, ref: dict) -> tuple[int, int]:
   got = losses(workdir)
   assert got == ref["losses"], (got, ref["losses"])
   diff = samples_read(workdir) - ref["samples"]
+  assert diff == 0, f"{diff:+d} samples against the uninterrupted run"
   return max(0, -diff), max(0, diff)
 
 
