@@ -31,6 +31,17 @@ def build_from_hf(cfg, weights):
   return model_from_params(cfg, hf.hf_to_params(weights.__getitem__, entries, shapes))
 
 
+def write_hf_folder(directory, cfg, weights):
+  """An HF Qwen-VL folder of float32 weights, as `convert jax-to-hf --dtype fp32` writes it."""
+  import json
+
+  from bird_jax.checkpoint import safetensors_io as st
+
+  st.save_tensors(directory, dict(weights), shard_size=10**9)
+  config = {**cfg.to_hf_config(), "torch_dtype": "float32", "bf16": False, "fp32": True}
+  (directory / "config.json").write_text(json.dumps(config))
+
+
 @pytest.fixture(scope="session")
 def hf_weights(tiny_cfg):
   from reference import random_hf_weights

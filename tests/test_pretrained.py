@@ -4,28 +4,19 @@ config); the attention mask of padded batches; the tokenizer recorded in config.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import forward, image_row
+from conftest import forward, image_row, write_hf_folder
 from bird_jax import load_pretrained
 from bird_jax.checkpoint import orbax as ockpt
-from bird_jax.checkpoint import safetensors_io as st
 from bird_jax.checkpoint.verify import NonFiniteWeights
 from bird_jax.config import QwenVLConfig
 from bird_jax.pretrained import checkpoint_step
 from bird_jax.sharding import make_mesh
-
-
-def write_hf_folder(directory, cfg, weights):
-  """float32 weights, as `convert jax-to-hf --dtype fp32` writes them."""
-  st.save_tensors(directory, dict(weights), shard_size=10**9)
-  config = {**cfg.to_hf_config(), "torch_dtype": "float32", "bf16": False, "fp32": True}
-  (directory / "config.json").write_text(json.dumps(config))
 
 
 def tokens_and_images(cfg, rows=2, length=40):

@@ -52,11 +52,21 @@ def stretch_to_uint8(a: np.ndarray) -> np.ndarray:
   return np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
-def decode(data: bytes, name: str = "image") -> Image.Image:
-  """Encoded bytes -> RGB PIL image; ImageDecodeError names ``name`` on corrupt data."""
+class ImageTooLarge(ImageDecodeError):
+  """An image with more pixels than the caller allows (read from its header, not decoded)."""
+
+
+def decode(data: bytes, name: str = "image", max_pixels: int | None = None) -> Image.Image:
+  """Encoded bytes -> RGB PIL image; ImageDecodeError names ``name`` on corrupt data.
+  ``max_pixels``: width x height above it raises ImageTooLarge before the pixels are decoded."""
   try:
     im = Image.open(io.BytesIO(data))
+    if max_pixels is not None and im.width * im.height > max_pixels:
+      raise ImageTooLarge(f"{name}: the image is {im.width}x{im.height} = "
+                          f"{im.width * im.height:,} pixels, more than the limit {max_pixels:,}")
     im.load()
+  except ImageTooLarge:
+    raise
   except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad data
     raise ImageDecodeError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
   return to_rgb(im)

@@ -58,12 +58,15 @@ def _canvas(image_path: Path | None, missing: str) -> tuple[Image.Image, str | N
   return im, problem
 
 
-def _draw_box(draw: ImageDraw.ImageDraw, coords: Sequence[float], color: tuple[int, int, int],
-              width: int) -> bool:
+def draw_box(draw: ImageDraw.ImageDraw, coords: Sequence[float], color: tuple[int, int, int],
+             width: int, size: tuple[int, int] = (THUMB, THUMB)) -> bool:
+  """Draws a box given in text coordinates (0..1000) on a canvas of `size` (w, h) pixels,
+  clipped to just outside the canvas; False (nothing drawn) when it is not 4 finite numbers."""
   if len(coords) != 4 or not all(math.isfinite(v) for v in coords):
     return False
-  lo, hi = -0.05 * THUMB, 1.05 * THUMB
-  x1, y1, x2, y2 = (min(hi, max(lo, v / SCALE * THUMB)) for v in coords)
+  w, h = size
+  x1, y1, x2, y2 = (min(1.05 * n, max(-0.05 * n, v / SCALE * n))
+                    for v, n in zip(coords, (w, h, w, h)))
   draw.rectangle([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)], outline=color, width=width)
   return True
 
@@ -75,13 +78,13 @@ def render(pred: Prediction, processed: str, image_path: Path | None,
   im, problem = _canvas(image_path, missing)
   draw = ImageDraw.Draw(im)
   for b in parse_boxes(pred.question).boxes:
-    _draw_box(draw, b.coords, QUESTION, 2)
+    draw_box(draw, b.coords, QUESTION, 2)
   for b in bird_extract_boxes(pred.annotation, fallback=False):
     if b is not None:
-      _draw_box(draw, b, REFERENCE, 3)
+      draw_box(draw, b, REFERENCE, 3)
   for b in bird_extract_boxes(processed, fallback=True)[:50]:
     if b is not None:
-      _draw_box(draw, b, PREDICTED, 2)
+      draw_box(draw, b, PREDICTED, 2)
   return im, problem
 
 

@@ -1,0 +1,127 @@
+"""Terminal chat about one image, in Qwen-VL-Chat's format with the history kept:
+
+    python -m bird_jax.chat --image scan.png [--ckpt CKPT|HF_DIR] [--temperature 0.7 --top-p 0.8]
+
+Each line typed is a question; `/reset` starts a new conversation about the same image, `/quit`
+(or the end of the input) leaves. Refer to a region by typing its box on the 0..1000 grid,
+`<box>(x1,y1),(x2,y2)</box>` or just `(x1,y1),(x2,y2)`. After every answer the image is saved
+with the answer's boxes (red, its <ref> phrase written beside) and the question's (yellow); the
+path is printed. Without --ckpt the demo's trained model (runs/demo/train) is used. Decoding is
+BiRD's evaluation setting (greedy, at most 80 new tokens) unless --temperature is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bird_jax import exit_codes
+
+
+def draw_answer(image, question: str, answer):
+  """A copy of `image` with the boxes of `question` (yellow) and of `answer` (red, with the
+  phrase of their <ref>)."""
+  from PIL import ImageDraw
+
+  from bird_jax.boxes import SCALE, parse_boxes
+  from bird_jax.evaluation.gallery import PREDICTED, QUESTION, draw_box
+
+  im = image.copy()
+  draw = ImageDraw.Draw(im)
+  width = max(2, round(min(im.size) / 160))
+  for b in parse_boxes(question).boxes:
+    draw_box(draw, b.coords, QUESTION, width, im.size)
+  for b in answer.boxes:
+    if draw_box(draw, b.coords, PREDICTED, width, im.size) and b.ref:
+      x, y = b.coords[0] / SCALE * im.width, b.coords[1] / SCALE * im.height
+      draw.text((x + width, max(0, y - 12 - width)), b.ref, fill=PREDICTED)
+  return im
+
+
+def main(argv: list[str] | None = None) -> None:
+  from bird_jax.assistant import DEFAULT_MAX_PIXELS, Message, NoModel, Refused, resolve_checkpoint
+  from bird_jax.chat import DEFAULT_SYSTEM
+
+  ap = argparse.ArgumentParser(prog="python -m bird_jax.chat", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--image", required=True, help="the image to talk about")
+  ap.add_argument("--ckpt", default="", help="a training workdir, Orbax checkpoint or HF Qwen-VL "
+                  "folder (default: the demo's model, runs/demo/train)")
+  ap.add_argument("--out", default="runs/chat", help="folder of the images with boxes drawn")
+  ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (BiRD's eval)")
+  ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature)")
+  ap.add_argument("--seed", type=int, default=0, help="sampling seed of the first answer")
+  ap.add_argument("--max-new-tokens", type=int, default=80, help="answer length limit")
+  ap.add_argument("--system", default=DEFAULT_SYSTEM, help="the system message")
+  ap.add_argument("--dtype", default="", help="compute dtype, e.g. bfloat16 (default: the model's)")
+  ap.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+  args = ap.parse_args(argv)
+
+  def fail(message: str, code: int = exit_codes.BAD_INPUT):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+  if args.temperature < 0 or not 0 < args.top_p <= 1 or args.max_new_tokens < 1:
+    fail("--temperature must be >= 0, --top-p in (0, 1] and --max-new-tokens >= 1")
+  try:
+    ckpt = resolve_checkpoint(args.ckpt)
+    data = Path(args.image).read_bytes()
+  except (NoModel, OSError) as e:
+    fail(str(e))
+  print(f"loading {ckpt} ...", flush=True)
+  from bird_jax.assistant import Assistant
+  from bird_jax.checkpoint.verify import NonFiniteWeights
+
+  try:
+    bot = Assistant.load(ckpt, dtype=args.dtype or None, max_new_tokens=args.max_new_tokens,
+                         max_image_pixels=args.max_image_pixels)
+  except NonFiniteWeights as e:
+    fail(str(e), exit_codes.NON_FINITE)
+  except (OSError, ValueError) as e:
+    fail(f"cannot load {ckpt}: {e}")
+  try:
+    image = bot.read_image(data, args.image)
+  except Refused as e:
+    fail(str(e))
+  pixels = bot.pixels(image)
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  print(f"model {bot.name}, image {args.image} ({image.width}x{image.height}). Ask a question; "
+        "a box (x1,y1),(x2,y2) on the 0..1000 grid refers to a region; /reset starts over, "
+        "/quit leaves.", flush=True)
+
+  history: list[Message] = []
+  turn = 0
+  while True:
+    try:
+      line = input("you> ").strip()
+    except (EOFError, KeyboardInterrupt):
+      print()
+      break
+    if line in ("/quit", "/exit"):
+      break
+    if line == "/reset":
+      history = []
+      print("(new conversation)", flush=True)
+      continue
+    if not line:
+      continue
+    question = Message("user", line, () if history else (pixels,))
+    try:
+      prompt = bot.prompt([Message("system", args.system), *history, question])
+    except Refused as e:
+      print(f"refused: {e}", flush=True)
+      continue
+    answer = bot.answer([prompt], temperature=args.temperature, top_p=args.top_p,
+                        seed=args.seed + turn)[0]
+    turn += 1
+    history += [question, Message("assistant", answer.text)]
+    path = out / f"{Path(args.image).stem}_turn{turn:02d}.png"
+    draw_answer(image, line, answer).save(path)
+    print(f"bird> {answer.text}", flush=True)
+    print(f"      ({len(answer.boxes)} box(es) drawn: {path})", flush=True)
+
+
+if __name__ == "__main__":
+  main()
