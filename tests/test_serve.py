@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +21,9 @@ import numpy as np
 import openai
 import pytest
 
-from scripted import ANSWER, ANSWER_BOXES, png_bytes, running_server, scripted_model
+from conftest import write_hf_folder
+from scripted import (ANSWER, ANSWER_BOXES, png_bytes, running_server, scripted_model,
+                      scripted_weights)
 from bird_jax import exit_codes
 from bird_jax.assistant import Assistant
 from bird_jax.serve.app import create_app
@@ -97,7 +101,7 @@ def request(*messages, **kw) -> bytes:
 
 
 def test_bad_input_gets_a_4xx_with_a_clear_message_and_the_server_keeps_serving(server, client):
-  ok = image_message("Where?")
+  ok = image_message("Where is the lung?")  # the prompt bucket compiled above
   cases = {
       "malformed JSON": (b'{"model": "tiny", "messages": [', KEY, 400, "not JSON"),
       "not an image": (request(image_message("?", b"hello")), KEY, 400, "cannot decode image"),
@@ -120,8 +124,6 @@ def test_bad_input_gets_a_4xx_with_a_clear_message_and_the_server_keeps_serving(
       "a box off the grid": (request(image_message("(10,10),(5,5)")), KEY, 400, "not a region"),
       "no messages": (json.dumps({"model": "tiny"}).encode(), KEY, 400, "messages: Field required"),
       "an unsupported field": (request(ok, tools=[]), KEY, 400, "tools: Extra inputs"),
-      "a body too large": (request(image_message("?", b"x" * MAX_BODY)), KEY, 413,
-                           "Content Too Large"),  # Starlette's answer, before any reading
       "no API key": (request(ok), None, 401, "missing or wrong API key"),
       "a wrong API key": (request(ok), "nope", 401, "missing or wrong API key"),
   }
@@ -129,6 +131,16 @@ def test_bad_input_gets_a_4xx_with_a_clear_message_and_the_server_keeps_serving(
     got, reply = post(server.url, body, key)
     assert (got, message in reply["error"]["message"]) == (status, True), (what, got, reply)
     assert reply["error"]["type"], what
+  # a body over the limit is refused from its Content-Length, before it is read (Starlette)
+  conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=60)
+  conn.putrequest("POST", "/v1/chat/completions")
+  for k, v in (("Content-Type", "application/json"), ("Content-Length", str(MAX_BODY + 1)),
+               ("Authorization", f"Bearer {KEY}")):
+    conn.putheader(k, v)
+  conn.endheaders()
+  reply = conn.getresponse()
+  assert (reply.status, reply.read()) == (413, b"Content Too Large")
+  conn.close()
   with pytest.raises(openai.NotFoundError, match="not served here"):
     client.chat.completions.create(model="gpt-4", messages=[ok])
   with pytest.raises(openai.BadRequestError, match="max_tokens 999"):
@@ -164,11 +176,34 @@ def test_concurrent_clients_are_batched_without_recompiling(server, client, caps
 
 
 @pytest.mark.e2e
-def test_the_command_refuses_a_missing_model_and_binds_loopback_by_default(tmp_path):
-  env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+def test_the_command_serves_a_checkpoint_and_never_prints_the_key(tmp_path, tiny_cfg):
+  tok = load_tokenizer(tiny_cfg)
+  write_hf_folder(tmp_path / "hf", tiny_cfg, scripted_weights(tiny_cfg, tok))
+  env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+         "JAX_PLATFORMS": "cpu", "BIRD_JAX_API_KEY": KEY}
   r = subprocess.run([sys.executable, "-m", "bird_jax.serve"], cwd=tmp_path, env=env,
                      capture_output=True, text=True, timeout=120)
   assert r.returncode == exit_codes.BAD_INPUT and "no demo model at runs/demo/train" in r.stderr
-  r = subprocess.run([sys.executable, "-m", "bird_jax.serve", "--help"], env=env,
-                     capture_output=True, text=True, timeout=120)
-  assert "address to bind (default: loopback only)" in r.stdout
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  proc = subprocess.Popen([sys.executable, "-m", "bird_jax.serve", "--ckpt", str(tmp_path / "hf"),
+                           "--port", str(port), "--max-new-tokens", "32"], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+    deadline = time.monotonic() + 240
+    while True:
+      try:
+        models = client.models.list()
+        break
+      except openai.APIConnectionError:
+        assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.5)
+    r = client.chat.completions.create(model=models.data[0].id, messages=[image_message("Where is it?")])  # the warm-up bucket
+    assert models.data[0].id == "hf" and r.choices[0].message.content == ANSWER
+  finally:
+    proc.terminate()
+    out = proc.communicate(timeout=30)[0]
+  assert f"http://127.0.0.1:{port}/ (page)" in out and "API key required" in out
+  assert KEY not in out

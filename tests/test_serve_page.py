@@ -2,7 +2,7 @@
 Selenium): it loads, takes an image, asks, and draws the answer's box where its coordinates say
 (checked in the DOM and in the screenshot's pixels); dragging a rectangle writes that region into
 the question. `BIRD_JAX_SCREENSHOT=docs/images/serve.png` also saves the screenshot there (the
-one in docs/serve.md)."""
+one in docs/chat.md)."""
 
 from __future__ import annotations
 
@@ -140,5 +140,5 @@ def test_the_page_asks_and_draws_the_answer_box_where_its_coordinates_say(url, b
   arr = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"))
   assert near(arr[round(want["top"] + want["height"] / 2), round(want["left"])], QUESTION)
   if os.environ.get("BIRD_JAX_SCREENSHOT"):
-    Image.open(io.BytesIO(shot)).convert("RGB").save(os.environ["BIRD_JAX_SCREENSHOT"],
-                                                     optimize=True)
+    Image.open(io.BytesIO(shot)).convert("RGB").quantize(64).save(
+        os.environ["BIRD_JAX_SCREENSHOT"], optimize=True)

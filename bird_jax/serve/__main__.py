@@ -14,6 +14,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+
+import numpy as np
 
 from bird_jax import exit_codes
 
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
 
   if min(args.batch_size, args.max_new_tokens, args.max_images, args.max_queue) < 1:
     fail("--batch-size, --max-new-tokens, --max-images and --max-queue must be >= 1")
-  from bird_jax.assistant import Assistant, NoModel, resolve_checkpoint
+  from bird_jax.assistant import Assistant, Message, NoModel, resolve_checkpoint
   from bird_jax.checkpoint.verify import NonFiniteWeights
 
   try:
@@ -63,6 +66,11 @@ def main(argv: list[str] | None = None) -> None:
   except (OSError, ValueError) as e:
     fail(f"cannot load {ckpt}: {e}")
 
+  warm = time.perf_counter()
+  blank = np.zeros((bot.cfg.vision.image_size,) * 2 + (3,), np.uint8)
+  bot.answer([bot.prompt([Message("user", "Where is it?", (blank,))])])
+  print(f"compiled for a one-image question in {time.perf_counter() - warm:.1f} s (other prompt "
+        "lengths compile on first use)", flush=True)
   import uvicorn
 
   from bird_jax.serve.app import API_KEY_ENV, create_app
