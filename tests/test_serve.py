@@ -200,7 +200,8 @@ def test_the_command_serves_a_checkpoint_and_never_prints_the_key(tmp_path, tiny
       except openai.APIConnectionError:
         assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.5)
-    r = client.chat.completions.create(model=models.data[0].id, messages=[image_message("Where is it?")])  # the warm-up bucket
+    question = image_message("Where is it?")  # the question the server compiles before listening
+    r = client.chat.completions.create(model=models.data[0].id, messages=[question])
     assert models.data[0].id == "hf" and r.choices[0].message.content == ANSWER
   finally:
     proc.terminate()

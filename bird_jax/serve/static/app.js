@@ -77,6 +77,12 @@ function reset() {
 $("file").addEventListener("change", () => {
   const file = $("file").files[0];
   if (!file) return;
+  const limit = state.config ? state.config.max_body_bytes : Infinity;
+  if (file.size * 4 / 3 > limit) {  // base64 in the request body
+    const mb = (n) => (n / 2 ** 20).toFixed(1);
+    return setStatus(`${file.name} is ${mb(file.size)} MB; this server takes requests up to ` +
+                     `${mb(limit)} MB (--max-body-mb)`);
+  }
   const reader = new FileReader();
   reader.onload = () => {
     state.image = reader.result;
