@@ -186,9 +186,8 @@ class Assistant:
       if m.images and m.role != "user":
         raise Refused(f"{where}: only user messages may carry images")
       text = canonical_boxes(m.text) if m.role == "user" else m.text
-      prefix = image_prompt([f"image {k}" for k in range(len(images) + 1,
-                                                          len(images) + 1 + len(m.images))],
-                            first=len(images) + 1)
+      first = len(images) + 1
+      prefix = image_prompt([f"image {k}" for k in range(first, first + len(m.images))], first)
       images += m.images
       conv.append({"from": m.role, "value": prefix + text})
     if not conv or conv[-1]["from"] != "user":

@@ -15,6 +15,8 @@ Label modes (labels are aligned with the ids; the loss shifts them; -100 = ignor
   the "\\n" after it are supervised, the system turn's included; role words, their "\\n"
   and system/user contents are ignored; assistant contents are supervised.
 - ``"assistant_only"``: only assistant contents and the ``<|im_end|>`` closing them.
+
+``python -m bird_jax.chat`` runs the terminal chat (``__main__.py``, an app over this module).
 """
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ def create_app(bot: Assistant, batcher: Batcher, *, api_key: str | None = None,
       raise _validation_error(e) from None
     if req.model != bot.name:
       raise ApiError(404, f"the model {req.model!r} is not served here; this server serves "
-                     f"{bot.name!r} (GET /v1/models)", "model_not_found", "model", )
+                     f"{bot.name!r} (GET /v1/models)", "model_not_found", "model")
     messages = await run_in_threadpool(_messages, req, bot)
     prompt = bot.prompt(messages, req.max_completion_tokens or req.max_tokens)
     sampling = Sampling(req.temperature or 0.0, req.top_p or 1.0, req.seed)
