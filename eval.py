@@ -4,7 +4,8 @@
     .venv/bin/python eval.py --predictions VG.jsonl --task vg --out runs/audit
 
 Every field of the config file can be overridden with --config.a.b=value (e.g.
---config.batch_size=32, --config.limit=100, --config.images=SAMed2Dv1/images).
+--config.batch_size=32, --config.limit=100, --config.images=SAMed2Dv1/images; a tuple
+field takes the flag once per item: --config.tasks=vg --config.tasks=roc).
 """
 
 import os
@@ -18,8 +19,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "Python config file (get_config()).", lock_config=True)
 flags.DEFINE_string("ckpt", "", "model mode: Orbax checkpoint folder (or a training workdir)")
 flags.DEFINE_string("data", "", "model mode: folder with the per-task test files (Med-GRIT JSON)")
-flags.DEFINE_string("predictions", "", "audit mode: BiRD-format JSONL file(s), comma-separated")
-flags.DEFINE_string("task", "", "audit mode: vg, roc, rc or mia (one per prediction file)")
+flags.DEFINE_list("predictions", [], "audit mode: BiRD-format JSONL file(s), comma-separated")
+flags.DEFINE_list("task", [], "audit mode: vg, roc, rc or mia (one per prediction file)")
 flags.DEFINE_string("out", "", "output folder (default: config.out)")
 
 

@@ -13,21 +13,18 @@ Prints tokens/s of each and the ratio, and checks the two produced the same toke
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 import torch
 from flax import nnx
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from reference import QwenVLReference, random_hf_weights  # noqa: E402
+from bird_jax_testing.reference import QwenVLReference, random_hf_weights
 
-from bird_jax.checkpoint import hf  # noqa: E402
-from bird_jax.config import get_preset  # noqa: E402
-from bird_jax.generate import GenerationConfig, Generator  # noqa: E402
-from bird_jax.model import abstract_model, model_from_params  # noqa: E402
+from bird_jax.checkpoint import hf
+from bird_jax.config import get_preset
+from bird_jax.generate import GenerationConfig, Generator
+from bird_jax.model import abstract_model, model_from_params
 
 
 def timed(fn) -> float:

@@ -19,9 +19,10 @@ import tempfile
 import time
 
 from bird_jax.config import get_preset
+from bird_jax.data.image import png_bytes
 from bird_jax.data.pipeline import DataConfig, SampleMaker, ShardSource, make_dataset
 from bird_jax.data.shards import find_shards, write_shards
-from bird_jax.data.synthetic import png_bytes, synthetic_pixels, synthetic_record
+from bird_jax_testing.records import synthetic_pixels, synthetic_record
 
 N_IMAGES = 16  # distinct source images (each record still decodes its own copy)
 

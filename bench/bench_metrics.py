@@ -22,9 +22,9 @@ import statistics
 import time
 
 from bird_jax.metrics.modality import group_by_modality
-from bird_jax.vocabulary import MODALITIES
-from bird_jax.metrics.synthetic import corpus
 from bird_jax.metrics.text import caption_scores_by_modality
+from bird_jax.vocabulary import MODALITIES
+from bird_jax_testing.captions import corpus
 
 KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 

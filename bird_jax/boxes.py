@@ -33,12 +33,27 @@ IntBox = tuple[int, int, int, int]
 # ---- normalised floats <-> text integers ----------------------------------------------------
 
 
+def round_to_grid(v: float) -> float:
+  """A normalised coordinate rounded half-up to the text grid (3 decimals); 1.0 stays 1.0."""
+  return math.floor(float(v) * SCALE + 0.5) / SCALE
+
+
 def quantize(v: float) -> int:
   """A normalised coordinate in [0, 1] -> its text integer in [0, 999]."""
   v = float(v)
   if not (0.0 <= v <= 1.0):  # also rejects NaN
     raise ValueError(f"box coordinate {v!r} is outside [0, 1]")
   return min(SCALE - 1, math.floor(v * SCALE + 0.5))
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+  """Intersection over union of two ``(x1, y1, x2, y2)`` boxes (one pair, on the host; the
+  batched metric is bird_jax.metrics.grounding.iou_matrix)."""
+  inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+  inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+  inter = inter_w * inter_h
+  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+  return inter / union if union > 0 else 0.0
 
 
 def quantize_box(box: Sequence[float]) -> IntBox:
@@ -138,6 +153,7 @@ ISSUE_KINDS = (
 class ParsedText:
   boxes: tuple[TextBox, ...]
   issues: tuple[ParseIssue, ...]
+  refs: tuple[str, ...] = ()  # the phrase of every <ref> span, with or without a box
 
   @property
   def ok(self) -> bool:
@@ -149,6 +165,19 @@ class ParsedText:
 
 
 _TAG = re.compile(r"<\s*(/?)\s*(ref|box)\s*>", re.IGNORECASE)
+
+
+def has_tags(text: str) -> bool:
+  """Whether ``text`` holds a ``<ref>`` / ``<box>`` tag in any spelling parse_boxes reads."""
+  return _TAG.search(text) is not None
+
+
+def canonical_tags(text: str) -> str:
+  """``text`` with every ``<ref>`` / ``<box>`` tag written the canonical way (``< BOX>`` ->
+  ``<box>``)."""
+  return _TAG.sub(lambda m: f"<{m.group(1)}{m.group(2).lower()}>", text)
+
+
 _NUM = r"[-+]?\d+(?:\.\d+)?"
 _NUM_RE = re.compile(_NUM)
 _BARE = re.compile(rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,?\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)")
@@ -181,6 +210,7 @@ def parse_boxes(text: str) -> ParsedText:
     return ParsedText((), (ParseIssue("not_text", repr(text)[:80], 0),))
   boxes: list[TextBox] = []
   issues: list[ParseIssue] = []
+  refs: list[str] = []
   covered: list[tuple[int, int]] = []  # spans handled by the tag walk
   tags = list(_TAG.finditer(text))
   ref: str | None = None  # phrase of the last <ref>, until its run of boxes ends
@@ -202,6 +232,7 @@ def parse_boxes(text: str) -> ParsedText:
       if not closed:
         issues.append(ParseIssue("unclosed_ref", text[m.start():span_end], m.start()))
       ref, run_end = body.strip(), None
+      refs.append(ref)
     else:
       if not closed:
         issues.append(ParseIssue("unclosed_box", text[m.start():span_end], m.start()))
@@ -219,7 +250,7 @@ def parse_boxes(text: str) -> ParsedText:
       b = tuple(float(g) for g in m.groups())
       boxes.append(TextBox(b, None, m.start(), m.end(), False))  # type: ignore[arg-type]
   boxes.sort(key=lambda b: b.start)
-  return ParsedText(tuple(boxes), tuple(issues))
+  return ParsedText(tuple(boxes), tuple(issues), tuple(refs))
 
 
 # ---- BiRD's VG extraction (docs/evaluation.md) ------------------------------------------

@@ -1,7 +1,7 @@
 """Plan a training run without the hardware: compile the full-size train step ahead of time.
 
     .venv/bin/python -m bird_jax.plan --config configs/bird_7b.py --mesh fsdp=4 \\
-        [--per-device-batch 1] [--peak-tflops 312] [--mfu 0.4]
+        [--per_device_batch 1] [--peak_tflops 312] [--mfu 0.4] [--config.a.b=value ...]
 
 The train step of the config is lowered and compiled on abstract inputs over a simulated mesh
 of host (CPU) devices; nothing is allocated. Printed per device: memory (arguments, outputs,
@@ -21,11 +21,14 @@ Caveats:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
+import sys
 import time
+
+from absl import app, flags
+from ml_collections import config_flags
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -131,48 +134,47 @@ def plan(c, mesh_axes: dict[str, int], per_device_batch: int | None = None) -> P
               compiled_flops=_flops(compiled), depth1_ratio=ratio, analytic_flops=flops.total)
 
 
-def main(argv: list[str] | None = None) -> None:
-  ap = argparse.ArgumentParser(prog="python -m bird_jax.plan", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--config", required=True, help="a Python config file (configs/*.py)")
-  ap.add_argument("--mesh", default="fsdp=4", help="e.g. fsdp=4 or data=2,fsdp=4,tensor=1")
-  ap.add_argument("--per-device-batch", type=int, default=None,
-                  help="rows of data.max_len tokens per device per micro-step")
-  ap.add_argument("--grad-accum", type=int, default=None)
-  ap.add_argument("--remat", default=None, help="override model remat policy")
-  ap.add_argument("--peak-tflops", type=float, default=312.0, help="per device (A100 bf16: 312)")
-  ap.add_argument("--mfu", type=float, default=0.4, help="assumed MFU for the step time")
-  ap.add_argument("--cpu-licm", action="store_true",
-                  help="keep XLA's loop-invariant code motion (see the module docstring)")
-  ap.add_argument("--set", action="append", default=[], metavar="a.b=v",
-                  help="other config overrides (repeatable), e.g. optim.moments_dtype=bfloat16")
-  args = ap.parse_args(argv)
-  mesh_axes = parse_mesh(args.mesh)
-  n = math.prod(mesh_axes.values())
-  flags = f" --xla_force_host_platform_device_count={n}"
-  if not args.cpu_licm:
-    flags += " --xla_disable_hlo_passes=while-loop-invariant-code-motion"
-  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + flags
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  from bird_jax.train.config import load_config_file  # imports jax: after the flags
+def define_flags() -> None:
+  """The command's flags (defined when it runs, not when the module is imported)."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Python config file (configs/*.py); override fields with "
+      "--config.a.b=value", lock_config=True)
+  flags.DEFINE_string("mesh", "fsdp=4", "the simulated mesh, e.g. fsdp=4 or "
+                      "data=2,fsdp=4,tensor=1")
+  flags.DEFINE_integer("per_device_batch", None, "rows of data.max_len tokens per device per "
+                       "micro-step (sets data.batch_size)")
+  flags.DEFINE_float("peak_tflops", 312.0, "per device (A100 bf16: 312)")
+  flags.DEFINE_float("mfu", 0.4, "assumed MFU for the step time")
+  flags.DEFINE_bool("cpu_licm", False, "keep XLA's loop-invariant code motion (see the module "
+                    "docstring)")
+  flags.mark_flags_as_required(["config"])
 
-  c = load_config_file(args.config)
-  if args.grad_accum is not None:
-    c.optim.grad_accum = args.grad_accum
-  if args.remat is not None:
-    c.model.overrides["remat"] = args.remat
-  for item in args.set:
-    key, _, value = item.partition("=")
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = type(node[leaf])(value) if node[leaf] is not None and not isinstance(
-        node[leaf], bool) else value.lower() in ("1", "true") if isinstance(node[leaf], bool) else value
-  p = plan(c, mesh_axes, args.per_device_batch)
-  step_s = p.analytic_flops / (n * args.peak_tflops * 1e12 * args.mfu)
+
+def main(argv) -> int:
+  del argv
+  f = flags.FLAGS
+  try:
+    mesh_axes = parse_mesh(f.mesh)
+  except ValueError as e:
+    print(f"plan: error: {e}", file=sys.stderr)
+    return 2
+  n = math.prod(mesh_axes.values())
+  # the backend starts at the first use of jax (below), after these flags are set
+  xla = f" --xla_force_host_platform_device_count={n}"
+  if not f.cpu_licm:
+    xla += " --xla_disable_hlo_passes=while-loop-invariant-code-motion"
+  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + xla
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+  from absl import logging
+
+  logging.set_verbosity(logging.WARNING)
+  c = f.config
+  p = plan(c, mesh_axes, f.per_device_batch)
+  step_s = p.analytic_flops / (n * f.peak_tflops * 1e12 * f.mfu)
   tokens = p.rows * int(c.optim.grad_accum) * int(c.data.max_len)
-  print(f"config {args.config}: mesh {mesh_axes} ({n} simulated devices), "
+  name = config_flags.get_config_filename(f["config"])
+  print(f"config {name}: mesh {mesh_axes} ({n} simulated devices), "
         f"{p.rows} rows x {c.data.max_len} tokens per micro-step, grad_accum {c.optim.grad_accum}, "
         f"remat {c.model.overrides.get('remat', 'none')}")
   print(f"compile                      {p.compile_s:.1f} s")
@@ -185,9 +187,11 @@ def main(argv: list[str] | None = None) -> None:
   print(f"FLOPs per step (all devices) {p.analytic_flops / 1e15:.3f} PFLOP analytic; compiled/"
         f"analytic {p.depth1_ratio:.3f} on the depth-1 variant")
   print(f"compiled FLOPs per device    {p.compiled_flops / 1e12:.2f} TFLOP (scanned layers counted once)")
-  print(f"step time                    {step_s:.2f} s at {args.peak_tflops:g} TFLOP/s x {n} "
-        f"devices x MFU {args.mfu:g} -> {tokens / step_s:,.0f} tokens/s")
+  print(f"step time                    {step_s:.2f} s at {f.peak_tflops:g} TFLOP/s x {n} "
+        f"devices x MFU {f.mfu:g} -> {tokens / step_s:,.0f} tokens/s")
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -21,6 +21,7 @@ import jax
 from bird_jax.checkpoint.verify import NonFiniteWeights, tree_is_finite
 from bird_jax.config import HF_CONFIG_FILE, QwenVLConfig, read_hf_config
 from bird_jax.tokenizer import Tokenizer, load_tokenizer
+from bird_jax.tree_paths import flatten
 
 
 class Pretrained(NamedTuple):
@@ -74,7 +75,7 @@ def load_hf_model(hf_dir: str | Path, mesh: jax.sharding.Mesh | None, *,
                    source=str(hf_dir))
   params = hf.hf_to_params(reader.get, entries, shapes)
   if mesh is not None:
-    target = hf.flatten(abstract_params(cfg, mesh))
+    target = flatten(abstract_params(cfg, mesh))
     params = {p: jax.device_put(v, target[p].sharding) for p, v in params.items()}
   return cfg, model_from_params(cfg, _checked(params, str(hf_dir)))
 
@@ -103,7 +104,6 @@ def load_model(ckpt: str | Path, mesh: jax.sharding.Mesh | None, *, step: int | 
   `checkpoints/`), parameters placed on `mesh` per the sharding rules. `cfg` replaces the
   checkpoint's model config; `dtype` its compute dtype (e.g. "bfloat16")."""
   from bird_jax.checkpoint import orbax as ockpt
-  from bird_jax.checkpoint.hf import flatten
   from bird_jax.model import model_from_params
 
   manager = ockpt.checkpoint_manager(_manager_root(ckpt), read_only=True)

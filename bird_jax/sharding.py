@@ -14,6 +14,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from bird_jax.tree_paths import dotted
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated)
@@ -180,7 +182,7 @@ def replicated_fraction(shapes: Any, specs: Any, mesh: jax.sharding.Mesh,
     axes = [a for s in spec if s is not None for a in ((s,) if isinstance(s, str) else s)]
     if not any(mesh.shape[a] > 1 for a in axes if a in ("fsdp", "tensor")):
       replicated += nbytes
-      names.append(jax.tree_util.keystr(path))
+      names.append(dotted(path))
   return (replicated / total if total else 0.0), names
 
 

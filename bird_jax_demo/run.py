@@ -1,6 +1,7 @@
 """The main job on the embedded default, end to end on CPU:
 
     .venv/bin/python -m bird_jax_demo [--out runs/demo] [--quick] [--config FILE]
+        [--config.a.b=value ...]
 
 1. datagen: procedural phantom scans of all 8 modalities with instance masks -> Med-GRIT-style
    conversations (template backend, offline), split by case into train and test;
@@ -11,34 +12,32 @@
    scoring), beside constant-answer baselines;
 then prints the Table-3-style table and writes the training curve, per-task bar charts and the
 box gallery. Every stage resumes: rerunning continues where an interrupted run stopped.
-`--quick` runs a CI-sized version (minutes) that checks the pipeline, not the learning.
+`--quick` runs the config's CI-sized variant (minutes) that checks the pipeline, not the
+learning: it is short for `--config=<bird_jax_demo/config.py>:quick`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+from absl import app, flags
+from ml_collections import config_flags
+
 from bird_jax import exit_codes
 
-# --quick: what shrinks (the pipeline is checked, not the learning)
-QUICK = {"datagen": {"num_images": 48}, "eval": {"limit": 8}}
-QUICK_TRAIN = {"steps": 12, "log_every": 2, "ckpt_every": 1000}
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py")
 
 
-def demo_settings(c, quick: bool) -> dict[str, dict]:
-  """The datagen and eval settings of the config's `demo` block (quick mode shrunk)."""
+def demo_settings(c) -> dict[str, dict]:
+  """The datagen and eval settings of the config's `demo` block."""
   if "demo" not in c:
     raise ValueError("the config has no `demo` block (datagen and eval settings); start from "
                      "bird_jax_demo.config.get_config()")
-  out = {k: dict(v) for k, v in c.demo.to_dict().items()}
-  if quick:
-    for k, v in QUICK.items():
-      out.setdefault(k, {}).update(v)
-  return out
+  return {k: dict(v) for k, v in c.demo.to_dict().items()}
 
 
 def stage_datagen(settings: dict, out: Path) -> dict:
@@ -55,14 +54,11 @@ def stage_datagen(settings: dict, out: Path) -> dict:
   return generate(cfg.validate())
 
 
-def stage_train(c, data: Path, workdir: Path, quick: bool):
+def stage_train(c, data: Path, workdir: Path):
   from bird_jax.train.loop import train
 
   c.data.shards = str(data / "train")
   c.train.workdir = str(workdir)
-  if quick:
-    c.train.update(QUICK_TRAIN)
-    c.data.worker_count = 0
   return train(c)
 
 
@@ -99,28 +95,17 @@ def stage_eval(settings: dict, workdir: Path, data: Path, out: Path):
   from bird_jax.evaluation.config import default_config
 
   c = default_config()
-  c.tasks, c.limit, c.batch_size = settings["tasks"], settings["limit"], settings["batch_size"]
+  c.tasks, c.limit = tuple(settings["tasks"]), settings["limit"]
+  c.batch_size = settings["batch_size"]
   c.mesh.data = 1
   return model_eval(c, str(workdir), str(data / "medgrit"), str(out))
 
 
-def main(argv: list[str] | None = None) -> None:
-  ap = argparse.ArgumentParser(prog="python -m bird_jax_demo", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--out", default="runs/demo", help="output folder (resumed when it exists)")
-  ap.add_argument("--config", default="",
-                  help="a config file with a `demo` block (default: bird_jax_demo/config.py)")
-  ap.add_argument("--quick", action="store_true", help="CI-sized run: checks the pipeline only")
-  args = ap.parse_args(argv)
+def run(c, out: Path, config_name: str) -> None:
   from absl import logging
 
-  from bird_jax.train.config import load_config_file
-  from bird_jax_demo.config import get_config
-
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint at INFO
-  out = Path(args.out)
-  c = load_config_file(args.config) if args.config else get_config()
-  settings = demo_settings(c, args.quick)
+  logging.set_verbosity(logging.ERROR)  # Orbax logs each save (INFO) and read-only use (WARNING)
+  settings = demo_settings(c)
   times = {}
 
   t0 = time.perf_counter()
@@ -133,10 +118,10 @@ def main(argv: list[str] | None = None) -> None:
         f"questions per task: {json.dumps(summary['per_task'])}", flush=True)
 
   t0 = time.perf_counter()
-  print(f"== 2/3 train: {args.config or 'the demo config'}"
+  print(f"== 2/3 train: {config_name}"
         + (f", init from {c.init.hf}" if c.init.hf else ""),
         flush=True)
-  result = stage_train(c, out / "data", out / "train", args.quick)
+  result = stage_train(c, out / "data", out / "train")
   times["train"] = time.perf_counter() - t0
   if result.stopped_by == "signal":
     print(f"training preempted at step {result.step} (saved); rerun the same command to "
@@ -159,5 +144,28 @@ def main(argv: list[str] | None = None) -> None:
         f"{ev.paths.get('gallery', '')}" + (f", {curve}" if curve else ""))
 
 
-if __name__ == "__main__":
-  main()
+def main() -> None:
+  """Flags are defined here, after `--quick` is replaced by the config variant it stands for:
+  the config file is loaded as soon as its flag is defined, with the overrides in sys.argv."""
+  argv = sys.argv
+  if "--quick" in argv:
+    if any(a == "--config" or a.startswith("--config=") for a in argv):
+      sys.exit("python -m bird_jax_demo: error: --quick selects the demo config's quick variant; "
+               "with --config use --config=FILE:quick")
+    sys.argv = [argv[0], f"--config={DEMO_CONFIG}:quick"] + [a for a in argv[1:] if a != "--quick"]
+  config = config_flags.DEFINE_config_file(
+      "config", DEMO_CONFIG, "a config file with a `demo` block (default: the demo's own, "
+      "bird_jax_demo/config.py); FILE:quick selects its quick variant", lock_config=True)
+  out = flags.DEFINE_string("out", "runs/demo", "output folder (resumed when it exists)")
+  flags.DEFINE_bool("quick", False, "a CI-sized run that checks the pipeline only: short for "
+                    "--config=<bird_jax_demo/config.py>:quick")
+
+  def _main(argv) -> None:
+    del argv
+    name = config_flags.get_config_filename(flags.FLAGS["config"])  # FILE or FILE:variant
+    path, _, variant = name.partition(":")
+    if os.path.abspath(path) == DEMO_CONFIG:
+      name = "the demo config" + (f" ({variant} variant)" if variant else "")
+    run(config.value, Path(out.value), name)
+
+  app.run(_main)

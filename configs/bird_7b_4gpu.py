@@ -7,11 +7,13 @@ with fp32 moments, which do not fit).
         --config.data.shards=...
 """
 
-from configs import bird_7b
+import os
+
+from bird_jax.train.config import load_config_file
 
 
 def get_config():
-  c = bird_7b.get_config()
+  c = load_config_file(os.path.join(os.path.dirname(__file__), "bird_7b.py"))
   c.data.batch_size = 4
   c.data.worker_count = 4
   c.optim.grad_accum = 32

@@ -5,11 +5,13 @@ per micro-step, 4 accumulation steps (8 x 4 x 4 = 128 sequences per step).
         --config.data.shards=...
 """
 
-from configs import bird_7b
+import os
+
+from bird_jax.train.config import load_config_file
 
 
 def get_config():
-  c = bird_7b.get_config()
+  c = load_config_file(os.path.join(os.path.dirname(__file__), "bird_7b.py"))
   c.data.batch_size = 32
   c.optim.grad_accum = 4
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 8, 1

@@ -5,11 +5,11 @@ held-out cases.
     .venv/bin/python -m bird_jax_demo --config configs/demo_long.py --out runs/demo_long
 """
 
-from configs import demo
+from bird_jax_demo.config import get_config as demo_config
 
 
 def get_config():
-  c = demo.get_config()
+  c = demo_config()
   c.train.steps = 5500
   c.train.ckpt_every = 500
   c.optim.warmup_steps = 100

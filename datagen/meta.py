@@ -22,24 +22,20 @@ An instance whose mask is empty, or has only specks, is dropped and counted (``e
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
+
+from bird_jax.boxes import box_iou, round_to_grid
 
 COMPONENT_RULES = ("union", "split", "largest")
 DEFAULT_MIN_AREA = 0.00153  # fraction of the image area (SA-Med2D: 0.153%)
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 Box = tuple[float, float, float, float]
-
-
-def round3(v: float) -> float:
-  """Half-up rounding to 3 decimals (the rule of bird_jax.boxes.quantize)."""
-  return math.floor(float(v) * 1000 + 0.5) / 1000
 
 
 def pixel_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -54,8 +50,8 @@ def pixel_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 def normalised_box(bbox: tuple[int, int, int, int], width: int, height: int) -> Box | None:
   """Inclusive pixel bounds -> normalised 3-decimal box; None when it rounds to zero size."""
   r0, r1, c0, c1 = bbox
-  box = (round3(c0 / width), round3(r0 / height), round3((c1 + 1) / width),
-         round3((r1 + 1) / height))
+  box = (round_to_grid(c0 / width), round_to_grid(r0 / height),
+         round_to_grid((c1 + 1) / width), round_to_grid((r1 + 1) / height))
   return box if box[0] < box[2] and box[1] < box[3] else None
 
 
@@ -172,14 +168,6 @@ def objects_from_instances(instances: Iterable[tuple[str, np.ndarray]], *,
       present[label] = None
     objects.extend(MetaObject(label, box, area) for box, area in found)
   return objects, list(present), skips
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-  inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-  inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-  inter = inter_w * inter_h
-  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-  return inter / union if union > 0 else 0.0
 
 
 def near_identical(a: ImageMeta, b: ImageMeta, min_iou: float) -> bool:

@@ -44,7 +44,7 @@ def write_hf_folder(directory, cfg, weights):
 
 @pytest.fixture(scope="session")
 def hf_weights(tiny_cfg):
-  from reference import random_hf_weights
+  from bird_jax_testing.reference import random_hf_weights
 
   return random_hf_weights(tiny_cfg, seed=0)
 
@@ -56,7 +56,7 @@ def tiny_model(tiny_cfg, hf_weights):
 
 @pytest.fixture(scope="session")
 def torch_reference(tiny_cfg, hf_weights):
-  from reference import QwenVLReference
+  from bird_jax_testing.reference import QwenVLReference
 
   return QwenVLReference(tiny_cfg, hf_weights)
 
@@ -65,7 +65,7 @@ def torch_reference(tiny_cfg, hf_weights):
 def shards(tmp_path_factory):
   """Training data: 24 synthetic records (56 px images) in 2 ArrayRecord shards."""
   from bird_jax.data.shards import write_shards
-  from bird_jax.data.synthetic import synthetic_record
+  from bird_jax_testing.records import synthetic_record
 
   out = tmp_path_factory.mktemp("train_shards")
   write_shards([synthetic_record(i, image_size=56) for i in range(24)], out, num_shards=2,
@@ -97,13 +97,23 @@ FAULT_ROWS: list[dict] = []
 def pytest_addoption(parser):
   parser.addoption("--slow", action="store_true",
                    help="also run the tests marked slow (the whole fault suite)")
+  parser.addoption("--fast", action="store_true",
+                   help="the development loop: leave out the tests marked " + ", ".join(FAST_SKIPS))
+
+
+FAST_SKIPS = ("e2e", "faults", "heavy")
 
 
 def pytest_collection_modifyitems(config, items):
   """`slow` runs with --slow only; `needs_java` is skipped (with the reason) where there is no
   Java runtime, except in CI (CI=true), where that is an error; `needs_browser` is skipped
-  where chromium, chromedriver or selenium is missing."""
+  where chromium, chromedriver or selenium is missing; --fast deselects FAST_SKIPS."""
   import shutil
+
+  if config.getoption("--fast"):
+    fast = [not any(m in item.keywords for m in FAST_SKIPS) for item in items]
+    config.hook.pytest_deselected(items=[item for item, keep in zip(items, fast) if not keep])
+    items[:] = [item for item, keep in zip(items, fast) if keep]
 
   no_java = shutil.which("java") is None
   if no_java and os.environ.get("CI", "").lower() == "true":

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import build_from_hf
-from reference import random_hf_weights
+from bird_jax_testing.reference import random_hf_weights
 
 ANSWER = "<ref>lung</ref><box>[14,25;690 873]</box>"
 ANSWER_BOXES = [{"ref": "lung", "box": [14, 25, 690, 873]}]  # as bird_jax.boxes reads ANSWER

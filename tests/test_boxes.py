@@ -173,3 +173,13 @@ def test_pixel_helpers():
   assert bx.pixel_box(norm, 560, 448) == (56.0, 112.0, 280.0, 448.0)
   with pytest.raises(ValueError, match="positive"):
     bx.normalise_pixel_box((0, 0, 1, 1), 0, 10)
+
+
+def test_refs_tags_and_iou_rules():
+  parsed = bx.parse_boxes("<ref>liver</ref><box>(1,2),(3,4)</box> and <REF> kidney </ref> alone")
+  assert parsed.refs == ("liver", "kidney")
+  assert bx.has_tags("a < Box>b") and not bx.has_tags("a <img>b</img>")
+  assert bx.canonical_tags("< REF>x</Ref><BOX >(1,2),(3,4)</box>") == "<ref>x</ref><box>(1,2),(3,4)</box>"
+  assert bx.box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
+  assert bx.box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+  assert bx.round_to_grid(0.1235) == 0.124 and bx.round_to_grid(1.0) == 1.0

@@ -18,12 +18,13 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from conftest import image_row
-from reference import QwenVLReference
 from bird_jax import convert
 from bird_jax.checkpoint import hf
 from bird_jax.checkpoint import orbax as ckpt
 from bird_jax.checkpoint import safetensors_io as st
 from bird_jax.model import abstract_model, model_from_params
+from bird_jax.tree_paths import flatten
+from bird_jax_testing.reference import QwenVLReference
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 SHARD = 700_000  # bytes: the tiny bf16 checkpoint (4.1 MB) spans several files
@@ -146,7 +147,7 @@ def test_logits_after_conversion_match_the_torch_reference(tmp_path, tiny_cfg, h
   assert cfg == tiny_cfg.replace(dtype=cfg.dtype)
   cfg = cfg.replace(dtype="float32")
   params = ckpt.restore_params(manager, ckpt.abstract_params(cfg))
-  model = model_from_params(cfg, hf.flatten(params))
+  model = model_from_params(cfg, flatten(params))
   # the reference reads the very files the converter read
   weights = {}
   for f in sorted((tmp_path / "hf").glob("*.safetensors")):
@@ -258,7 +259,7 @@ def test_trained_checkpoint_exports_with_assets_from_the_hf_folder(tmp_path, tin
   """A trainer's checkpoint (jax.Array params + model_config, no hf_source) -> HF bf16, with
   the tokenizer/model code taken from the original HF folder (--assets)."""
   write_hf(tmp_path / "hf", tiny_cfg, hf_weights, np.float32)
-  params = hf.flatten(nnx.state(tiny_model))
+  params = flatten(nnx.state(tiny_model))
   manager = ckpt.checkpoint_manager(tmp_path / "run")
   ckpt.save(manager, 5, params={p: jax.numpy.asarray(v) for p, v in params.items()},
             config=tiny_cfg)
@@ -302,7 +303,7 @@ def test_bad_config_json_is_named_with_what_is_wrong(tmp_path, tiny_cfg, hf_weig
 @pytest.mark.faults
 def test_non_finite_weights_are_refused_by_export_and_flagged_by_inspect(tmp_path, tiny_cfg,
                                                                          tiny_model, fault_log):
-  params = {p: np.array(v) for p, v in hf.flatten(nnx.state(tiny_model)).items()}
+  params = {p: np.array(v) for p, v in flatten(nnx.state(tiny_model)).items()}
   params["llm.h.mlp.w1.kernel"][1, 3, :5] = np.nan
   manager = ckpt.checkpoint_manager(tmp_path / "run")
   ckpt.save(manager, 5, params=params, config=tiny_cfg)

@@ -8,11 +8,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from bird_jax.boxes import format_box
+from bird_jax.boxes import format_box, round_to_grid
 from bird_jax.vocabulary import MODALITIES
 from datagen import language as lang
 from datagen.meta import ImageMeta, MetaObject, instance_boxes, near_identical
-from datagen.meta import objects_from_instances, round3
+from datagen.meta import objects_from_instances
 from datagen.sampling import case_quotas, dedup, select, stride_keep, water_fill
 from datagen.sources.base import ImageRef
 from datagen.split import TEST, TRAIN, split_cases
@@ -33,7 +33,7 @@ def test_boxes_from_masks_equal_hand_computed_boxes():
   # 3-decimal half-up rounding: cols 1..2 of 7 -> 1/7 = 0.142857, 3/7 = 0.428571
   (box, _), = instance_boxes(mask(8, 7, (0, 7, 1, 2)), min_area=0)[0]
   assert box == (0.143, 0.0, 0.429, 1.0)
-  assert round3(0.0625) == 0.063 and round3(0.0005) == 0.001  # half up, not half even
+  assert round_to_grid(0.0625) == 0.063 and round_to_grid(0.0005) == 0.001  # half up, not half even
   assert format_box(box) == "(143,0),(429,999)"
   # the whole image
   (box, area), = instance_boxes(np.ones((3, 5), bool))[0]

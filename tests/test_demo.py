@@ -50,11 +50,14 @@ def test_demo_configs_load_with_known_settings():
   from bird_jax_demo.config import get_config
   from bird_jax_demo.run import demo_settings
 
-  default = demo_settings(get_config(), quick=False)
+  default = demo_settings(get_config())
   for name in ("demo.py", "demo_long.py"):
     c = load_config_file(ROOT / "configs" / name)
     model_config(c)  # the preset and overrides are valid
-    settings = demo_settings(c, quick=False)
+    settings = demo_settings(c)
     for stage, values in settings.items():
       assert set(values) == set(default[stage]), (name, stage)
   assert load_config_file(ROOT / "configs" / "demo.py") == get_config()
+  quick = load_config_file(ROOT / "configs" / "demo.py", "quick")
+  assert quick.train.steps < 50 and quick.demo.datagen.num_images < 100
+  assert quick.model == get_config().model  # the same model: only the sizes of the run shrink

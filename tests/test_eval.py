@@ -15,6 +15,7 @@ from flax import nnx
 from PIL import Image
 
 from bird_jax.evaluation import cli
+from bird_jax.evaluation.config import default_config as get_config
 from bird_jax.evaluation.gallery import pick_samples
 from bird_jax.evaluation.predictions import (Prediction, PredictionFileError, read_predictions,
                                              write_predictions)
@@ -23,10 +24,9 @@ from bird_jax.evaluation.testsets import (EvalDataError, find_test_files, read_t
                                           task_of_filename)
 from bird_jax.metrics.postprocess import postprocess_response
 from bird_jax.metrics.text import caption_scores_by_modality
+from bird_jax.vocabulary import TASKS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from configs.eval_bird import get_config  # noqa: E402
 
 
 def B(x1, y1, x2, y2):
@@ -145,9 +145,12 @@ def test_audit_outputs(audit_run):
 def test_audit_errors_are_clear(tmp_path):
   c = get_config()
   with pytest.raises(ValueError, match="audit mode needs --task"):
-    cli.run(c, predictions="x.jsonl")
+    cli.run(c, predictions=["x.jsonl"])
   with pytest.raises(ValueError, match="model mode needs --ckpt"):
     cli.run(c, data="somewhere")
+  c.tasks = ("vg,roc",)  # what --config.tasks=vg,roc parses to
+  with pytest.raises(ValueError, match=r"config.tasks: 'vg,roc' is not one of .* once per item"):
+    cli.config_tuple(c, "tasks", TASKS)
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"image": "ct_1.png", "annotation": "a", "response": "b"}\nnot json\n')
   with pytest.raises(PredictionFileError, match=r"bad.jsonl:2: not valid JSON"):
@@ -284,7 +287,7 @@ def model_run(tmp_path_factory, tiny_cfg, tiny_model):
     (data / f"test_{task.upper()}.json").write_text(json.dumps(entries))
   c = get_config()
   c.batch_size = 8  # the 8 forced host devices form the data axis
-  c.buckets = "160"
+  c.buckets = (160,)
   c.gallery = 2
   for t in ("vg", "roc", "rc", "mia"):
     c.max_new_tokens[t] = 6
@@ -341,7 +344,7 @@ def test_model_mode_prompt_is_the_reference_chat_prompt(model_run, tiny_cfg):
 @pytest.mark.heavy
 def test_model_mode_files_audit_to_the_same_scores(model_run):
   d, result, c = model_run
-  again = cli.run(c, predictions=str(d / "out" / "predictions" / "roc.jsonl"), task="roc",
+  again = cli.run(c, predictions=[str(d / "out" / "predictions" / "roc.jsonl")], task=["roc"],
                   out=str(d / "audit"))
   assert again.scores["roc"].bird == result.scores["roc"].bird
   assert again.scores["roc"].processed == result.scores["roc"].processed

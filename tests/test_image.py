@@ -10,7 +10,8 @@ from PIL import Image
 
 from bird_jax.config import get_preset
 from bird_jax.data import image as image_lib
-from bird_jax.data.synthetic import png_bytes, synthetic_pixels
+from bird_jax.data.image import png_bytes
+from bird_jax_testing.records import synthetic_pixels
 
 
 def _reference(data: bytes, size: int) -> np.ndarray:

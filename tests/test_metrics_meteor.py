@@ -16,7 +16,7 @@ from bird_jax.metrics import meteor as M
 from bird_jax.metrics import meteor_data, meteor_native
 from bird_jax.metrics.meteor_normalize import TokenCache, normalize, normalized_words, tokens_of
 from bird_jax.metrics.ptb_tokenize import tokenize_captions
-from bird_jax.metrics.synthetic import corpus
+from bird_jax_testing.captions import corpus
 
 # Characters every rewrite of the normaliser reacts to, plus words that trigger its rules.
 _PIECES = list("aAbxyz09.,'`\u2018\u2019\u201c\u201d\"-\u2013()<>/&;:?!$%\u00e9\u00b5\u03a3 \t") + [

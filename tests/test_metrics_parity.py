@@ -16,8 +16,8 @@ pytestmark = [pytest.mark.needs_java, pytest.mark.heavy]
 
 from bird_jax.metrics import meteor as M  # noqa: E402
 from bird_jax.metrics.ptb_tokenize import tokenize_captions  # noqa: E402
-from bird_jax.metrics.synthetic import corpus  # noqa: E402
 from bird_jax.metrics.text import bleu, caption_scores_by_modality, cider, rouge_l  # noqa: E402
+from bird_jax_testing.captions import corpus  # noqa: E402
 
 # Hand-written lines covering the tokenizer's and normaliser's rules (contractions, quotes,
 # brackets, abbreviations, acronyms, numbers, units, URLs, tags, Unicode, ellipses, dashes).

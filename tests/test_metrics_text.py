@@ -153,7 +153,7 @@ def test_ptb_chunk_cache_equals_plain_lexer(ptb_cache, pieces):
 
 
 def test_ptb_cache_shared_across_streams():
-  from bird_jax.metrics.synthetic import corpus
+  from bird_jax_testing.captions import corpus
   _, refs, hyps = corpus(300, seed=4)
   cache: dict = {}
   shared = [tokenize_captions(refs[k::3], cache) for k in range(3)]
@@ -183,7 +183,7 @@ def test_caption_scores_by_modality_rounds_and_averages():
 
 def test_native_search_equals_python_search():
   from bird_jax.metrics import meteor_native
-  from bird_jax.metrics.synthetic import corpus
+  from bird_jax_testing.captions import corpus
   assert meteor_native.library() is not None, "no C compiler: METEOR would run in pure Python"
   _, refs, hyps = corpus(150, seed=3)
   refs, hyps = tokenize_captions(refs), tokenize_captions(hyps)

@@ -10,7 +10,7 @@ from flax import nnx
 
 from conftest import forward, image_row
 from bird_jax.config import get_preset
-from bird_jax.checkpoint.hf import flatten
+from bird_jax.tree_paths import flatten
 from bird_jax.model import abstract_model, model_from_params
 from bird_jax.model.qwen import KVCache, ntk_alpha
 

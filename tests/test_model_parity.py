@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from flax import nnx
 
 from conftest import build_from_hf, forward, image_row
-from reference import QwenVLReference, Visual, mae_sincos
 from bird_jax.model import layers
+from bird_jax_testing.reference import QwenVLReference, Visual, mae_sincos
 
 
 def max_diff(a, b) -> float:

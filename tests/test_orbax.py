@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 from jax.sharding import AxisType
 
-from bird_jax.checkpoint import hf
 from bird_jax.checkpoint import orbax as ckpt
+from bird_jax.tree_paths import flatten
 
 
 def mesh(shape):
@@ -21,13 +21,13 @@ def mesh(shape):
 
 @pytest.fixture(scope="module")
 def tiny_params(tiny_model):
-  return hf.flatten(nnx.state(tiny_model))
+  return flatten(nnx.state(tiny_model))
 
 
 @pytest.mark.heavy
 def test_restore_onto_a_different_mesh(tmp_path, tiny_cfg, tiny_params):
   save_mesh, restore_mesh = mesh((1, 8, 1)), mesh((2, 2, 2))
-  saved_target = hf.flatten(ckpt.abstract_params(tiny_cfg, save_mesh))
+  saved_target = flatten(ckpt.abstract_params(tiny_cfg, save_mesh))
   on_save_mesh = {p: jax.device_put(np.asarray(v), saved_target[p].sharding)
                   for p, v in tiny_params.items()}
   w1 = on_save_mesh["llm.h.mlp.w1.kernel"]
@@ -39,8 +39,8 @@ def test_restore_onto_a_different_mesh(tmp_path, tiny_cfg, tiny_params):
   manager.wait_until_finished()
 
   target = ckpt.abstract_params(tiny_cfg, restore_mesh)
-  restored = hf.flatten(ckpt.restore_params(ckpt.checkpoint_manager(tmp_path / "run"), target))
-  flat_target = hf.flatten(target)
+  restored = flatten(ckpt.restore_params(ckpt.checkpoint_manager(tmp_path / "run"), target))
+  flat_target = flatten(target)
   assert sorted(restored) == sorted(tiny_params)
   for path, value in restored.items():
     assert value.sharding == flat_target[path].sharding, path

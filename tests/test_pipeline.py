@@ -16,12 +16,13 @@ from array_record.python import array_record_module
 from bird_jax.chat import encode_chat
 from bird_jax.config import get_preset
 from bird_jax.data.image import load_pixels
+from bird_jax.data.image import png_bytes
 from bird_jax.data.packing import attention_mask
 from bird_jax.data.pipeline import DataConfig, DataError, make_dataset
 from bird_jax.data.records import Turn, encode_record
 from bird_jax.data.shards import write_shards
-from bird_jax.data.synthetic import png_bytes, synthetic_pixels, synthetic_record
 from bird_jax.tokenizer import load_tokenizer
+from bird_jax_testing.records import synthetic_pixels, synthetic_record
 
 MODEL = get_preset("tiny")
 TOK = load_tokenizer(MODEL)

@@ -34,3 +34,17 @@ def test_planner_memory_and_flops_on_the_tiny_config():
   assert 0 < p.temp_gib < 1.0
   assert 0.95 < p.depth1_ratio < 1.5  # compiled vs analytic FLOPs (no remat here)
 
+
+
+@pytest.mark.e2e
+def test_plan_command_takes_config_overrides_and_refuses_a_bad_mesh():
+  import subprocess
+  import sys
+  from pathlib import Path
+
+  config = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
+  cmd = [sys.executable, "-m", "bird_jax.plan", f"--config={config}"]
+  bad = subprocess.run(cmd + ["--mesh=fsdp=2,pipeline=2"], capture_output=True, text=True)
+  assert bad.returncode == 2 and "unknown axis 'pipeline'" in bad.stderr
+  typo = subprocess.run(cmd + ["--config.optim.learning_rate=1"], capture_output=True, text=True)
+  assert typo.returncode != 0 and "learning_rate" in typo.stderr

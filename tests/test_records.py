@@ -10,7 +10,7 @@ from bird_jax.data import medgrit
 from bird_jax.data.records import ImageRoot, Object, Record, RecordError, Turn
 from bird_jax.data.records import decode_record, encode_record
 from bird_jax.data.shards import count_records, find_shards, read_shards, write_shards
-from bird_jax.data.synthetic import synthetic_record
+from bird_jax_testing.records import synthetic_record
 
 
 def test_codec_round_trip_keeps_every_field():

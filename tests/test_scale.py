@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import jax
 from flax import nnx
 
-from reference import hf_shapes
 from bird_jax.checkpoint import hf
 from bird_jax.config import QwenVLConfig, get_preset
 from bird_jax.model import abstract_model
+from bird_jax_testing.reference import hf_shapes
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 
 def test_qwen_vl_7b_has_9_66b_parameters_with_the_spec_shapes():
@@ -38,7 +37,11 @@ def test_hf_config_round_trip():
 
 def test_full_size_forward_compiles_quickly():
   """One 448 px image + 512 tokens through all 32 + 48 layers, abstract inputs."""
-  from bench_compile import compile_forward
+  bench = Path(__file__).resolve().parents[1] / "bench" / "bench_compile.py"
+  spec = importlib.util.spec_from_file_location("bench_compile", bench)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  compile_forward = module.compile_forward
 
   r = compile_forward(get_preset("qwen_vl_7b"), tokens=512)
   assert r["lower_s"] + r["compile_s"] < 180

@@ -11,20 +11,19 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import image_row
 from bird_jax import sharding
 from bird_jax.data.shards import write_shards
-from bird_jax.data.synthetic import synthetic_record
 from bird_jax.train import loop
 from bird_jax.train import optimizer as O
 from bird_jax.train import state as S
 from bird_jax.train import step as T
 from bird_jax.train.config import default_config
 from bird_jax.train.logger import read_metrics
+from bird_jax_testing.records import synthetic_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,7 +192,7 @@ def test_sigterm_saves_and_exits(shards, tmp_path):
 def test_init_from_an_hf_folder(tiny_cfg, hf_weights, tiny_model, tmp_path):
   """init.hf: the HF tensors, converted on the fly and placed on a sharded mesh, are exactly
   the parameters of the model built from the same weights."""
-  from bird_jax.checkpoint.hf import flatten
+  from bird_jax.tree_paths import flatten
   from bird_jax.checkpoint.safetensors_io import save_tensors
   from flax import nnx
 
@@ -268,7 +267,7 @@ def test_overfitting_a_few_records_reproduces_their_answers(tiny_cfg, tmp_path):
 
 def test_init_from_an_orbax_params_checkpoint(tiny_cfg, hf_weights, tiny_model, tmp_path):
   """init.ckpt: a `convert hf-to-jax` output initialises training with the same parameters."""
-  from bird_jax.checkpoint.hf import flatten
+  from bird_jax.tree_paths import flatten
   from bird_jax.checkpoint.safetensors_io import save_tensors
   from bird_jax.convert import hf_to_jax
   from flax import nnx

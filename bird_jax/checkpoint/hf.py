@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from bird_jax.config import QwenVLConfig
+from bird_jax.tree_paths import flatten
 
 Shape = tuple[int, ...]
 
@@ -197,36 +198,6 @@ def _stack_start(rule: Rule) -> int:
 def param_shapes(state: Any) -> dict[str, Shape]:
   """Dotted path -> shape for every array in an nnx State / nested dict."""
   return {k: tuple(v.shape) for k, v in flatten(state).items()}
-
-
-def flatten(state: Any) -> dict[str, Any]:
-  """Nested nnx State / dict -> {dotted path: array}."""
-  from flax import nnx
-
-  if isinstance(state, nnx.State):
-    state = nnx.to_pure_dict(state)
-  out: dict[str, Any] = {}
-
-  def walk(node: Any, prefix: str) -> None:
-    if isinstance(node, Mapping):
-      for k, v in node.items():
-        walk(v, f"{prefix}.{k}" if prefix else str(k))
-    else:
-      out[prefix] = node
-
-  walk(state, "")
-  return out
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for path, value in flat.items():
-    node = out
-    *parents, leaf = path.split(".")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return out
 
 
 # ---- validation ---------------------------------------------------------------------------

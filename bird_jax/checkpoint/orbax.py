@@ -34,7 +34,7 @@ import tensorstore as ts
 from etils import epath
 from flax import nnx
 
-from bird_jax.checkpoint.hf import flatten, unflatten
+from bird_jax.tree_paths import flatten, unflatten
 from bird_jax.config import LLMConfig, QwenVLConfig, VisionConfig
 
 PARAMS = "params"

@@ -34,6 +34,13 @@ class ImageDecodeError(ValueError):
   """An image that cannot be decoded; the message names it."""
 
 
+def png_bytes(pixels: np.ndarray, compress_level: int = 1) -> bytes:
+  """PNG encoding of a uint8 [H, W] / [H, W, 3] or uint16 [H, W] array."""
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format="PNG", compress_level=compress_level)
+  return buf.getvalue()
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
   """RGB as the reference's ``convert("RGB")``, with the high bit-depth rule above."""
   if im.mode == "RGB":

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -20,8 +21,8 @@ import ml_collections
 from bird_jax.evaluation.predictions import Prediction, read_predictions, write_predictions
 from bird_jax.evaluation.scoring import ScoringOptions, TaskScores, score_task
 from bird_jax.evaluation.testsets import ImageFinder, find_test_files, read_test_file
-from bird_jax.vocabulary import TASKS
 from bird_jax.evaluation.report import load_paper_table, markdown, write_report
+from bird_jax.vocabulary import TASKS
 
 
 @dataclasses.dataclass
@@ -31,8 +32,17 @@ class EvalResult:
   markdown: str
 
 
-def _list(value: str) -> list[str]:
-  return [v.strip() for v in str(value).split(",") if v.strip()]
+def config_tuple(c: ml_collections.ConfigDict, field: str, allowed: Sequence[str] = ()
+                 ) -> tuple:
+  """A tuple field of the config, each item checked against `allowed` (when given)."""
+  value = c[field]
+  items = (value,) if isinstance(value, (str, int)) else tuple(value)
+  for item in items:
+    if allowed and item not in allowed:
+      raise ValueError(f"config.{field}: {item!r} is not one of {tuple(allowed)} (a tuple "
+                       f"field takes the flag once per item: --config.{field}={allowed[0]} "
+                       f"--config.{field}={allowed[-1]})")
+  return items
 
 
 def scoring_options(c: ml_collections.ConfigDict) -> ScoringOptions:
@@ -40,7 +50,7 @@ def scoring_options(c: ml_collections.ConfigDict) -> ScoringOptions:
 
 
 def image_finder(c: ml_collections.ConfigDict, data: str | None) -> ImageFinder | None:
-  roots = _list(c.images)
+  roots = list(config_tuple(c, "images"))
   if data:  # datagen writes OUT/medgrit/test_*.json beside OUT/images/
     roots += [data, os.path.join(data, "images"), os.path.join(data, os.pardir, "images")]
   return ImageFinder(roots) if roots else None
@@ -70,9 +80,9 @@ def finish(c: ml_collections.ConfigDict, out: str,
   return EvalResult(scores, paths, markdown(scores, title))
 
 
-def audit(c: ml_collections.ConfigDict, predictions: str, task: str, out: str) -> EvalResult:
-  """Scores existing prediction files (comma-separated, paired with comma-separated tasks)."""
-  files, tasks = _list(predictions), _list(task)
+def audit(c: ml_collections.ConfigDict, files: Sequence[str], tasks: Sequence[str], out: str
+          ) -> EvalResult:
+  """Scores existing prediction files, each paired with its task."""
   if len(files) != len(tasks):
     raise ValueError(f"--predictions names {len(files)} file(s) but --task {len(tasks)} task(s); "
                      "give one task per file")
@@ -107,7 +117,7 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   from bird_jax.sharding import initialize_distributed, make_mesh
   from bird_jax.tokenizer import load_tokenizer
 
-  tasks = _list(c.tasks)
+  tasks = config_tuple(c, "tasks", TASKS)
   files = find_test_files(data, tasks)
   samples = {t: read_test_file(f) for t, f in files.items()}
   if c.limit > 0:
@@ -121,7 +131,7 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   tok = load_tokenizer(cfg)
   opts = RunOptions(batch_size=c.batch_size, max_new_tokens=dict(c.max_new_tokens.to_dict()),
                     min_new_tokens=c.min_new_tokens, temperature=c.temperature, top_p=c.top_p,
-                    seed=c.seed, buckets=tuple(int(b) for b in _list(c.buckets)))
+                    seed=c.seed, buckets=tuple(int(b) for b in config_tuple(c, "buckets")))
   gen = make_generator(model, cfg, tok, opts, mesh)
   find_image = image_finder(c, data)
   results, written = {}, {}
@@ -142,8 +152,8 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   return finish(c, out, results, find_image, title, source)
 
 
-def run(c: ml_collections.ConfigDict, *, ckpt: str = "", data: str = "", predictions: str = "",
-        task: str = "", out: str = "") -> EvalResult:
+def run(c: ml_collections.ConfigDict, *, ckpt: str = "", data: str = "",
+        predictions: Sequence[str] = (), task: Sequence[str] = (), out: str = "") -> EvalResult:
   out = out or c.out
   if predictions:
     if ckpt or data:

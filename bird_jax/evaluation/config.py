@@ -1,6 +1,7 @@
 """eval.py's settings: one `ml_collections.ConfigDict` schema with BiRD's protocol as defaults
 (docs/evaluation.md). configs/eval_bird.py returns it; every field can be overridden with
---config.a.b=value."""
+--config.a.b=value; a tuple field takes the flag once per item (--config.tasks=vg
+--config.tasks=roc) or a Python tuple (--config.tasks="('vg', 'roc')")."""
 
 import ml_collections
 
@@ -8,9 +9,9 @@ import ml_collections
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.out = "runs/eval"  # report.md/json, plots/, gallery/, predictions/ (model mode)
-  c.tasks = "vg,roc,rc,mia"  # model mode: which test files to run
+  c.tasks = ("vg", "roc", "rc", "mia")  # model mode: which test files to run
   c.limit = 0  # samples per task, spread over each test file (0 = all)
-  c.images = ""  # image folders, comma-separated (model mode also looks in --data,
+  c.images = ()  # image folders (model mode also looks in --data,
   #                --data/images and --data/../images: datagen's OUT/medgrit + OUT/images)
   # generation
   c.batch_size = 8
@@ -19,7 +20,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.temperature = 0.0  # 0 = greedy (BiRD); > 0 samples
   c.top_p = 1.0
   c.seed = 0
-  c.buckets = ""  # prompt widths, comma-separated ("" = 32, 48, 64, 96, ... up to seq_length)
+  c.buckets = ()  # prompt widths (() = 32, 48, 64, 96, ... up to seq_length)
   # model
   c.step = -1  # checkpoint step (-1 = latest)
   c.model_preset = ""  # use this preset instead of the checkpoint's model config

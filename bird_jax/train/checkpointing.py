@@ -20,7 +20,7 @@ from flax import nnx
 
 from bird_jax import sharding
 from bird_jax.checkpoint import orbax as ckpt
-from bird_jax.checkpoint.hf import flatten, unflatten
+from bird_jax.tree_paths import flatten, unflatten
 from bird_jax.checkpoint.verify import first_line, verify_params
 from bird_jax.config import QwenVLConfig
 from bird_jax.train.state import Layout, place_params

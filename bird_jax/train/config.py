@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-import sys
 from typing import Any
 
 import ml_collections
@@ -31,18 +30,16 @@ def _fields(cls: type) -> dict[str, Any]:
   return out
 
 
-def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
-  """`get_config()` of a Python config file (`configs/*.py`); the repository root (the
-  folder above the file's folder) is importable from it."""
+def load_config_file(path: str | os.PathLike, arg: str | None = None
+                     ) -> ml_collections.ConfigDict:
+  """`get_config()` of a Python config file (`configs/*.py`); `get_config(arg)` for a variant
+  (what `--config=FILE:arg` selects)."""
   spec = importlib.util.spec_from_file_location("config_file", path)
   if spec is None or spec.loader is None:
     raise FileNotFoundError(f"{path}: not a Python config file")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  if root not in sys.path:
-    sys.path.insert(0, root)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config() if arg is None else module.get_config(arg)
 
 
 def default_config() -> ml_collections.ConfigDict:

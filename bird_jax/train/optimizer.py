@@ -17,21 +17,13 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from bird_jax.tree_paths import dotted
+
 # BiRD / Qwen-VL `--fix_vit`: the whole visual tower is frozen except the resampler.
 BIRD_FREEZE = (r"^visual\.(?!attn_pool\.)",)
 # HF Trainer's rule: no weight decay for biases and torch LayerNorm parameters (Qwen's RMSNorm
 # is not a torch LayerNorm, so the LLM's norms ARE decayed, as in BiRD's training).
 HF_NO_DECAY = r"\.bias$|^visual\.(.*\.)?ln_\w+\.(weight|bias)$"
-
-
-def dotted(path: Sequence[Any]) -> str:
-  """A pytree / nnx path -> 'llm.h.attn.c_attn.kernel' (drops Variable '.value' hops)."""
-  parts = []
-  for k in path:
-    name = getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
-    if name != "value":
-      parts.append(str(name))
-  return ".".join(parts)
 
 
 def trainable_filter(freeze: Sequence[str]) -> Callable[[tuple, Any], bool]:

@@ -17,7 +17,8 @@ from flax import nnx
 from bird_jax.config import QwenVLConfig, read_hf_config
 from bird_jax.model import QwenVL, abstract_model
 from bird_jax.sharding import check_replication, named_shardings, param_specs
-from bird_jax.train.optimizer import dotted, trainable_filter
+from bird_jax.train.optimizer import trainable_filter
+from bird_jax.tree_paths import dotted, flatten
 from bird_jax.train.step import opt_shardings
 
 
@@ -110,7 +111,7 @@ def hf_param_source(hf_dir: str, cfg: QwenVLConfig) -> Callable[[str], Any]:
                      f"config:\n  checkpoint: {hf_cfg.vision}, {hf_cfg.llm}\n  run: {cfg.vision}, "
                      f"{cfg.llm}")
   reader = HFReader(hf_dir)
-  abstract = hf.flatten(nnx.state(abstract_model(cfg)))
+  abstract = flatten(nnx.state(abstract_model(cfg)))
   entries = hf.expected_tensors(cfg, {p: v.shape for p, v in abstract.items()})
   hf.check_tensors({n: (t.shape, t.dtype) for n, t in reader.tensors.items()}, entries,
                    source=hf_dir)

@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from bird_jax.data.image import normalize
 from bird_jax.sharding import logical_to_spec
 from bird_jax.train.loss import lm_loss_stats
-from bird_jax.train.optimizer import dotted
+from bird_jax.tree_paths import dotted
 
 BATCH_KEYS = ("tokens", "labels", "positions", "segment_ids", "images")
 

@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from bird_jax.boxes import box_span, parse_boxes, quantize_box
+from bird_jax.boxes import box_span, canonical_tags, has_tags, parse_boxes, quantize_box
 from datagen.meta import ImageMeta
 from datagen.tasks import TurnSpec
 
@@ -37,8 +37,6 @@ ITEMS_SCHEMA = {
                        "answer": {"type": "string"}}}}}}
 MAX_CAPTION = 800
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
-_TAG = re.compile(r"<\s*(/?)\s*(ref|box)\s*>", re.IGNORECASE)
-_REF = re.compile(r"<ref>(.*?)</ref>", re.DOTALL)
 
 
 class Rejected(ValueError):
@@ -67,7 +65,7 @@ def check_caption(content: str) -> str:
     problems.append('"caption" must be a non-empty string')
   elif len(cap) > MAX_CAPTION:
     problems.append(f'"caption" is longer than {MAX_CAPTION} characters')
-  elif parse_boxes(cap).boxes or _TAG.search(cap):
+  elif parse_boxes(cap).boxes or has_tags(cap):
     problems.append("the caption must not contain boxes, coordinates or tags")
   extra = sorted(set(obj) - {"caption"})
   if extra:
@@ -81,7 +79,7 @@ class _Text:
   """One question or answer: canonical tags, its boxes as meta indices, and problems."""
 
   def __init__(self, text: str, meta: ImageMeta, where: str, problems: list[str]):
-    self.text = _TAG.sub(lambda m: f"<{m.group(1)}{m.group(2).lower()}>", text.strip())
+    self.text = canonical_tags(text.strip())
     self.boxes: list[tuple[int, int, int, int]] = []
     self.spans: list[tuple[int, int, int]] = []  # (start, end, object index)
     known = {quantize_box(o.box): i for i, o in reversed(list(enumerate(meta.objects)))}
@@ -102,7 +100,7 @@ class _Text:
         self.spans.append((b.start, b.end, known[coords]))
       seen_spans.add((b.start, b.end))
     labels = {label.lower() for label in meta.labels}
-    for phrase in _REF.findall(self.text):
+    for phrase in parsed.refs:
       if phrase.strip().lower() not in labels:
         problems.append(f"{where}: <ref>{phrase}</ref> is not a structure of the meta information")
     if "<img>" in self.text.lower():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bird_jax.data.synthetic import png_bytes
+from bird_jax.data.image import png_bytes
 from datagen.sources.base import ImageRef, Loaded, SourceError, make_id
 from datagen.sources.nifti import read_nifti
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from bird_jax.data.synthetic import png_bytes
+from bird_jax.data.image import png_bytes
 from bird_jax.vocabulary import MODALITIES
 from datagen.sources.base import ImageRef, Loaded, make_id, stable_seed
 from datagen.sources.phantom_specs import SPECS, LabelSpec, ModalitySpec

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from bird_jax.data.synthetic import png_bytes
+from bird_jax.data.image import png_bytes
 from bird_jax.vocabulary import MODALITIES
 from datagen.sources.base import ImageRef, Loaded, make_id, stable_seed
 

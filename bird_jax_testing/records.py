@@ -6,23 +6,14 @@ three Q/A turns (VG, ROC, MIA) whose boxes are written by :mod:`bird_jax.boxes`.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from PIL import Image
 
 from bird_jax import boxes as boxes_lib
+from bird_jax.data.image import png_bytes
 from bird_jax.data.records import Object, Provenance, Record, Turn
 from bird_jax.vocabulary import MODALITIES
 
 LABELS = ("liver", "left kidney", "tumor", "edema", "optic disc", "lesion", "polyp", "heart")
-
-
-def png_bytes(pixels: np.ndarray, compress_level: int = 1) -> bytes:
-  """PNG encoding of a uint8 [H, W] / [H, W, 3] or uint16 [H, W] array."""
-  buf = io.BytesIO()
-  Image.fromarray(pixels).save(buf, format="PNG", compress_level=compress_level)
-  return buf.getvalue()
 
 
 def synthetic_pixels(index: int, size: int, gray: bool = False) -> np.ndarray:
