@@ -36,7 +36,8 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None,
   an Orbax checkpoint (a folder of steps, or a training workdir holding `checkpoints/`; `step`
   default: the latest, which `checkpoint_step(path)` names)."""
   path = Path(path)
-  if (path / HF_CONFIG_FILE).is_file():
+  # a training workdir also holds a config.json (the run's): its checkpoints/ decide
+  if (path / HF_CONFIG_FILE).is_file() and not (path / "checkpoints").is_dir():
     if step is not None:
       raise ValueError(f"{path}: an HF folder has no steps (step={step})")
     cfg, model = load_hf_model(path, mesh, dtype=dtype)

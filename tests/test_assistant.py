@@ -136,10 +136,10 @@ def test_terminal_chat_answers_draws_the_boxes_and_keeps_the_history(tmp_path, t
   assert [p.name for p in saved] == ["scan_turn01.png", "scan_turn02.png", "scan_turn03.png"]
   assert f"1 box(es) drawn: {saved[1]}" in r.stdout
   im = np.asarray(Image.open(saved[1]))
-  assert im.shape == (100, 200, 3)
+  assert im.shape == (500, 1000, 3)  # enlarged 5x to a shorter side >= 448
   # the answer's box (14,25),(690,873) in red, the question's (500,500),(900,900) in yellow
-  assert tuple(im[50, round(0.014 * 200)]) == PREDICTED  # its left edge
-  assert tuple(im[50, round(0.9 * 200)]) == QUESTION  # the question's right edge
+  assert tuple(im[250, 14]) == PREDICTED  # its left edge
+  assert tuple(im[250, 900]) == QUESTION  # the question's right edge
   assert QUESTION not in {tuple(p) for p in np.asarray(Image.open(saved[0])).reshape(-1, 3)}
 
 

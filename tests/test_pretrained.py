@@ -43,6 +43,7 @@ def test_an_hf_folder_and_an_orbax_checkpoint_load_in_one_call(tmp_path, tiny_cf
   mngr = ockpt.checkpoint_manager(tmp_path / "run" / "checkpoints")
   ockpt.save(mngr, 12, params=nnx.to_pure_dict(nnx.state(tiny_model)), config=tiny_cfg)
   mngr.wait_until_finished()
+  (tmp_path / "run" / "config.json").write_text("{}")  # a workdir holds the run's config too
   loaded = load_pretrained(tmp_path / "run", mesh=make_mesh(2, 2, 2))  # a workdir
   assert checkpoint_step(tmp_path / "run") == 12 and loaded.config == tiny_cfg
   kernel = nnx.state(loaded.model)["llm"]["h"]["mlp"]["w1"]["kernel"].value

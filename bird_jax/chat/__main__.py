@@ -6,7 +6,7 @@ Each line typed is a question; `/reset` starts a new conversation about the same
 (or the end of the input) leaves. Refer to a region by typing its box on the 0..1000 grid,
 `<box>(x1,y1),(x2,y2)</box>` or just `(x1,y1),(x2,y2)`. After every answer the image is saved
 with the answer's boxes (red, its <ref> phrase written beside) and the question's (yellow); the
-path is printed. Without --ckpt the demo's trained model (runs/demo/train) is used. Decoding is
+path is printed (images under 448 px are enlarged first). Without --ckpt the demo's trained model (runs/demo/train) is used. Decoding is
 BiRD's evaluation setting (greedy, at most 80 new tokens) unless --temperature is set.
 """
 
@@ -19,15 +19,19 @@ from pathlib import Path
 from bird_jax import exit_codes
 
 
+MIN_SIDE = 448  # smaller images are enlarged (whole multiples) so that boxes and text can be read
+
+
 def draw_answer(image, question: str, answer):
   """A copy of `image` with the boxes of `question` (yellow) and of `answer` (red, with the
   phrase of their <ref>)."""
-  from PIL import ImageDraw
+  from PIL import Image, ImageDraw
 
   from bird_jax.boxes import SCALE, parse_boxes
   from bird_jax.evaluation.gallery import PREDICTED, QUESTION, draw_box
 
-  im = image.copy()
+  k = -(-MIN_SIDE // min(image.size))
+  im = image.resize((image.width * k, image.height * k), Image.NEAREST) if k > 1 else image.copy()
   draw = ImageDraw.Draw(im)
   width = max(2, round(min(im.size) / 160))
   for b in parse_boxes(question).boxes:
