@@ -141,6 +141,12 @@ def test_bad_input_gets_a_4xx_with_a_clear_message_and_the_server_keeps_serving(
   reply = conn.getresponse()
   assert (reply.status, reply.read()) == (413, b"Content Too Large")
   conn.close()
+  for path in ("/static/%2e%2e/app.py", "/static/../app.py", "/static/..%2fapp.py"):
+    conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=60)
+    conn.request("GET", path)  # sent as written: no client-side normalisation
+    reply = conn.getresponse()
+    assert reply.status == 404 and b"import" not in reply.read(), path
+    conn.close()
   with pytest.raises(openai.NotFoundError, match="not served here"):
     client.chat.completions.create(model="gpt-4", messages=[ok])
   with pytest.raises(openai.BadRequestError, match="max_tokens 999"):
