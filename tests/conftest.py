@@ -108,6 +108,7 @@ def pytest_collection_modifyitems(config, items):
   """`slow` runs with --slow only; `needs_java` is skipped (with the reason) where there is no
   Java runtime, except in CI (CI=true), where that is an error; `needs_browser` is skipped
   where chromium, chromedriver or selenium is missing; --fast deselects FAST_SKIPS."""
+  import importlib.util
   import shutil
 
   if config.getoption("--fast"):
@@ -119,13 +120,10 @@ def pytest_collection_modifyitems(config, items):
   if no_java and os.environ.get("CI", "").lower() == "true":
     raise pytest.UsageError("CI needs a Java runtime for the metric parity tests "
                             "(apt-get install default-jre-headless)")
-  browser = [shutil.which(b) for b in ("chromium", "chromedriver")]
-  no_browser = pytest.mark.skip(reason="needs chromium and chromedriver on PATH (Debian: "
-                                "apt-get install chromium chromium-driver) and selenium")
-  try:
-    import selenium  # noqa: F401
-  except ImportError:
-    browser = [None]
+  no_browser = not (shutil.which("chromium") and shutil.which("chromedriver")
+                    and importlib.util.find_spec("selenium"))
+  browser = pytest.mark.skip(reason="needs chromium and chromedriver on PATH (Debian: "
+                             "apt-get install chromium chromium-driver) and selenium")
   slow = pytest.mark.skip(reason="slow: run with --slow (bench/faults.py does)")
   java = pytest.mark.skip(reason="needs a Java runtime (the official pycocoevalcap jars)")
   for item in items:
@@ -133,8 +131,8 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(slow)
     if "needs_java" in item.keywords and no_java:
       item.add_marker(java)
-    if "needs_browser" in item.keywords and not all(browser):
-      item.add_marker(no_browser)
+    if "needs_browser" in item.keywords and no_browser:
+      item.add_marker(browser)
 
 
 @pytest.fixture

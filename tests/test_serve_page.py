@@ -23,8 +23,7 @@ from bird_jax.serve.app import create_app
 from bird_jax.serve.batcher import Batcher
 from bird_jax.tokenizer import load_tokenizer
 
-pytestmark = [pytest.mark.needs_browser, pytest.mark.heavy]
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+pytestmark = [pytest.mark.needs_browser, pytest.mark.heavy]  # conftest: on PATH, or skipped
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +42,11 @@ def browser():
   from selenium import webdriver
 
   opts = webdriver.ChromeOptions()
-  opts.binary_location = shutil.which("chromium") or CHROMIUM
+  opts.binary_location = shutil.which("chromium")
   for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
               "--window-size=1100,760", "--force-device-scale-factor=1"):
     opts.add_argument(arg)
-  service = webdriver.ChromeService(executable_path=shutil.which("chromedriver") or CHROMEDRIVER)
+  service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
   driver = webdriver.Chrome(options=opts, service=service)
   yield driver
   driver.quit()

@@ -6,8 +6,9 @@ Each line typed is a question; `/reset` starts a new conversation about the same
 (or the end of the input) leaves. Refer to a region by typing its box on the 0..1000 grid,
 `<box>(x1,y1),(x2,y2)</box>` or just `(x1,y1),(x2,y2)`. After every answer the image is saved
 with the answer's boxes (red, its <ref> phrase written beside) and the question's (yellow); the
-path is printed (images under 448 px are enlarged first). Without --ckpt the demo's trained model (runs/demo/train) is used. Decoding is
-BiRD's evaluation setting (greedy, at most 80 new tokens) unless --temperature is set.
+path is printed (images under 448 px are enlarged first). Without --ckpt the demo's trained
+model (runs/demo/train) is used. Decoding is BiRD's evaluation setting (greedy, at most 80 new
+tokens) unless --temperature is set.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import sys
 from pathlib import Path
 
 from bird_jax import exit_codes
-
 
 MIN_SIDE = 448  # smaller images are enlarged (whole multiples) so that boxes and text can be read
 
