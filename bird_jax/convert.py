@@ -88,9 +88,10 @@ def _check_empty_output(out: Path, what: str) -> None:
 # ---- HF -> Orbax -----------------------------------------------------------------------------
 
 def hf_to_jax(hf_dir: str | Path, out_dir: str | Path, *, dtype: str = "auto", step: int = 0,
-              progress: bool = True) -> dict[str, Any]:
+              compress: bool = False, progress: bool = True) -> dict[str, Any]:
   """Converts an HF Qwen-VL folder (config.json + safetensors) into an Orbax checkpoint at step
-  `step` of `out_dir`. dtype: 'auto' keeps each tensor's dtype, or 'bf16'/'fp32'/'fp16'."""
+  `step` of `out_dir`. dtype: 'auto' keeps each tensor's dtype, or 'bf16'/'fp32'/'fp16';
+  compress: zstd (smaller, slower to write; see `checkpoint_manager`)."""
   t0 = time.time()
   hf_dir, out_dir = Path(hf_dir), Path(out_dir)
   reader = st.HFReader(hf_dir)
@@ -124,7 +125,7 @@ def hf_to_jax(hf_dir: str | Path, out_dir: str | Path, *, dtype: str = "auto", s
   source = {"config": hf_config, "directory": str(directory.resolve()),
             "dtypes": {n: t.dtype for n, t in reader.tensors.items()},
             "layout": reader.layout()}
-  manager = ckpt.checkpoint_manager(out_dir)
+  manager = ckpt.checkpoint_manager(out_dir, compress=compress)
   ckpt.save(manager, step, params=leaves, config=cfg, hf_source=source)
   manager.wait_until_finished()
   manager.close()
@@ -368,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   a.add_argument("--out", required=True, help="new Orbax checkpoint directory")
   a.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"])
   a.add_argument("--step", type=int, default=0)
+  a.add_argument("--compress", action="store_true",
+                 help="zstd-compress the weights: about 22%% smaller, half the write speed")
   b = sub.add_parser("jax-to-hf", help="Orbax checkpoint -> HF safetensors folder")
   b.add_argument("--ckpt", required=True, help="Orbax checkpoint directory")
   b.add_argument("--out", required=True, help="new HF folder")
@@ -388,7 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     if args.command == "hf-to-jax":
-      report = hf_to_jax(args.hf, args.out, dtype=args.dtype, step=args.step)
+      report = hf_to_jax(args.hf, args.out, dtype=args.dtype, step=args.step,
+                         compress=args.compress)
     elif args.command == "jax-to-hf":
       report = jax_to_hf(args.ckpt, args.out, step=args.step, shard_size=args.shard_size,
                          dtype=args.dtype, assets=args.assets,
