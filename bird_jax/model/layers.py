@@ -82,10 +82,17 @@ class Linear(nnx.Module):
       self.bias = param(rngs.params(), zeros, out_shape, axes[len(in_shape):], param_dtype)
     self.n_in, self.dtype = len(in_shape), dtype
 
-  def __call__(self, x: Array) -> Array:
-    y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.n_in)
+  def __call__(self, x: Array, part: int | None = None) -> Array:
+    """x . kernel (+ bias); `part=i`: only output i of the first output axis (e.g. the q, k or
+    v of a fused projection, each from its own input)."""
+    pick = (lambda w, axis: w) if part is None else (lambda w, axis: jnp.take(w, part, axis))
+    x = x.astype(self.dtype)
+    y = jnp.tensordot(x, pick(self.kernel[...], self.n_in).astype(self.dtype), self.n_in)
+    if hasattr(self, "lora_a"):  # adapters (bird_jax/model/lora.py)
+      low = jnp.tensordot(x, self.lora_a[...].astype(self.dtype), self.n_in)
+      y = y + self.lora_scale * jnp.tensordot(low, pick(self.lora_b[...], 1).astype(self.dtype), 1)
     if hasattr(self, "bias"):
-      y = y + self.bias[...].astype(self.dtype)
+      y = y + pick(self.bias[...], 0).astype(self.dtype)
     return y
 
 

@@ -63,9 +63,7 @@ class ResamplerAttention(nnx.Module):
     self.out_proj = L.Linear((h, d), (e,), ("heads", "kv", "embed"), bias=True, **kw)
 
   def __call__(self, q: Array, k: Array, v: Array) -> Array:
-    dtype = self.in_proj.dtype
-    w, b = self.in_proj.kernel[...].astype(dtype), self.in_proj.bias[...].astype(dtype)
-    q, k, v = (jnp.tensordot(x.astype(dtype), w[:, i], 1) + b[i] for i, x in enumerate((q, k, v)))
+    q, k, v = (self.in_proj(x, part=i) for i, x in enumerate((q, k, v)))
     return self.out_proj(L.attention(q, k, v))
 
 

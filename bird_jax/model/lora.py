@@ -1,0 +1,104 @@
+"""Low-rank adapters on the model's linear layers (LoRA).
+
+An adapted `Linear` computes ``x . kernel + scale * (x . lora_a) . lora_b`` with
+``lora_a: in_shape + (rank,)``, ``lora_b: (rank,) + out_shape`` and ``scale = alpha / rank``
+(a stacked layer adds the leading 'layers' axis to both). `lora_b` starts at zero, so a model
+with fresh adapters computes exactly what the base model does. Adapters are `Adapter`
+variables, not `nnx.Param`: the checkpoint table, the HF conversion and everything else that
+reads the model's parameters never sees them; `merge` folds them into the kernels for export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bird_jax.model.layers import Linear
+from bird_jax.tree_paths import dotted
+
+A, B = "lora_a", "lora_b"
+
+
+class Adapter(nnx.Variable):
+  """A LoRA factor (trained; the base parameters stay frozen)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+  rank: int = 0  # 0: no adapters
+  alpha: float = 16.0
+  # regexes over dotted module paths, e.g. the LLM's attention and MLP and the resampler
+  targets: tuple[str, ...] = (r"^llm\.h\.(attn|mlp)\.", r"^visual\.attn_pool\.")
+  dtype: str = "float32"
+  seed: int = 0
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+  def validate(self) -> "LoRAConfig":
+    if self.rank < 0 or (self.rank and not self.targets):
+      raise ValueError(f"lora: rank {self.rank} with targets {self.targets}: give a rank >= 1 "
+                       "and at least one target regex (rank 0 turns adapters off)")
+    for t in self.targets:
+      re.compile(t)
+    return self
+
+
+def target_linears(model: nnx.Module, targets: Sequence[str]) -> dict[str, Linear]:
+  """{dotted path: Linear} of the linear layers whose path matches one of `targets`."""
+  patterns = [re.compile(t) for t in targets]
+  return {dotted(path): node for path, node in nnx.iter_graph(model)
+          if isinstance(node, Linear) and any(p.search(dotted(path)) for p in patterns)}
+
+
+def add_adapters(model: nnx.Module, cfg: LoRAConfig) -> nnx.Module:
+  """Adds zero-effect adapters to every target linear of `model` (in place; returned). Works
+  on concrete models and inside `nnx.eval_shape`."""
+  cfg.validate()
+  found = target_linears(model, cfg.targets)
+  if not found:
+    raise ValueError(f"lora.targets {cfg.targets} match no linear layer of the model")
+  key = jax.random.key(cfg.seed)
+  for i, (path, linear) in enumerate(sorted(found.items())):
+    kernel = linear.kernel
+    axes = tuple(kernel.get_metadata()["axes"])
+    lead = 1 if axes[0] == "layers" else 0  # a stacked layer's leading axis
+    in_shape = kernel.shape[lead:lead + linear.n_in]
+    out_shape = kernel.shape[lead + linear.n_in:]
+    std = float(np.prod(in_shape)) ** -0.5
+    a = std * jax.random.normal(jax.random.fold_in(key, i),
+                                kernel.shape[:lead] + in_shape + (cfg.rank,), cfg.dtype)
+    b = jnp.zeros(kernel.shape[:lead] + (cfg.rank,) + out_shape, cfg.dtype)
+    linear.lora_a = Adapter(a, axes=axes[:lead + linear.n_in] + (None,))
+    linear.lora_b = Adapter(b, axes=axes[:lead] + (None,) + axes[lead + linear.n_in:])
+    linear.lora_scale = cfg.scale
+  return model
+
+
+def merge(params: Mapping[str, Any], scale: float) -> dict[str, np.ndarray]:
+  """{dotted path: array} with adapters -> the same without them, each adapted kernel
+  replaced by ``kernel + scale * lora_a . lora_b`` (computed in fp32, stored in the kernel's
+  dtype): the plain model that computes what the adapted one does."""
+  out = {p: v for p, v in params.items() if not p.endswith((f".{A}", f".{B}"))}
+  for path in params:
+    if not path.endswith(f".{A}"):
+      continue
+    module = path[:-len(A) - 1]
+    kernel = np.asarray(params[f"{module}.kernel"])
+    a = np.asarray(params[path], np.float32)
+    b = np.asarray(params[f"{module}.{B}"], np.float32)
+    rank = a.shape[-1]
+    lead = a.ndim + b.ndim - 2 - kernel.ndim  # leading (layer) axes of all three
+    a2 = a.reshape(a.shape[:lead] + (-1, rank))
+    b2 = b.reshape(b.shape[:lead] + (rank, -1))
+    delta = (a2 @ b2).reshape(kernel.shape)
+    out[f"{module}.kernel"] = (kernel.astype(np.float32) + scale * delta).astype(kernel.dtype)
+  return out
