@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import ml_dtypes
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm import tqdm
 
@@ -33,8 +34,10 @@ from bird_jax.checkpoint import orbax as ckpt
 from bird_jax.checkpoint import safetensors_io as st
 from bird_jax.checkpoint.verify import NonFiniteWeights, nonfinite_count, verify_params
 from bird_jax.config import HF_CONFIG_FILE, QwenVLConfig, read_hf_config
+from bird_jax.model import lora
 
 ASSETS_DIR = "hf_assets"
+RUN_CONFIG = "train_config"  # the item the trainer writes its run config to
 GENERATION_CONFIG_FILE = "generation_config.json"
 # Qwen-VL-Chat's generation_config.json (written when the source folder had none).
 QWEN_VL_CHAT_GENERATION_CONFIG = {
@@ -159,12 +162,14 @@ def jax_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None = N
   the export (NonFiniteWeights, the output folder removed) unless `allow_non_finite`."""
   t0 = time.time()
   ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
-  manager = ckpt.checkpoint_manager(ckpt_dir, read_only=True)
+  manager = ckpt.checkpoint_manager(ckpt_dir, read_only=True,
+                                    extra_handlers={RUN_CONFIG: ocp.JsonCheckpointHandler()})
   cfg = ckpt.restore_config(manager, step)
   source = ckpt.restore_json(manager, ckpt.HF_SOURCE, step) or {}
   reader = ckpt.ParamReader(manager, step)
-  _check_params(reader.shapes, _model_shapes(cfg), ckpt_dir)
-  entries = hf.expected_tensors(cfg, reader.shapes)
+  shapes, read = _merged_adapters(manager, reader, ckpt_dir)
+  _check_params(shapes, _model_shapes(cfg), ckpt_dir)
+  entries = hf.expected_tensors(cfg, shapes)
   if dtype != "auto" and dtype not in DTYPES:
     raise ValueError(f"--dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
   src_dtypes = source.get("dtypes", {})
@@ -190,7 +195,7 @@ def jax_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None = N
 
   def get(name: str) -> np.ndarray:
     _release_free_memory()
-    x = hf.to_hf_tensor(entries[name], reader.read, dtypes[name])
+    x = hf.to_hf_tensor(entries[name], read, dtypes[name])
     bad = 0 if allow_non_finite else nonfinite_count(x)
     if bad:
       raise NonFiniteWeights(f"{ckpt_dir} step {reader.step}: {name} holds {bad:,} NaN/inf "
@@ -212,6 +217,33 @@ def jax_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None = N
                   set(dtypes.values()))
   return {"tensors": len(specs), "bytes": index["metadata"]["total_size"], "files": len(shards),
           "seconds": round(time.time() - t0, 2), "out": str(out_dir)}
+
+
+def _merged_adapters(manager: Any, reader: ckpt.ParamReader, where: Path
+                     ) -> tuple[dict[str, tuple[int, ...]], Any]:
+  """(parameter shapes, read(path, layer)) of a checkpoint, LoRA adapters folded into their
+  kernels (bird_jax/model/lora.py) with the scale alpha / rank of the run that trained them."""
+  adapted = lora.adapted_modules(reader.shapes)
+  if not adapted:
+    return reader.shapes, reader.read
+  run = ckpt.restore_json(manager, RUN_CONFIG, reader.step) or {}
+  settings = run.get("lora") or {}
+  if not settings.get("rank"):
+    raise ValueError(f"{where}: holds LoRA adapters but no {RUN_CONFIG} with lora.rank and "
+                     "lora.alpha (the scale of the adapters)")
+  scale = float(settings["alpha"]) / int(settings["rank"])
+
+  def read(path: str, layer: int | None = None) -> np.ndarray:
+    x = reader.read(path, layer)
+    module = path.rsplit(".", 1)[0]
+    if path.endswith(".kernel") and module in adapted:
+      x = lora.merge_kernel(x, reader.read(f"{module}.{lora.A}", layer),
+                            reader.read(f"{module}.{lora.B}", layer), scale)
+    return x
+
+  shapes = {p: s for p, s in reader.shapes.items() if p.rsplit(".", 1)[0] not in adapted
+            or p.endswith((".kernel", ".bias"))}
+  return shapes, read
 
 
 def _check_params(found: dict, expected: dict, where: Path) -> None:

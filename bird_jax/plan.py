@@ -53,6 +53,7 @@ class Plan:
   compiled_flops: float  # per device, scanned layers counted once
   depth1_ratio: float  # compiled / analytic FLOPs of the depth-1 variant
   analytic_flops: float  # whole step, all devices
+  trained_params: int  # parameters (or adapters) the step updates
 
   @property
   def total_gib(self) -> float:
@@ -61,7 +62,8 @@ class Plan:
 
 
 def compile_step(c, model_cfg, mesh, accum: int):
-  """(compiled executable, analytic StepFlops) of the config's train step on `mesh`."""
+  """(compiled executable, analytic StepFlops, trained parameter count) of the config's train
+  step on `mesh`."""
   import jax
   import jax.numpy as jnp
 
@@ -74,7 +76,8 @@ def compile_step(c, model_cfg, mesh, accum: int):
   d = C.data_config(c, validate=False)  # shapes only: no data needed
   tx, lr = make_optimizer(C.optim_config(c), int(c.train.steps))
   with jax.set_mesh(mesh):
-    layout = make_layout(model_cfg, list(c.freeze), tx, mesh, c.train.replication_tolerance)
+    layout = make_layout(model_cfg, list(c.freeze), tx, mesh, c.train.replication_tolerance,
+                         lora=C.lora_config(c))
     step = jit_step(make_train_step(layout.graphdef, tx, lr, C.step_config(c), model_cfg.dtype),
                     layout.state_shardings, layout.frozen_shardings, mesh)
     s = model_cfg.vision.image_size
@@ -93,7 +96,8 @@ def compile_step(c, model_cfg, mesh, accum: int):
   flops = step_flops(model_cfg, rows=d.batch_size * accum, length=d.max_len,
                      images=d.batch_size * accum * d.max_images_per_row,
                      vit_trained=not any("visual" in f for f in c.freeze))
-  return compiled, flops
+  trained = sum(x.size for x in jax.tree.leaves(layout.abstract_params))
+  return compiled, flops, trained
 
 
 def _flops(compiled) -> float:
@@ -115,7 +119,7 @@ def plan(c, mesh_axes: dict[str, int], per_device_batch: int | None = None) -> P
   accum = int(c.optim.grad_accum)
   model_cfg = C.model_config(c)
   t0 = time.perf_counter()
-  compiled, flops = compile_step(c, model_cfg, mesh, accum)
+  compiled, flops, trained = compile_step(c, model_cfg, mesh, accum)
   compile_s = time.perf_counter() - t0
   m = compiled.memory_analysis()
   gib = lambda b: b / 2**30
@@ -126,12 +130,13 @@ def plan(c, mesh_axes: dict[str, int], per_device_batch: int | None = None) -> P
   c1 = c.copy_and_resolve_references()
   c1.optim.grad_accum = 1
   c1.step.loss_chunk = 0  # a chunked loss is a scan too
-  compiled1, flops1 = compile_step(c1, d1, mesh, 1)
+  compiled1, flops1, _ = compile_step(c1, d1, mesh, 1)
   ratio = _flops(compiled1) * n / flops1.total
   return Plan(devices=n, rows=int(c.data.batch_size), argument_gib=gib(m.argument_size_in_bytes),
               output_gib=gib(m.output_size_in_bytes), alias_gib=gib(m.alias_size_in_bytes),
               temp_gib=gib(m.temp_size_in_bytes), compile_s=compile_s,
-              compiled_flops=_flops(compiled), depth1_ratio=ratio, analytic_flops=flops.total)
+              compiled_flops=_flops(compiled), depth1_ratio=ratio, analytic_flops=flops.total,
+              trained_params=trained)
 
 
 def define_flags() -> None:
@@ -145,6 +150,8 @@ def define_flags() -> None:
                        "micro-step (sets data.batch_size)")
   flags.DEFINE_float("peak_tflops", 312.0, "per device (A100 bf16: 312)")
   flags.DEFINE_float("mfu", 0.4, "assumed MFU for the step time")
+  flags.DEFINE_float("device_gib", 0.0, "memory of one device in GiB (e.g. 40, 80, 141): says "
+                     "whether the step fits")
   flags.DEFINE_bool("cpu_licm", False, "keep XLA's loop-invariant code motion (see the module "
                     "docstring)")
   flags.mark_flags_as_required(["config"])
@@ -184,6 +191,13 @@ def main(argv) -> int:
         f"donated arguments)")
   print(f"  temporaries                {p.temp_gib:6.2f} GiB")
   print(f"  total                      {p.total_gib:6.2f} GiB")
+  if f.device_gib:
+    verdict = ("fits" if p.total_gib <= f.device_gib else "does NOT fit")
+    print(f"  {f'on a {f.device_gib:g} GiB device':<27}{verdict} ({f.device_gib - p.total_gib:+.2f} "
+          "GiB)")
+  lora = c.lora.rank > 0
+  print(f"trained                      {p.trained_params / 1e9:.3f} B "
+        + (f"adapter parameters (LoRA rank {c.lora.rank})" if lora else "parameters"))
   print(f"FLOPs per step (all devices) {p.analytic_flops / 1e15:.3f} PFLOP analytic; compiled/"
         f"analytic {p.depth1_ratio:.3f} on the depth-1 variant")
   print(f"compiled FLOPs per device    {p.compiled_flops / 1e12:.2f} TFLOP (scanned layers counted once)")

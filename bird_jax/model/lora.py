@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -83,22 +83,26 @@ def add_adapters(model: nnx.Module, cfg: LoRAConfig) -> nnx.Module:
   return model
 
 
+def merge_kernel(kernel: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float) -> np.ndarray:
+  """``kernel + scale * a . b`` (in fp32, returned in the kernel's dtype); leading (layer)
+  axes shared by all three, or none."""
+  a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+  rank = a.shape[-1]
+  lead = a.ndim + b.ndim - 2 - kernel.ndim
+  delta = a.reshape(a.shape[:lead] + (-1, rank)) @ b.reshape(b.shape[:lead] + (rank, -1))
+  return (np.asarray(kernel, np.float32) + scale * delta.reshape(kernel.shape)).astype(kernel.dtype)
+
+
+def adapted_modules(paths: Iterable[str]) -> set[str]:
+  """The module paths that hold adapters among dotted parameter paths."""
+  return {p[:-len(A) - 1] for p in paths if p.endswith(f".{A}")}
+
+
 def merge(params: Mapping[str, Any], scale: float) -> dict[str, np.ndarray]:
   """{dotted path: array} with adapters -> the same without them, each adapted kernel
-  replaced by ``kernel + scale * lora_a . lora_b`` (computed in fp32, stored in the kernel's
-  dtype): the plain model that computes what the adapted one does."""
+  replaced by `merge_kernel`: the plain model that computes what the adapted one does."""
   out = {p: v for p, v in params.items() if not p.endswith((f".{A}", f".{B}"))}
-  for path in params:
-    if not path.endswith(f".{A}"):
-      continue
-    module = path[:-len(A) - 1]
-    kernel = np.asarray(params[f"{module}.kernel"])
-    a = np.asarray(params[path], np.float32)
-    b = np.asarray(params[f"{module}.{B}"], np.float32)
-    rank = a.shape[-1]
-    lead = a.ndim + b.ndim - 2 - kernel.ndim  # leading (layer) axes of all three
-    a2 = a.reshape(a.shape[:lead] + (-1, rank))
-    b2 = b.reshape(b.shape[:lead] + (rank, -1))
-    delta = (a2 @ b2).reshape(kernel.shape)
-    out[f"{module}.kernel"] = (kernel.astype(np.float32) + scale * delta).astype(kernel.dtype)
+  for module in adapted_modules(params):
+    out[f"{module}.kernel"] = merge_kernel(np.asarray(params[f"{module}.kernel"]),
+                                           params[f"{module}.{A}"], params[f"{module}.{B}"], scale)
   return out

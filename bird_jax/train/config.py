@@ -16,6 +16,7 @@ import ml_collections
 
 from bird_jax.config import QwenVLConfig, get_preset
 from bird_jax.data.pipeline import DataConfig
+from bird_jax.model.lora import LoRAConfig
 from bird_jax.train.optimizer import BIRD_FREEZE, OptimConfig
 from bird_jax.train.step import StepConfig
 
@@ -56,6 +57,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(_fields(OptimConfig))
   c.optim.grad_accum = 1  # micro-batches (of data.batch_size rows) per optimizer step
   c.freeze = tuple(BIRD_FREEZE)  # regexes of parameter paths that are not trained
+  # LoRA (rank > 0): adapters on the linear layers whose module path matches `targets` are
+  # trained, every base parameter is frozen in its stored dtype (docs/training.md)
+  c.lora = ml_collections.ConfigDict(_fields(LoRAConfig))
   c.step = ml_collections.ConfigDict(_fields(StepConfig))
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.train = ml_collections.ConfigDict({
@@ -89,6 +93,12 @@ def data_config(c: ml_collections.ConfigDict, validate: bool = True) -> DataConf
 
 def optim_config(c: ml_collections.ConfigDict) -> OptimConfig:
   return OptimConfig(**{k: v for k, v in c.optim.to_dict().items() if k != "grad_accum"})
+
+
+def lora_config(c: ml_collections.ConfigDict) -> LoRAConfig | None:
+  """The run's adapters, or None for a full fine-tune (lora.rank 0)."""
+  lora = LoRAConfig(**{k: tuple(v) if k == "targets" else v for k, v in c.lora.to_dict().items()})
+  return lora.validate() if lora.rank else None
 
 
 def step_config(c: ml_collections.ConfigDict) -> StepConfig:

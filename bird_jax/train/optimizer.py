@@ -26,12 +26,17 @@ BIRD_FREEZE = (r"^visual\.(?!attn_pool\.)",)
 HF_NO_DECAY = r"\.bias$|^visual\.(.*\.)?ln_\w+\.(weight|bias)$"
 
 
-def trainable_filter(freeze: Sequence[str]) -> Callable[[tuple, Any], bool]:
-  """nnx filter: a Param whose path matches none of the `freeze` regexes."""
+def trainable_filter(freeze: Sequence[str], adapters: bool = False
+                     ) -> Callable[[tuple, Any], bool]:
+  """nnx filter: a Param whose path matches none of the `freeze` regexes; with `adapters`
+  (a LoRA run) an adapter whose path matches none, every Param being frozen."""
+  from bird_jax.model.lora import Adapter
+
   patterns = [re.compile(p) for p in freeze]
+  kind = Adapter if adapters else nnx.Param
 
   def is_trainable(path: tuple, value: Any) -> bool:
-    return isinstance(value, nnx.Param) and not any(p.search(dotted(path)) for p in patterns)
+    return isinstance(value, kind) and not any(p.search(dotted(path)) for p in patterns)
 
   return is_trainable
 

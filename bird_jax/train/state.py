@@ -16,6 +16,7 @@ from flax import nnx
 
 from bird_jax.config import QwenVLConfig, read_hf_config
 from bird_jax.model import QwenVL, abstract_model
+from bird_jax.model.lora import Adapter, LoRAConfig, add_adapters
 from bird_jax.sharding import check_replication, named_shardings, param_specs
 from bird_jax.train.optimizer import trainable_filter
 from bird_jax.tree_paths import dotted, flatten
@@ -34,13 +35,31 @@ class Layout:
   abstract_state: dict[str, Any]
 
 
-def split_filters(freeze) -> tuple[Callable, Any]:
-  return trainable_filter(freeze), ...
+def split_filters(freeze, lora: LoRAConfig | None = None) -> tuple[Callable, Any]:
+  return trainable_filter(freeze, adapters=lora is not None), ...
+
+
+def build_model(cfg: QwenVLConfig, lora: LoRAConfig | None = None, seed: int | None = None
+                ) -> QwenVL:
+  """The run's model (with its adapters for a LoRA run): random weights from `seed`, or
+  abstract (ShapeDtypeStruct leaves, nothing allocated) when seed is None."""
+  def build(s: int) -> QwenVL:
+    model = QwenVL(cfg, rngs=nnx.Rngs(s))
+    return model if lora is None else add_adapters(model, lora)
+
+  return nnx.eval_shape(lambda: build(0)) if seed is None else build(seed)
 
 
 def make_layout(cfg: QwenVLConfig, freeze, tx: optax.GradientTransformation,
-                mesh: jax.sharding.Mesh, replication_tolerance: float = 0.02) -> Layout:
-  graphdef, params, frozen = nnx.split(abstract_model(cfg), *split_filters(freeze))
+                mesh: jax.sharding.Mesh, replication_tolerance: float = 0.02,
+                lora: LoRAConfig | None = None) -> Layout:
+  model = build_model(cfg, lora)
+  graphdef, params, frozen = nnx.split(model, *split_filters(freeze, lora))
+  if lora is not None:
+    left = sorted(set(flatten(nnx.state(model, Adapter))) - set(flatten(params)))
+    if left:
+      raise ValueError(f"lora.targets put adapters on frozen layers ({left[0]}, ...): narrow "
+                       "the targets or the freeze patterns")
   if not jax.tree.leaves(params):
     raise ValueError(f"freeze patterns {list(freeze)} leave no parameter to train")
   p_sh = named_shardings(param_specs(params, mesh), mesh)
@@ -55,11 +74,12 @@ def make_layout(cfg: QwenVLConfig, freeze, tx: optax.GradientTransformation,
   return Layout(graphdef, params, frozen, state_sh, f_sh, abstract_state)
 
 
-def random_params(cfg: QwenVLConfig, freeze, layout: Layout, seed: int) -> tuple[Any, Any]:
+def random_params(cfg: QwenVLConfig, freeze, layout: Layout, seed: int,
+                  lora: LoRAConfig | None = None) -> tuple[Any, Any]:
   """Freshly initialised (trainable, frozen), created directly with their shardings."""
 
   def init():
-    _, params, frozen = nnx.split(QwenVL(cfg, rngs=nnx.Rngs(seed)), *split_filters(freeze))
+    _, params, frozen = nnx.split(build_model(cfg, lora, seed), *split_filters(freeze, lora))
     return params, frozen
 
   return jax.jit(init, out_shardings=(layout.state_shardings["params"],
