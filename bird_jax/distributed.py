@@ -1,15 +1,14 @@
 """Several processes, one run: joining them, barriers, and the host values they must agree on.
 
-Every process runs the same command. `initialize()` joins them when the launcher says there
+Every process runs the same command; `initialize()` joins them when the launcher says there
 are several (docs/training.md):
 
-    SLURM (srun)        SLURM_NTASKS > 1; JAX reads the rest of SLURM's environment
-    any other launcher  JAX_COORDINATOR_ADDRESS=host:port  JAX_NUM_PROCESSES=n  JAX_PROCESS_ID=i
-    both, optionally    JAX_INITIALIZATION_TIMEOUT_SECONDS (300)  JAX_HEARTBEAT_TIMEOUT_SECONDS (100)
+    SLURM (srun)    SLURM_NTASKS > 1; JAX reads the rest of SLURM's environment
+    by hand         JAX_COORDINATOR_ADDRESS=host:port JAX_NUM_PROCESSES=n JAX_PROCESS_ID=i
+    optional        JAX_INITIALIZATION_TIMEOUT_SECONDS (300), JAX_HEARTBEAT_TIMEOUT_SECONDS (100)
 
-When a process dies, JAX's distributed runtime terminates the others (SIGABRT, exit 134)
-within the heartbeat timeout (at once when process 0, the coordinator, dies): no process waits
-forever on a dead peer.
+When a process dies, JAX's distributed runtime terminates the others (SIGABRT) within the
+heartbeat timeout, at once when process 0 (the coordinator) dies.
 """
 
 from __future__ import annotations
@@ -22,7 +21,8 @@ import jax
 import numpy as np
 
 ENV_COUNT, ENV_ID = "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
-ENV_INIT_TIMEOUT, ENV_HEARTBEAT = "JAX_INITIALIZATION_TIMEOUT_SECONDS", "JAX_HEARTBEAT_TIMEOUT_SECONDS"
+ENV_INIT_TIMEOUT = "JAX_INITIALIZATION_TIMEOUT_SECONDS"
+ENV_HEARTBEAT = "JAX_HEARTBEAT_TIMEOUT_SECONDS"
 
 
 def initialize() -> None:
