@@ -23,12 +23,22 @@ from PIL import Image
 from bird_jax.train.checkpointing import DATA, TrainCheckpointer
 from test_faults_train import COMPILE_CACHE, RUN, losses, poisoned
 
-pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = str(ROOT / "tests" / "multihost_entry.py")
 STEPS = 6
 HEARTBEAT_S = 10  # a survivor ends within this (plus the time to notice) after its peer dies
 TRAIN = {**RUN, "train.steps": STEPS, "data.streams": 2, "mesh.data": -1}
+
+
+def test_a_launch_without_its_process_id_is_refused(monkeypatch):
+  from bird_jax import distributed
+
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1")
+  monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
+  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES=2 needs JAX_COORDINATOR_ADDRESS and "
+                                       "JAX_PROCESS_ID too"):
+    distributed.initialize()
 
 
 def free_port() -> int:
@@ -108,6 +118,7 @@ def single(shards, init, tmp_path_factory):
           "init": init}
 
 
+@pytest.mark.e2e
 @pytest.mark.faults
 def test_two_processes_train_as_one_and_resume_after_one_is_killed(single, shards, tmp_path,
                                                                     fault_log):
@@ -146,12 +157,15 @@ def test_two_processes_train_as_one_and_resume_after_one_is_killed(single, shard
   worst = max(float(np.abs(params[k] - ref_params[k]).max()) for k in params)
   assert worst <= 1e-5  # Adam turns the losses' 1e-7 into parameter differences of ~1e-6
   assert poisoned(w) == 0
-  print(f"2x2 vs 1x4: loss max rel diff {diff:.2e}, params max abs diff {worst:.2e}; "
+  same = sum(got[s] == ref[s] for s in ref)
+  print(f"2x2 vs 1x4: loss max rel diff {diff:.2e} ({same}/{STEPS} steps bitwise equal), "
+        f"params max abs diff {worst:.2e}; "
         f"survivor ended {ended_after:.1f} s after its peer's kill -9")
   fault_log(what="kill -9 of one of 2 processes", recovered=True, poisoned=poisoned(w),
             lost=len(lost), duplicated=len(duplicated))
 
 
+@pytest.mark.e2e
 @pytest.mark.faults
 @pytest.mark.slow
 def test_a_signal_to_one_process_stops_both_at_the_same_saved_step(single, shards, tmp_path,
@@ -180,6 +194,7 @@ QUESTIONS = {"vg": ("Where is the liver?", f"<ref>liver</ref>{BOX}"),
              "roc": (f"What is at {BOX}?", "liver")}
 
 
+@pytest.mark.e2e
 def test_two_processes_generate_the_same_predictions(single, tmp_path):
   data = tmp_path / "data"
   (data / "images").mkdir(parents=True)
