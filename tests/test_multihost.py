@@ -212,8 +212,8 @@ def test_two_processes_generate_the_same_predictions(single, tmp_path):
   for processes in (1, 2):
     out[processes] = tmp_path / f"eval{processes}"
     args = [f"--ckpt={single['dir']}", f"--data={data}", f"--out={out[processes]}",
-            "--config.tasks=vg,roc", "--config.batch_size=4", "--config.buckets=160",
-            "--config.max_new_tokens.vg=8", "--config.max_new_tokens.roc=8", "--config.gallery=0"]
+            "--config.tasks=vg", "--config.tasks=roc", "--config.batch_size=4",
+            "--config.buckets=160", "--config.max_new_tokens.vg=8", "--config.max_new_tokens.roc=8", "--config.gallery=0"]
     logs = tmp_path / f"log{processes}"
     wait(launch("eval.py", args, logs, processes), logs)
   for task in QUESTIONS:

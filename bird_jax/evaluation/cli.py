@@ -111,10 +111,10 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   """Generates predictions for the test files of `data` with the checkpoint, then scores them."""
   import jax
 
+  from bird_jax import distributed
   from bird_jax.config import get_preset
   from bird_jax.evaluation.runner import RunOptions, make_generator, predict
   from bird_jax.pretrained import checkpoint_step, load_model
-  from bird_jax import distributed
   from bird_jax.sharding import make_mesh
   from bird_jax.tokenizer import load_tokenizer
 
