@@ -32,8 +32,8 @@ import numpy as np
 
 from bird_jax import distributed, sharding
 from bird_jax.data.pipeline import make_dataset
-from bird_jax.data.streams import merge_states
 from bird_jax.data.shards import check_shards
+from bird_jax.data.streams import merge_states
 from bird_jax.train import config as C
 from bird_jax.train import workdir as W
 from bird_jax.train.checkpointing import TrainCheckpointer, restore_params_on
