@@ -110,25 +110,6 @@ def param_specs(tree: Any, mesh: jax.sharding.Mesh | None = None) -> Any:
 
 # ---- meshes ------------------------------------------------------------------------------
 
-def initialize_distributed() -> None:
-  """`jax.distributed.initialize()` when launched as one of several processes (SLURM, or the
-  JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment); else nothing."""
-  import os
-
-  multi = (int(os.environ.get("SLURM_NTASKS", "1")) > 1
-           or int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1)
-  if multi and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
-
-
-def barrier(name: str) -> None:
-  """Waits until every process reaches the barrier `name` (nothing with one process)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(name)
-
-
 def mesh_shape(data: int = -1, fsdp: int = 1, tensor: int = 1,
                n_devices: int | None = None) -> tuple[int, int, int]:
   """Mesh axis sizes; one of them may be -1 (= the devices left over)."""

@@ -75,7 +75,7 @@ def samples_read(workdir: Path) -> int:
   import orbax.checkpoint as ocp
   state = c.manager.restore(step, args=ocp.args.Composite(**{DATA: ocp.args.JsonRestore()}))[DATA]
   c.close()
-  return int(state["stats"]["samples"])
+  return sum(int(s["stats"]["samples"]) for s in state["streams"].values())
 
 
 def compare(workdir: Path, ref: dict) -> tuple[int, int]:

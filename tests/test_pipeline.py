@@ -194,6 +194,30 @@ def test_per_host_sharding_covers_every_record_once(shards, by_tokens):
     make_dataset(_cfg(shards, batch_size=4), MODEL, process_index=0, process_count=3)
 
 
+def test_streams_give_the_same_batches_for_any_process_count(shards, by_tokens):
+  cfg = _cfg(shards, batch_size=4, streams=4)
+  whole, _ = _batches(cfg)  # one process runs the 4 streams
+  assert all(b["tokens"].shape == (4, MAX_LEN) for b in whole)
+  for count in (2, 4):
+    per = [list(iter(make_dataset(cfg, MODEL, process_index=i, process_count=count)))
+           for i in range(count)]
+    stacked = [{k: np.concatenate([p[n][k] for p in per]) for k in whole[0]}
+               for n in range(min(map(len, per)))]  # every process stops at the first end
+    _assert_equal_batches(stacked, whole)
+    read = [_ids(p, by_tokens) for p in per]
+    assert all(not set(read[i]) & set(read[j]) for i in range(count) for j in range(i))
+    if count == 4:  # one stream per process: each reads its whole share
+      assert sorted(sum(read, [])) == sorted(r.id for r in _records())
+  it = iter(make_dataset(cfg, MODEL, process_index=0, process_count=2))
+  next(it)
+  state = it.get_state()
+  assert sorted(state["streams"]) == ["0", "1"]
+  with pytest.raises(ValueError, match=r"has 2 stream\(s\), this run reads 4: set data.streams=2"):
+    it.set_state(state)
+  with pytest.raises(ValueError, match="data.streams=4 is not divisible by the 3 processes"):
+    make_dataset(cfg, MODEL, process_index=0, process_count=3)
+
+
 @pytest.mark.heavy
 def test_workers_give_the_same_batches_and_resume(shards):
   cfg = _cfg(shards, num_epochs=2)

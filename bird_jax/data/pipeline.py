@@ -6,9 +6,9 @@
     state = it.get_state()      # JSON-able; save it with the model checkpoint
     it.set_state(state)         # resume: the same batches an uninterrupted run would give
 
-Stages:
-1. ``MapDataset`` over the ArrayRecord shards; this process's records (``index ::
-   count`` of the whole set: every record on exactly one host), shuffled with ``seed``
+Stages, in each of this process's data streams (:mod:`bird_jax.data.streams`):
+1. ``MapDataset`` over the ArrayRecord shards; the stream's records (``s :: streams`` of the
+   whole set: every record in exactly one stream, hence on one host), shuffled with ``seed``
    (reshuffled every epoch), repeated ``num_epochs`` times (0 = forever).
 2. one-to-one map (in ``worker_count`` processes): decode and validate the record, load
    its image (embedded, or from ``image_root``) to uint8 ``[S, S, 3]``, encode the chat with
@@ -16,7 +16,7 @@ Stages:
    raising, so the map stays one-to-one.
 3. in the main process: skip markers (counted, a warning names each record; past
    ``max_bad_records`` the loader stops with :class:`DataError`), pack and batch
-   (:class:`bird_jax.data.packing.BatchPacker`).
+   (:class:`bird_jax.data.packing.BatchPacker`); the streams' batches are stacked.
 
 Because workers only run the one-to-one stage and Grain interleaves their outputs in
 index order, the batches do not depend on ``worker_count``; the iterator state of stage 3
@@ -41,6 +41,7 @@ from bird_jax.data.image import ImageDecodeError, load_pixels
 from bird_jax.data.packing import PACKING_MODES, BatchPacker
 from bird_jax.data.records import ImageRoot, RecordError, decode_record, image_bytes_of
 from bird_jax.data.shards import check_shards, count_records
+from bird_jax.data.streams import StreamsDataset, streams_of
 from bird_jax.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,14 @@ class DataConfig:
 
   shards: str | Sequence[str] = ""  # directory, glob, file, or a list of them
   image_root: str = ""  # folder for records whose image bytes are not embedded
-  batch_size: int = 8  # global rows per step, split evenly over processes
+  batch_size: int = 8  # global rows per step, split evenly over the streams
   max_len: int = 2048  # tokens per row
   max_images_per_row: int = 8  # image slots per row (M)
   packing: str = "segments"  # "segments" | "bird" | "none", see bird_jax.data.packing
   label_mode: str = "qwen_vl"  # "qwen_vl" | "assistant_only", see bird_jax.chat
   system_prompt: str = DEFAULT_SYSTEM
+  streams: int = 0  # independent record streams (0 = one per process); fixing it keeps
+  #                  the batches the same for any process count dividing it
   seed: int = 0
   shuffle: bool = True
   num_epochs: int = 1  # 0 = repeat forever
@@ -78,6 +81,7 @@ class DataConfig:
         (self.max_len >= 1, f"max_len {self.max_len} must be >= 1"),
         (self.max_images_per_row >= 1, f"max_images_per_row {self.max_images_per_row} must be >= 1"),
         (self.num_epochs >= 0, f"num_epochs {self.num_epochs} must be >= 0 (0 = forever)"),
+        (self.streams >= 0, f"streams {self.streams} must be >= 0 (0 = one per process)"),
         (self.worker_count >= 0, f"worker_count {self.worker_count} must be >= 0"),
         (self.max_bad_records >= 0, f"max_bad_records {self.max_bad_records} must be >= 0"),
         (bool(self.shards), "shards is empty"),
@@ -302,34 +306,44 @@ def process_info(process_index: int | None, process_count: int | None) -> tuple[
 
 def make_dataset(cfg: DataConfig, model_cfg: QwenVLConfig, *, tokenizer_dir: str | None = None,
                  process_index: int | None = None, process_count: int | None = None
-                 ) -> grain.IterDataset:
-  """The pipeline for this process: ``iter()`` it for batches of ``batch_size / count`` rows.
+                 ) -> StreamsDataset:
+  """The pipeline for this process: ``iter()`` it for batches of ``batch_size / count`` rows,
+  the rows of its streams (:mod:`bird_jax.data.streams`) stacked.
 
   ``tokenizer_dir``: an HF checkpoint folder holding ``qwen.tiktoken`` (else the packaged
   copy). ``process_index``/``process_count`` default to JAX's.
   """
   cfg.validate()
   index, count = process_info(process_index, process_count)
-  if cfg.batch_size % count:
-    raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {count} processes")
-  source = ShardSource([p for p, _ in check_shards(cfg.shards, min_records=count)])
-  ds = grain.MapDataset.source(source)[index::count]
-  if cfg.shuffle:
-    ds = ds.shuffle(seed=cfg.seed)
-  ds = ds.repeat(cfg.num_epochs or None)
-  ds = ds.map(SampleMaker(cfg, model_cfg, tokenizer_dir))
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
-                                               prefetch_buffer_size=cfg.read_buffer_size))
-  if cfg.worker_count > 0:
-    _mark_flags_parsed()
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size))
+  total = cfg.streams or count
+  ids = streams_of(total, index, count)
+  if cfg.batch_size % total:
+    raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {total} data streams "
+                     f"(data.streams={cfg.streams}, {count} processes)")
+  source = ShardSource([p for p, _ in check_shards(cfg.shards, min_records=total)])
   size = model_cfg.vision.image_size
-  packer_args = dict(batch_size=cfg.batch_size // count, max_len=cfg.max_len,
+  packer_args = dict(batch_size=cfg.batch_size // total, max_len=cfg.max_len,
                      max_images=cfg.max_images_per_row, image_shape=(size, size, 3),
                      pad_id=load_tokenizer(model_cfg, tokenizer_dir).pad_id, mode=cfg.packing)
-  return PackedBatchDataset(it_ds, packer_args=packer_args, max_bad_records=cfg.max_bad_records,
-                            drop_remainder=cfg.drop_remainder)
+  maker = SampleMaker(cfg, model_cfg, tokenizer_dir)
+  if cfg.worker_count > 0:
+    _mark_flags_parsed()
+
+  def stream(s: int) -> PackedBatchDataset:
+    ds = grain.MapDataset.source(source)[s::total]
+    if cfg.shuffle:
+      ds = ds.shuffle(seed=cfg.seed)
+    ds = ds.repeat(cfg.num_epochs or None).map(maker)
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
+                                                 prefetch_buffer_size=cfg.read_buffer_size))
+    if cfg.worker_count > 0:
+      it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size))
+    return PackedBatchDataset(it_ds, packer_args=packer_args,
+                              max_bad_records=cfg.max_bad_records,
+                              drop_remainder=cfg.drop_remainder)
+
+  return StreamsDataset(ids, total, stream)
 
 
 def _mark_flags_parsed() -> None:

@@ -111,10 +111,11 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   """Generates predictions for the test files of `data` with the checkpoint, then scores them."""
   import jax
 
+  from bird_jax import distributed
   from bird_jax.config import get_preset
   from bird_jax.evaluation.runner import RunOptions, make_generator, predict
   from bird_jax.pretrained import checkpoint_step, load_model
-  from bird_jax.sharding import initialize_distributed, make_mesh
+  from bird_jax.sharding import make_mesh
   from bird_jax.tokenizer import load_tokenizer
 
   tasks = config_tuple(c, "tasks", TASKS)
@@ -122,7 +123,7 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   samples = {t: read_test_file(f) for t, f in files.items()}
   if c.limit > 0:
     samples = {t: spread_subset(s, c.limit) for t, s in samples.items()}
-  initialize_distributed()
+  distributed.initialize()
   mesh = make_mesh(**c.mesh.to_dict())
   override = get_preset(c.model_preset) if c.model_preset else None
   step = checkpoint_step(ckpt, None if c.step < 0 else c.step)
@@ -135,18 +136,19 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   gen = make_generator(model, cfg, tok, opts, mesh)
   find_image = image_finder(c, data)
   results, written = {}, {}
+  lead = distributed.is_lead()  # every process generates (each device its rows of a batch)
   for t in tasks:
-    preds = predict(t, samples[t], gen, tok, cfg, find_image, opts)
-    if jax.process_index() == 0:
-      path = os.path.join(out, "predictions", f"{t}.jsonl")
-      write_predictions(path, preds)
-      written[t] = {"path": os.path.abspath(path), "sha256": sha256_of(path),
-                    "test_file": os.path.abspath(files[t]), "samples": len(preds)}
+    preds = predict(t, samples[t], gen, tok, cfg, find_image, opts, progress=lead)
+    if not lead:  # one process writes and scores
+      continue
+    path = os.path.join(out, "predictions", f"{t}.jsonl")
+    write_predictions(path, preds)
+    written[t] = {"path": os.path.abspath(path), "sha256": sha256_of(path),
+                  "test_file": os.path.abspath(files[t]), "samples": len(preds)}
     results[t] = (preds, score_task(t, preds, scoring_options(c)))
   title = f"Evaluation of {ckpt} on {data}"
-  if jax.process_index() != 0:  # one process writes the report
-    scores = {t: s for t, (_, s) in results.items()}
-    return EvalResult(scores, {}, markdown(scores, title))
+  if not lead:
+    return EvalResult({}, {}, f"(process {jax.process_index()}: process 0 writes the report)")
   source = {"mode": "model", "checkpoint": os.path.abspath(ckpt), "step": step,
             "data": os.path.abspath(data), "limit": int(c.limit), "predictions": written}
   return finish(c, out, results, find_image, title, source)

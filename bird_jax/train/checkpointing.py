@@ -2,7 +2,9 @@
 
 Every step holds the model parameters (trainable and frozen together, so any train checkpoint
 is also a params checkpoint for `eval.py` and `convert jax-to-hf`), the model config, the
-optimizer state, the data-iterator state and the resolved run config.
+optimizer state, the data-iterator state of every data stream and the resolved run config.
+With several processes every one of them calls `save` and writes its shards of the arrays;
+process 0 writes the JSON items and commits the step.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from bird_jax import sharding
+from bird_jax import distributed
 from bird_jax.checkpoint import orbax as ckpt
 from bird_jax.tree_paths import flatten, unflatten
 from bird_jax.checkpoint.verify import first_line, verify_params
@@ -108,7 +110,11 @@ class TrainCheckpointer:
   def why_unusable(self, step: int) -> str:
     """Why a step cannot be resumed from ("" if it can): every array of its parameters and
     optimizer state is read back (streamed, host memory only) and must be finite. Checking
-    before Orbax's restore keeps a failure to one clear line."""
+    before Orbax's restore keeps a failure to one clear line. Process 0 reads; every process
+    gets its answer, so all decide alike."""
+    return distributed.on_lead(lambda: self._why_unusable(step))
+
+  def _why_unusable(self, step: int) -> str:
     for item in (ckpt.PARAMS, OPT):
       report = verify_params(self.manager, step, item)
       if not report.ok:
@@ -147,10 +153,11 @@ class TrainCheckpointer:
                              "); a rerun starts from step 0")
 
   def _reject(self, step: int) -> str:
-    """Moves `step` to rejected/ (process 0; every process decided the same from the same
-    files) and returns where it went."""
-    moved = reject_step(self.directory, step) if jax.process_index() == 0 else "rejected/"
-    sharding.barrier(f"reject-{step}")
+    """Moves `step` to rejected/ (process 0, once every process is done with it) and returns
+    where it went."""
+    distributed.barrier(f"reject-{step}")
+    moved = reject_step(self.directory, step) if distributed.is_lead() else "rejected/"
+    distributed.barrier(f"rejected-{step}")
     self.manager.reload()
     return str(moved)
 

@@ -30,9 +30,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from bird_jax import sharding
+from bird_jax import distributed, sharding
 from bird_jax.data.pipeline import make_dataset
 from bird_jax.data.shards import check_shards
+from bird_jax.data.streams import merge_states
 from bird_jax.train import config as C
 from bird_jax.train import workdir as W
 from bird_jax.train.checkpointing import TrainCheckpointer, restore_params_on
@@ -85,13 +86,16 @@ def global_batch(micro: list[dict[str, np.ndarray]], mesh) -> dict[str, jax.Arra
 
 
 def next_micro_batches(it: Iterator, n: int) -> list[dict[str, np.ndarray]] | None:
+  """The next `n` micro-batches, or None when the data of some process has ended (every
+  process stops at the same step)."""
   out = []
   for _ in range(n):
     try:
       out.append(next(it))
     except StopIteration:
-      return None
-  return out
+      out = None
+      break
+  return None if distributed.any_process(out is None) else out
 
 
 def initial_params(c: ml_collections.ConfigDict, model_cfg, layout, freeze):
@@ -107,25 +111,27 @@ def initial_params(c: ml_collections.ConfigDict, model_cfg, layout, freeze):
 
 
 def train(c: ml_collections.ConfigDict) -> TrainResult:
-  sharding.initialize_distributed()
+  distributed.initialize()
   try:
-    check_shards(c.data.shards, min_records=jax.process_count())
     model_cfg, data_cfg, optim_cfg = C.model_config(c), C.data_config(c), C.optim_config(c)
+    check_shards(c.data.shards, min_records=data_cfg.streams or jax.process_count())
   except (ValueError, FileNotFoundError) as e:
     raise BadInput(str(e)) from None
   workdir = c.train.workdir
-  lead = jax.process_index() == 0
+  lead = distributed.is_lead()
   with contextlib.ExitStack() as stack:
-    try:
-      if lead:
-        stack.enter_context(W.WorkdirLock(workdir))
-      if not c.train.resume and lead:
+
+    def claim_workdir() -> None:  # process 0 holds the lock for the run
+      stack.enter_context(W.WorkdirLock(workdir))
+      if not c.train.resume:
         moved = W.start_fresh(workdir, overwrite=c.train.overwrite)
         if moved is not None:
           print(f"train.overwrite: the earlier run in {workdir} was moved to {moved}")
+
+    try:
+      distributed.on_lead(claim_workdir, errors=(W.WorkdirError,))
     except W.WorkdirError as e:
       raise BadInput(str(e)) from None
-    sharding.barrier("workdir")
     return _train(c, model_cfg, data_cfg, optim_cfg, workdir, lead)
 
 
@@ -153,7 +159,10 @@ def _train(c, model_cfg, data_cfg, optim_cfg, workdir: str, lead: bool) -> Train
     dataset = make_dataset(data_cfg, model_cfg, tokenizer_dir=c.init.hf or None)
     it = iter(dataset)
     if data_state is not None:
-      it.set_state(data_state)
+      try:
+        it.set_state(data_state)
+      except ValueError as e:
+        raise BadInput(f"{checkpointer.directory}: {e}") from None
     step_fn = jit_step(make_train_step(layout.graphdef, tx, lr, C.step_config(c), model_cfg.dtype),
                        layout.state_shardings, layout.frozen_shardings, mesh)
     logger = MetricLogger(workdir, total_steps=steps, start_step=start,
@@ -179,8 +188,8 @@ def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, s
   peak = float(c.train.peak_tflops) * 1e12
 
   def save(step: int, data_state: dict[str, Any]) -> None:
-    checkpointer.save(step, state, frozen, data_state=data_state, run_config=run_config,
-                      model_config=model_cfg)
+    checkpointer.save(step, state, frozen, data_state=merge_states(
+        distributed.allgather_json(data_state)), run_config=run_config, model_config=model_cfg)
 
   step, stopped_by, metrics = start, "done", {}
   data_state = it.get_state()
@@ -213,10 +222,11 @@ def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, s
         metrics["mfu"] = mfu(flops.total, dt, jax.device_count(), peak)
       log_now = step % c.train.log_every == 0 or step == steps or step == start + 1
       logger.step(step, metrics if log_now else None)
-      if preempt.signal is not None:
+      if distributed.any_process(preempt.signal is not None):  # every process stops here
         save(step, data_state)
         last_saved, stopped_by = step, "signal"
-        logger.write(f"signal {preempt.signal}: saved step {step}, exiting")
+        logger.write(f"signal {preempt.signal or 'on another process'}: saved step {step}, "
+                     "exiting")
         break
       if step % c.train.ckpt_every == 0 or step == steps:
         save(step, data_state)
@@ -242,7 +252,7 @@ def _last_good(checkpointer: TrainCheckpointer, step: int) -> str:
 
 
 def _write_run_config(workdir: str, c: ml_collections.ConfigDict) -> None:
-  if jax.process_index() == 0:
+  if distributed.is_lead():
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(c.to_json_best_effort(indent=2))

@@ -1,0 +1,91 @@
+"""Several processes, one run: joining them, barriers, and the host values they must agree on.
+
+Every process runs the same command; `initialize()` joins them when the launcher says there
+are several (docs/training.md):
+
+    SLURM (srun)    SLURM_NTASKS > 1; JAX reads the rest of SLURM's environment
+    by hand         JAX_COORDINATOR_ADDRESS=host:port JAX_NUM_PROCESSES=n JAX_PROCESS_ID=i
+    optional        JAX_INITIALIZATION_TIMEOUT_SECONDS (300), JAX_HEARTBEAT_TIMEOUT_SECONDS (100)
+
+When a process dies, JAX's distributed runtime terminates the others (SIGABRT) within the
+heartbeat timeout, at once when process 0 (the coordinator) dies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+ENV_COUNT, ENV_ID = "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
+ENV_INIT_TIMEOUT = "JAX_INITIALIZATION_TIMEOUT_SECONDS"
+ENV_HEARTBEAT = "JAX_HEARTBEAT_TIMEOUT_SECONDS"
+
+
+def initialize() -> None:
+  """`jax.distributed.initialize` when launched as one of several processes; else nothing."""
+  count = int(os.environ.get(ENV_COUNT, os.environ.get("SLURM_NTASKS", "1")))
+  if count <= 1 or jax.distributed.is_initialized():
+    return
+  kwargs: dict[str, Any] = {
+      "initialization_timeout": int(os.environ.get(ENV_INIT_TIMEOUT, "300")),
+      "heartbeat_timeout_seconds": int(os.environ.get(ENV_HEARTBEAT, "100"))}
+  if ENV_COUNT in os.environ:  # JAX itself reads only the coordinator address
+    if ENV_ID not in os.environ or "JAX_COORDINATOR_ADDRESS" not in os.environ:
+      raise ValueError(f"{ENV_COUNT}={count} needs JAX_COORDINATOR_ADDRESS and {ENV_ID} too")
+    kwargs.update(num_processes=count, process_id=int(os.environ[ENV_ID]))
+  jax.distributed.initialize(**kwargs)
+
+
+def is_lead() -> bool:
+  """Process 0: the one that writes files other than checkpoint arrays."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (nothing with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def allgather_json(value: Any) -> list[Any]:
+  """Every process's JSON-able `value`, in process order, on every process."""
+  if jax.process_count() == 1:
+    return [value]
+  from jax.experimental import multihost_utils
+
+  data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
+  width = -(-int(sizes.max()) // 4096) * 4096  # few distinct shapes, few compilations
+  padded = np.zeros(width, np.uint8)
+  padded[:data.size] = data
+  rows = np.asarray(multihost_utils.process_allgather(padded))
+  return [json.loads(bytes(row[:n])) for row, n in zip(rows, sizes)]
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` holds on some process (each process passes its own)."""
+  return any(allgather_json(bool(flag)))
+
+
+def on_lead(fn: Callable[[], Any], errors: tuple[type[Exception], ...] = ()) -> Any:
+  """Runs `fn()` on process 0 only; every process returns its JSON-able result. An exception
+  of a type in `errors` raised there is raised on every process, same type and message."""
+  if jax.process_count() == 1:
+    return fn()
+  outcome = None
+  if is_lead():
+    try:
+      outcome = {"value": fn()}
+    except errors as e:
+      outcome = {"error": [i for i, t in enumerate(errors) if isinstance(e, t)][0],
+                 "message": str(e)}
+  outcome = allgather_json(outcome)[0]
+  if "error" in outcome:
+    raise errors[outcome["error"]](outcome["message"])
+  return outcome["value"]
