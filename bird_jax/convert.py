@@ -3,9 +3,11 @@
     python -m bird_jax.convert hf-to-jax --hf Qwen-VL-Chat --out ckpt/qwen_vl_chat [--dtype auto]
     python -m bird_jax.convert jax-to-hf --ckpt ckpt/run1 [--step N] --out hf_out \
         [--shard-size 4GB] [--dtype auto|bf16|fp32|fp16] [--assets Qwen-VL-Chat]
+    python -m bird_jax.convert lora-export --ckpt runs/lora/checkpoints --out adapters
     python -m bird_jax.convert inspect DIR   # HF folder / .safetensors file / Orbax checkpoint
 
-Both directions stream tensor by tensor (one tensor, or one layer of a stacked parameter, in
+A LoRA run's checkpoint exports with its adapters folded into the kernels (jax-to-hf) or as
+the adapters on their own (lora-export). Both directions stream tensor by tensor (one tensor, or one layer of a stacked parameter, in
 memory at a time); the name/layout table is `bird_jax.checkpoint.hf.RULES`. The HF folder's
 other files (qwen.tiktoken, generation_config.json, the model's *.py files, ...) travel inside
 the Orbax checkpoint under `hf_assets/` and are written back by `jax-to-hf`.
@@ -24,7 +26,6 @@ from typing import Any, Sequence
 
 import ml_dtypes
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm import tqdm
 
@@ -37,7 +38,6 @@ from bird_jax.config import HF_CONFIG_FILE, QwenVLConfig, read_hf_config
 from bird_jax.model import lora
 
 ASSETS_DIR = "hf_assets"
-RUN_CONFIG = "train_config"  # the item the trainer writes its run config to
 GENERATION_CONFIG_FILE = "generation_config.json"
 # Qwen-VL-Chat's generation_config.json (written when the source folder had none).
 QWEN_VL_CHAT_GENERATION_CONFIG = {
@@ -162,12 +162,11 @@ def jax_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None = N
   the export (NonFiniteWeights, the output folder removed) unless `allow_non_finite`."""
   t0 = time.time()
   ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
-  manager = ckpt.checkpoint_manager(ckpt_dir, read_only=True,
-                                    extra_handlers={RUN_CONFIG: ocp.JsonCheckpointHandler()})
+  manager = ckpt.checkpoint_manager(ckpt_dir, read_only=True)
   cfg = ckpt.restore_config(manager, step)
   source = ckpt.restore_json(manager, ckpt.HF_SOURCE, step) or {}
   reader = ckpt.ParamReader(manager, step)
-  shapes, read = _merged_adapters(manager, reader, ckpt_dir)
+  shapes, read = ckpt.merged_reader(manager, reader)
   _check_params(shapes, _model_shapes(cfg), ckpt_dir)
   entries = hf.expected_tensors(cfg, shapes)
   if dtype != "auto" and dtype not in DTYPES:
@@ -219,31 +218,27 @@ def jax_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None = N
           "seconds": round(time.time() - t0, 2), "out": str(out_dir)}
 
 
-def _merged_adapters(manager: Any, reader: ckpt.ParamReader, where: Path
-                     ) -> tuple[dict[str, tuple[int, ...]], Any]:
-  """(parameter shapes, read(path, layer)) of a checkpoint, LoRA adapters folded into their
-  kernels (bird_jax/model/lora.py) with the scale alpha / rank of the run that trained them."""
-  adapted = lora.adapted_modules(reader.shapes)
-  if not adapted:
-    return reader.shapes, reader.read
-  run = ckpt.restore_json(manager, RUN_CONFIG, reader.step) or {}
-  settings = run.get("lora") or {}
-  if not settings.get("rank"):
-    raise ValueError(f"{where}: holds LoRA adapters but no {RUN_CONFIG} with lora.rank and "
-                     "lora.alpha (the scale of the adapters)")
-  scale = float(settings["alpha"]) / int(settings["rank"])
-
-  def read(path: str, layer: int | None = None) -> np.ndarray:
-    x = reader.read(path, layer)
-    module = path.rsplit(".", 1)[0]
-    if path.endswith(".kernel") and module in adapted:
-      x = lora.merge_kernel(x, reader.read(f"{module}.{lora.A}", layer),
-                            reader.read(f"{module}.{lora.B}", layer), scale)
-    return x
-
-  shapes = {p: s for p, s in reader.shapes.items() if p.rsplit(".", 1)[0] not in adapted
-            or p.endswith((".kernel", ".bias"))}
-  return shapes, read
+def lora_export(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None = None
+                ) -> dict[str, Any]:
+  """The adapters of a LoRA run's checkpoint on their own (bird_jax/model/lora.py
+  `save_adapters`): a few MB to share, loaded onto the base with
+  `load_pretrained(base, adapters=out_dir)`."""
+  ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
+  manager = ckpt.checkpoint_manager(ckpt_dir, read_only=True)
+  reader = ckpt.ParamReader(manager, step)
+  paths = sorted(p for p in reader.shapes if lora.is_adapter(p))
+  if not paths:
+    raise ValueError(f"{ckpt_dir}: step {reader.step} holds no LoRA adapters (a run with "
+                     "lora.rank > 0 writes them)")
+  cfg = ckpt.adapter_config(manager, reader.step)
+  init = (ckpt.restore_json(manager, ckpt.RUN_CONFIG, reader.step) or {}).get("init", {})
+  _check_empty_output(out_dir, "--out")
+  adapters = {p: reader.read(p) for p in paths}
+  lora.save_adapters(out_dir, adapters, cfg, {"hf": init.get("hf", ""), "ckpt": init.get("ckpt", ""),
+                                              "checkpoint": str(ckpt_dir.resolve()),
+                                              "step": reader.step})
+  return {"adapters": len(paths), "bytes": sum(a.nbytes for a in adapters.values()),
+          "rank": cfg.rank, "alpha": cfg.alpha, "out": str(out_dir)}
 
 
 def _check_params(found: dict, expected: dict, where: Path) -> None:
@@ -415,6 +410,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   b.add_argument("--assets", default=None,
                  help="folder whose non-weight files (qwen.tiktoken, *.py, generation_config.json) "
                       "are copied, e.g. the original HF download; default: CKPT/hf_assets")
+  e = sub.add_parser("lora-export", help="a LoRA run's adapters on their own (small)")
+  e.add_argument("--ckpt", required=True, help="the LoRA run's Orbax checkpoint directory")
+  e.add_argument("--out", required=True, help="new folder: adapters.safetensors + adapters.json")
+  e.add_argument("--step", type=int, default=None, help="default: the latest step")
   c = sub.add_parser("inspect", help="list tensors/parameters and what maps where; check them")
   c.add_argument("path")
   c.add_argument("--step", type=int, default=None, help="Orbax: default the latest step")
@@ -429,6 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       report = jax_to_hf(args.ckpt, args.out, step=args.step, shard_size=args.shard_size,
                          dtype=args.dtype, assets=args.assets,
                          allow_non_finite=args.allow_non_finite)
+    elif args.command == "lora-export":
+      report = lora_export(args.ckpt, args.out, step=args.step)
     else:
       text, ok = inspect(args.path, step=args.step, verify=not args.no_verify)
       print(text)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 from bird_jax.checkpoint.verify import NonFiniteWeights, tree_is_finite
 from bird_jax.config import HF_CONFIG_FILE, QwenVLConfig, read_hf_config
@@ -31,11 +32,24 @@ class Pretrained(NamedTuple):
 
 
 def load_pretrained(path: str | Path, *, dtype: str | None = None,
-                    mesh: jax.sharding.Mesh | None = None, step: int | None = None) -> Pretrained:
+                    mesh: jax.sharding.Mesh | None = None, step: int | None = None,
+                    adapters: str | Path | None = None) -> Pretrained:
   """The model, tokenizer and config of an HF Qwen-VL folder (config.json + safetensors) or of
   an Orbax checkpoint (a folder of steps, or a training workdir holding `checkpoints/`; `step`
-  default: the latest, which `checkpoint_step(path)` names)."""
-  path = Path(path)
+  default: the latest, which `checkpoint_step(path)` names). `adapters`: a folder written by
+  `convert lora-export`, attached to that base model (a LoRA run's own checkpoint needs none:
+  its adapters come folded in)."""
+  loaded = _load(Path(path), dtype, mesh, step)
+  if adapters is None:
+    return loaded
+  from bird_jax.model import lora
+
+  cfg, values = lora.load_adapters(adapters)
+  return loaded._replace(model=lora.attach(loaded.model, cfg, values))
+
+
+def _load(path: Path, dtype: str | None, mesh: jax.sharding.Mesh | None, step: int | None
+          ) -> Pretrained:
   # a training workdir also holds a config.json (the run's): its checkpoints/ decide
   if (path / HF_CONFIG_FILE).is_file() and not (path / "checkpoints").is_dir():
     if step is not None:
@@ -105,10 +119,17 @@ def load_model(ckpt: str | Path, mesh: jax.sharding.Mesh | None, *, step: int | 
   `checkpoints/`), parameters placed on `mesh` per the sharding rules. `cfg` replaces the
   checkpoint's model config; `dtype` its compute dtype (e.g. "bfloat16")."""
   from bird_jax.checkpoint import orbax as ockpt
-  from bird_jax.model import model_from_params
+  from bird_jax.model import lora, model_from_params
 
   manager = ockpt.checkpoint_manager(_manager_root(ckpt), read_only=True)
   step = manager.latest_step() if step is None else step
   cfg = _with_dtype(cfg or ockpt.restore_config(manager, step), dtype)
-  params = ockpt.restore_params(manager, ockpt.abstract_params(cfg, mesh), step)
-  return cfg, model_from_params(cfg, flatten(_checked(params, f"--ckpt {ckpt} step {step}")))
+  target = ockpt.abstract_params(cfg, mesh)
+  reader = ockpt.ParamReader(manager, step)
+  if lora.adapted_modules(reader.shapes):  # a LoRA run: adapters folded into their kernels
+    _, read = ockpt.merged_reader(manager, reader)
+    params = {p: jax.device_put(np.asarray(read(p), t.dtype), t.sharding)
+              for p, t in flatten(target).items()}
+  else:
+    params = flatten(ockpt.restore_params(manager, target, step))
+  return cfg, model_from_params(cfg, _checked(params, f"--ckpt {ckpt} step {step}"))

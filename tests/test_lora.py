@@ -59,3 +59,75 @@ def test_targets_that_match_nothing_are_refused(tiny_cfg, tiny_model):
                  LoRAConfig(rank=2, targets=(r"^nothing\.",)))
   with pytest.raises(ValueError, match="rank"):
     LoRAConfig(rank=-1).validate()
+
+
+@pytest.mark.heavy
+def test_a_lora_run_trains_only_adapters_and_exports_what_it_computes(tiny_cfg, hf_weights, shards,
+                                                                      tmp_path, inputs):
+  """train.py with lora.rank > 0 from an HF folder: the base stays as loaded, the adapters
+  move; jax-to-hf writes merged weights whose logits are the adapted model's."""
+  import jax.numpy as jnp
+
+  from conftest import write_hf_folder
+  from test_train import run_config
+  from bird_jax import convert
+  from bird_jax.checkpoint.orbax import ParamReader, checkpoint_manager
+  from bird_jax.pretrained import load_pretrained
+  from bird_jax.train.config import lora_config
+  from bird_jax.train.loop import train
+  from bird_jax.train.state import build_model, hf_param_source
+
+  base_dir = tmp_path / "base"
+  write_hf_folder(base_dir, tiny_cfg, hf_weights)
+  c = run_config(shards, str(tmp_path / "run"), steps=3, ckpt_every=3)
+  c.init.hf = str(base_dir)
+  c.lora.rank, c.lora.alpha = 4, 8.0
+  c.optim.lr = 1e-2
+  c.mesh.data, c.mesh.fsdp = 2, 4  # adapters sharded like their kernels
+  c.data.batch_size = 8
+  assert train(c).step == 3
+  reader = ParamReader(checkpoint_manager(tmp_path / "run" / "checkpoints", read_only=True))
+  base = hf_param_source(str(base_dir), tiny_cfg)
+  for path in ("llm.h.mlp.w1.kernel", "visual.attn_pool.kv_proj.kernel", "llm.wte"):
+    assert np.array_equal(reader.read(path), base(path)), path  # frozen as loaded
+  assert np.abs(reader.read("llm.h.attn.c_attn.lora_b")).max() > 0  # trained from zero
+
+  model = build_model(tiny_cfg, lora_config(c), seed=0)  # the adapted model, checkpoint values
+  graphdef, state = nnx.split(model)
+  flat = dict(nnx.to_flat_state(state))
+  for key, var in flat.items():
+    var.set_value(jnp.asarray(reader.read(".".join(map(str, key))), var.dtype))
+  adapted_logits = np.asarray(forward(nnx.merge(graphdef, nnx.from_flat_state(flat)), *inputs))
+
+  convert.jax_to_hf(tmp_path / "run" / "checkpoints", tmp_path / "hf_out", dtype="fp32",
+                    progress=False)
+  merged = load_pretrained(tmp_path / "hf_out", dtype="float32").model
+  np.testing.assert_allclose(np.asarray(forward(merged, *inputs)), adapted_logits, atol=1e-5,
+                             rtol=0)
+  evaluated = load_pretrained(tmp_path / "run").model  # what eval.py --ckpt runs: merged too
+  np.testing.assert_allclose(np.asarray(forward(evaluated, *inputs)), adapted_logits, atol=1e-5,
+                             rtol=0)
+
+  # the adapters on their own: a small file, attached to the base they were trained on
+  report = convert.lora_export(tmp_path / "run" / "checkpoints", tmp_path / "adapters")
+  assert report["adapters"] == 16 and report["bytes"] < 0.2 * sum(a.nbytes for a in hf_weights.values())
+  again = load_pretrained(base_dir, dtype="float32", adapters=tmp_path / "adapters").model
+  np.testing.assert_allclose(np.asarray(forward(again, *inputs)), adapted_logits, atol=1e-6,
+                             rtol=0)
+
+
+def test_adapters_follow_the_freezing_and_decay_rules(tiny_cfg):
+  """Adapters on a frozen layer are refused; trained adapters get weight decay."""
+  from bird_jax.sharding import make_mesh
+  from bird_jax.train import optimizer as O
+  from bird_jax.train.state import make_layout
+
+  mesh = make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  tx, _ = O.make_optimizer(O.OptimConfig(lr=1e-3), 10)
+  with jax.set_mesh(mesh):
+    with pytest.raises(ValueError, match="adapters on frozen layers"):
+      make_layout(tiny_cfg, O.BIRD_FREEZE, tx, mesh, lora=LoRAConfig(rank=2, targets=(r"^visual\.",)))
+    layout = make_layout(tiny_cfg, O.BIRD_FREEZE, tx, mesh, lora=LORA)
+  trained = flatten(layout.abstract_params)
+  assert trained and all(p.endswith(("lora_a", "lora_b")) for p in trained)
+  assert all(jax.tree.leaves(O.decay_mask(layout.abstract_params, O.HF_NO_DECAY)))

@@ -34,12 +34,14 @@ import tensorstore as ts
 from etils import epath
 from flax import nnx
 
-from bird_jax.tree_paths import flatten, unflatten
 from bird_jax.config import LLMConfig, QwenVLConfig, VisionConfig
+from bird_jax.model import lora
+from bird_jax.tree_paths import flatten, unflatten
 
 PARAMS = "params"
 MODEL_CONFIG = "model_config"
 HF_SOURCE = "hf_source"
+RUN_CONFIG = "train_config"  # the trainer's run config (JSON), e.g. a LoRA run's lora.rank/alpha
 # Large arrays are stored in chunks of at most this many bytes (one layer of a stacked
 # parameter per chunk where it fits) and written / read in row bands of about this size, one
 # band at a time: the encoder's buffers stay small whatever the array or the core count.
@@ -158,6 +160,7 @@ def checkpoint_manager(directory: str | os.PathLike, *, max_to_keep: int | None 
   handlers = {PARAMS: ocp.PyTreeCheckpointHandler(type_handler_registry=type_handler_registry(),
                                                   use_compression=compress),
               MODEL_CONFIG: ocp.JsonCheckpointHandler(), HF_SOURCE: ocp.JsonCheckpointHandler(),
+              RUN_CONFIG: ocp.JsonCheckpointHandler(),
               **(extra_handlers or {})}
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
@@ -246,6 +249,17 @@ def restore_json(manager: ocp.CheckpointManager, item: str, step: int | None = N
   return manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
 
 
+def adapter_config(manager: ocp.CheckpointManager, step: int | None = None) -> lora.LoRAConfig:
+  """The LoRA settings of the run that wrote a step holding adapters (from its run config)."""
+  settings = (restore_json(manager, RUN_CONFIG, step) or {}).get("lora") or {}
+  if not settings.get("rank"):
+    raise ValueError(f"{manager.directory}: step {_latest(manager, step)} holds LoRA adapters but "
+                     f"no {RUN_CONFIG} with lora.rank and lora.alpha (their scale)")
+  known = {f.name for f in dataclasses.fields(lora.LoRAConfig)}
+  return lora.LoRAConfig(**{k: tuple(v) if k == "targets" else v
+                            for k, v in settings.items() if k in known}).validate()
+
+
 def restore_config(manager: ocp.CheckpointManager, step: int | None = None) -> QwenVLConfig:
   d = restore_json(manager, MODEL_CONFIG, step)
   if d is None:
@@ -322,3 +336,24 @@ class ParamReader:
     for a, b in _row_bands(out.shape, dtype.itemsize, chunk_rows):
       out[a:b] = t[a:b].read().result()
     return out
+
+
+def merged_reader(manager: ocp.CheckpointManager, reader: ParamReader
+                  ) -> tuple[dict[str, tuple[int, ...]], Callable[[str, int | None], np.ndarray]]:
+  """(parameter shapes, read(path, layer)) of a checkpoint, LoRA adapters folded into their
+  kernels (bird_jax/model/lora.py) with the scale alpha / rank of the run that trained them."""
+  adapted = lora.adapted_modules(reader.shapes)
+  if not adapted:
+    return reader.shapes, reader.read
+  scale = adapter_config(manager, reader.step).scale
+
+  def read(path: str, layer: int | None = None) -> np.ndarray:
+    x = reader.read(path, layer)
+    module = path.rsplit(".", 1)[0]
+    if path.endswith(".kernel") and module in adapted:
+      x = lora.merge_kernel(x, reader.read(f"{module}.{lora.A}", layer),
+                            reader.read(f"{module}.{lora.B}", layer), scale)
+    return x
+
+  shapes = {p: s for p, s in reader.shapes.items() if not lora.is_adapter(p)}
+  return shapes, read

@@ -11,8 +11,11 @@ reads the model's parameters never sees them; `merge` folds them into the kernel
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -24,6 +27,7 @@ from bird_jax.model.layers import Linear
 from bird_jax.tree_paths import dotted
 
 A, B = "lora_a", "lora_b"
+ADAPTERS_FILE, ADAPTERS_CONFIG = "adapters.safetensors", "adapters.json"
 
 
 class Adapter(nnx.Variable):
@@ -101,8 +105,58 @@ def adapted_modules(paths: Iterable[str]) -> set[str]:
 def merge(params: Mapping[str, Any], scale: float) -> dict[str, np.ndarray]:
   """{dotted path: array} with adapters -> the same without them, each adapted kernel
   replaced by `merge_kernel`: the plain model that computes what the adapted one does."""
-  out = {p: v for p, v in params.items() if not p.endswith((f".{A}", f".{B}"))}
+  out = {p: v for p, v in params.items() if not is_adapter(p)}
   for module in adapted_modules(params):
     out[f"{module}.kernel"] = merge_kernel(np.asarray(params[f"{module}.kernel"]),
                                            params[f"{module}.{A}"], params[f"{module}.{B}"], scale)
   return out
+
+
+def is_adapter(path: str) -> bool:
+  return path.endswith((f".{A}", f".{B}"))
+
+
+def save_adapters(directory: str | os.PathLike, adapters: Mapping[str, Any], cfg: LoRAConfig,
+                  base: Mapping[str, Any]) -> None:
+  """Writes the adapters on their own: ADAPTERS_FILE ({dotted path: array}, safetensors) and
+  ADAPTERS_CONFIG (their LoRAConfig and `base`, what they were trained on)."""
+  from safetensors.numpy import save_file
+
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  save_file({p: np.ascontiguousarray(v) for p, v in adapters.items()},
+            str(directory / ADAPTERS_FILE))
+  (directory / ADAPTERS_CONFIG).write_text(json.dumps(
+      {"lora": dataclasses.asdict(cfg), "base": dict(base)}, indent=2) + "\n")
+
+
+def load_adapters(directory: str | os.PathLike) -> tuple[LoRAConfig, dict[str, np.ndarray]]:
+  """(LoRAConfig, {dotted path: array}) written by `save_adapters`."""
+  from safetensors.numpy import load_file
+
+  directory = Path(directory)
+  try:
+    meta = json.loads((directory / ADAPTERS_CONFIG).read_text())
+    cfg = LoRAConfig(**{k: tuple(v) if k == "targets" else v for k, v in meta["lora"].items()})
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{directory / ADAPTERS_CONFIG}: not an adapters config ({e})") from None
+  return cfg.validate(), load_file(str(directory / ADAPTERS_FILE))
+
+
+def attach(model: nnx.Module, cfg: LoRAConfig, values: Mapping[str, Any]) -> nnx.Module:
+  """`model` with the adapters `values` ({dotted path: array}, e.g. from `load_adapters`)."""
+  add_adapters(model, cfg)
+  state = nnx.state(model, Adapter)
+  flat = dict(nnx.to_flat_state(state))
+  want = {".".join(map(str, k)) for k in flat}
+  if want != set(values):
+    raise ValueError(f"adapters do not match the model's targets: missing "
+                     f"{sorted(want - set(values))[:3]}, unexpected {sorted(set(values) - want)[:3]}")
+  for key, var in flat.items():
+    value = values[".".join(map(str, key))]
+    if tuple(value.shape) != tuple(var.shape):
+      raise ValueError(f"{'.'.join(map(str, key))}: adapter shape {tuple(value.shape)}, the model "
+                       f"expects {tuple(var.shape)}")
+    var.set_value(jnp.asarray(value, var.dtype))
+  nnx.update(model, nnx.from_flat_state(flat))
+  return model

@@ -28,7 +28,8 @@ from bird_jax.config import QwenVLConfig
 from bird_jax.train.state import Layout, place_params
 from bird_jax.train.workdir import reject_step
 
-OPT, DATA, RUN_CONFIG = "opt_state", "data_iter", "train_config"
+OPT, DATA = "opt_state", "data_iter"
+RUN_CONFIG = ckpt.RUN_CONFIG
 
 
 class SaveFailed(RuntimeError):
@@ -44,8 +45,7 @@ class TrainCheckpointer:
     self.directory = os.path.join(workdir, "checkpoints")
     self.manager = ckpt.checkpoint_manager(
         self.directory, max_to_keep=keep, async_save=async_save,
-        extra_handlers={OPT: ocp.StandardCheckpointHandler(), DATA: ocp.JsonCheckpointHandler(),
-                        RUN_CONFIG: ocp.JsonCheckpointHandler()})
+        extra_handlers={OPT: ocp.StandardCheckpointHandler(), DATA: ocp.JsonCheckpointHandler()})
     self.last_started: int | None = None  # the newest save's step (errors belong to it)
 
   def latest_step(self) -> int | None:

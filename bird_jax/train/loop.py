@@ -40,8 +40,8 @@ from bird_jax.train.checkpointing import TrainCheckpointer, restore_params_on
 from bird_jax.train.flops import mfu, step_flops
 from bird_jax.train.logger import MetricLogger
 from bird_jax.train.optimizer import make_optimizer
-from bird_jax.train.state import (hf_param_source, initial_state, loaded_params, make_layout,
-                                  random_params)
+from bird_jax.train.state import (fresh_adapters, hf_param_source, initial_state, loaded_params,
+                                  make_layout, random_params)
 from bird_jax.train.step import BATCH_KEYS, batch_sharding, jit_step, make_train_step
 
 
@@ -98,16 +98,23 @@ def next_micro_batches(it: Iterator, n: int) -> list[dict[str, np.ndarray]] | No
   return None if distributed.any_process(out is None) else out
 
 
-def initial_params(c: ml_collections.ConfigDict, model_cfg, layout, freeze):
+def initial_params(c: ml_collections.ConfigDict, model_cfg, layout, freeze, lora=None):
+  """(trainable, frozen) a new run starts from: init.hf, init.ckpt or random weights; a LoRA
+  run adds fresh adapters to the base weights."""
+  from bird_jax.checkpoint.orbax import ParamReader, checkpoint_manager
+
   if c.init.hf and c.init.ckpt:
     raise ValueError("set at most one of init.hf and init.ckpt")
-  if c.init.hf:
-    return loaded_params(layout, hf_param_source(c.init.hf, model_cfg))
-  if c.init.ckpt:
-    from bird_jax.checkpoint.orbax import checkpoint_manager
-
+  if not c.init.hf and not c.init.ckpt:
+    return random_params(model_cfg, freeze, layout, c.init.seed, lora)
+  if lora is None and c.init.ckpt:
     return restore_params_on(checkpoint_manager(c.init.ckpt, read_only=True), layout)
-  return random_params(model_cfg, freeze, layout, c.init.seed)
+  base = (hf_param_source(c.init.hf, model_cfg) if c.init.hf else
+          ParamReader(checkpoint_manager(c.init.ckpt, read_only=True)).read)
+  if lora is None:
+    return loaded_params(layout, base)
+  adapters = fresh_adapters(model_cfg, lora)
+  return loaded_params(layout, lambda path: adapters[path] if path in adapters else base(path))
 
 
 def train(c: ml_collections.ConfigDict) -> TrainResult:
@@ -141,7 +148,8 @@ def _train(c, model_cfg, data_cfg, optim_cfg, workdir: str, lead: bool) -> Train
   tx, lr = make_optimizer(optim_cfg, steps)
   checkpointer = TrainCheckpointer(workdir, keep=c.train.keep)
   with jax.set_mesh(mesh):
-    layout = make_layout(model_cfg, freeze, tx, mesh, c.train.replication_tolerance)
+    lora = C.lora_config(c)
+    layout = make_layout(model_cfg, freeze, tx, mesh, c.train.replication_tolerance, lora)
     data_state = None
     pick = None if c.train.resume_step < 0 else int(c.train.resume_step)
     if c.train.resume and (checkpointer.latest_step() is not None or pick is not None):
@@ -151,7 +159,7 @@ def _train(c, model_cfg, data_cfg, optim_cfg, workdir: str, lead: bool) -> Train
       except ValueError as e:
         raise BadInput(str(e)) from None
     else:
-      params, frozen = initial_params(c, model_cfg, layout, freeze)
+      params, frozen = initial_params(c, model_cfg, layout, freeze, lora)
       state = initial_state(params, tx, layout)
     start = int(jax.device_get(state["step"]))
     if lead:

@@ -86,6 +86,12 @@ def random_params(cfg: QwenVLConfig, freeze, layout: Layout, seed: int,
                                       layout.frozen_shardings))()
 
 
+def fresh_adapters(cfg: QwenVLConfig, lora: LoRAConfig) -> dict[str, Any]:
+  """{dotted path: array}: the adapters a LoRA run starts from (`lora_b` zero; they do not
+  depend on the base weights, whose initialisation XLA drops as unused)."""
+  return jax.device_get(jax.jit(lambda: flatten(nnx.state(build_model(cfg, lora, 0), Adapter)))())
+
+
 def place_params(abstract: Any, shardings: Any, get: Callable[[str], Any]) -> Any:
   """An nnx.State like `abstract` whose leaves are `get(dotted path)`, cast to the abstract
   dtype and put on the mesh one array at a time."""
