@@ -1,6 +1,6 @@
 """LoRA on one 40 GB GPU (an A100-40GB): Qwen-VL-Chat's weights frozen in bf16, rank-64
 adapters (alpha 16) on the LLM's attention and MLP and on the resampler, trained in fp32 with
-Adam; one 2048-token row per micro-step, 128 accumulation steps (BiRD's 128 sequences per step).
+Adam; otherwise bird_7b_1gpu.py (one 2048-token row per micro-step, 128 accumulation steps).
 `python -m bird_jax.plan` puts it at the figure in docs/training.md.
 
     .venv/bin/python train.py --config configs/lora_7b_1gpu.py --config.init.hf=... \\
@@ -15,14 +15,11 @@ from bird_jax.train.config import load_config_file
 
 
 def get_config():
-  c = load_config_file(os.path.join(os.path.dirname(__file__), "bird_7b.py"))
+  c = load_config_file(os.path.join(os.path.dirname(__file__), "bird_7b_1gpu.py"))
   c.model.overrides = {"dtype": "bfloat16", "param_dtype": "bfloat16",
                        "vision_param_dtype": "bfloat16", "remat": "full"}
   c.lora.rank, c.lora.alpha = 64, 16.0
   c.optim.lr = 2e-4  # adapters take a larger rate than full fine-tuning
-  c.data.batch_size = 1
-  c.data.worker_count = 4
-  c.optim.grad_accum = 128
-  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
+  c.optim.moments_dtype = "float32"  # the adapters' moments are small
   c.train.workdir = "runs/lora_7b_1gpu"
   return c
