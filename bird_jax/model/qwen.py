@@ -163,13 +163,12 @@ class QwenLM(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
     mask = None
-    if cache is not None:
+    causal = jnp.tril(jnp.ones((n, n), bool))
+    if cache is not None:  # (cached keys, new keys): the cache is written after the layers
       new_valid = jnp.ones((b, n), bool) if segment_ids is None else segment_ids > 0
       valid = jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, cache.index))
-      causal = jnp.tril(jnp.ones((n, n), bool))
       mask = (cache.valid[:, None, None, :], (causal[None] & new_valid[:, None, :])[:, None])
     elif segment_ids is not None:
-      causal = jnp.tril(jnp.ones((n, n), bool))
       mask = ((segment_ids[:, :, None] == segment_ids[:, None, :]) & causal)[:, None]
     alpha = logn = None
     if not train and c.use_dynamic_ntk:
