@@ -8,12 +8,20 @@ batch x new tokens. bird_jax is timed after one warm-up call (compilation exclud
 set compiles once per prompt bucket); transformers is timed after a warm-up call as well; the
 two are timed in interleaved rounds (this machine is shared: the load changes by the minute).
 Prints tokens/s of each and the ratio, and checks the two produced the same tokens.
+
+Then bird_jax's generation against this machine's own ceiling, measured in the same run: the
+prefill and the decode steps (timed apart, bench/measure.py) as fractions of a large matmul's
+FLOP/s, and the decode step's matmuls alone (the same shapes, no attention or other ops) as
+the ceiling the matmul kernels give at this batch size. The phases run on `--batch` copies of
+the longest prompt (the same work as the padded batch).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+
+import measure
 
 import numpy as np
 import torch
@@ -25,6 +33,7 @@ from bird_jax.checkpoint import hf
 from bird_jax.config import get_preset
 from bird_jax.generate import GenerationConfig, Generator
 from bird_jax.model import abstract_model, model_from_params
+from bird_jax.train.flops import decode_step_flops, prefill_flops
 
 
 def timed(fn) -> float:
@@ -93,6 +102,24 @@ def main() -> None:
   print(f"per-round ratios: {', '.join(f'{r:.2f}' for r in ratios)} "
         f"(median {ratios[len(ratios) // 2]:.2f}x)")
   print(f"identical tokens: {same}")
+
+  # against the machine itself: the peak measured before and after, the higher one kept
+  peaks = [measure.matmul_peak()]
+  phases = measure.phase_times(gen, [prompts[-1]] * args.batch, repeats=args.repeats)
+  bound = measure.decode_matmul_rate(cfg, args.batch)
+  peaks.append(measure.matmul_peak())
+  peak = max(peaks)
+  pre = prefill_flops(cfg, rows=args.batch, length=args.prompt) / phases.prefill_s
+  dec = decode_step_flops(cfg, rows=args.batch, cache_length=args.prompt + args.new) / (
+      phases.decode_step_s)
+  print(f"matmul peak (2048^2 fp32, before / after): {peaks[0] / 1e9:.1f} / "
+        f"{peaks[1] / 1e9:.1f} GFLOP/s")
+  print(f"prefill: {phases.prefill_s * 1e3:.1f} ms, {pre / 1e9:.1f} GFLOP/s = "
+        f"{pre / peak:.2f} of the matmul peak")
+  print(f"decode step: {phases.decode_step_s * 1e3:.2f} ms, {dec / 1e9:.1f} GFLOP/s = "
+        f"{dec / peak:.2f} of the matmul peak (medians of {phases.rounds} rounds)")
+  print(f"decode-step matmuls alone at batch {args.batch}: {bound / 1e9:.1f} GFLOP/s = "
+        f"{bound / peak:.2f} of the peak; decode reaches {dec / bound:.2f} of that")
 
 
 if __name__ == "__main__":

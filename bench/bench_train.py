@@ -24,16 +24,7 @@ from bird_jax.train import optimizer as O
 from bird_jax.train import state as S
 from bird_jax.train import step as T
 from bird_jax.train.flops import mfu, step_flops
-
-
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  t0 = time.perf_counter()
-  for _ in range(reps):
-    f(a).block_until_ready()
-  return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+from measure import matmul_peak
 
 
 def batch(cfg, rows: int, length: int) -> dict[str, np.ndarray]:

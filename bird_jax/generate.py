@@ -146,7 +146,7 @@ def _decode(model: nnx.Module, tokens: Array, lengths: Array, pixels: Array | No
   segments, positions = left_pad_layout(lengths, width)
   llm = model.llm
   cache = KVCache.empty(llm.cfg, b, width + n_new, llm.dtype)
-  kv_axes = ("layers", "batch", "length", "act_heads", "kv")
+  kv_axes = ("layers", "batch", "act_heads", "length", "kv")
   cache = cache._replace(k=constrain(cache.k, kv_axes), v=constrain(cache.v, kv_axes))
   images = None if pixels is None else normalize(pixels).astype(llm.dtype)
   h, cache = model.hidden(tokens, images, positions=positions, segment_ids=segments,

@@ -139,6 +139,16 @@ def plan(c, mesh_axes: dict[str, int], per_device_batch: int | None = None) -> P
               trained_params=trained)
 
 
+def planner_env(devices: int, cpu_licm: bool = False) -> dict[str, str]:
+  """Environment for a process that plans on `devices` simulated host devices (set before
+  jax starts; see the module docstring for the disabled pass)."""
+  xla = f" --xla_force_host_platform_device_count={devices}"
+  if not cpu_licm:
+    xla += " --xla_disable_hlo_passes=while-loop-invariant-code-motion"
+  return {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + xla,
+          "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+
+
 def define_flags() -> None:
   """The command's flags (defined when it runs, not when the module is imported)."""
   config_flags.DEFINE_config_file(
@@ -167,11 +177,7 @@ def main(argv) -> int:
     return 2
   n = math.prod(mesh_axes.values())
   # the backend starts at the first use of jax (below), after these flags are set
-  xla = f" --xla_force_host_platform_device_count={n}"
-  if not f.cpu_licm:
-    xla += " --xla_disable_hlo_passes=while-loop-invariant-code-motion"
-  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + xla
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ.update(planner_env(n, f.cpu_licm))
 
   from absl import logging
 

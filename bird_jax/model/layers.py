@@ -104,6 +104,30 @@ def attention(q: Array, k: Array, v: Array, *, mask: Array | None = None,
                                       implementation=implementation)
 
 
+def cached_attention(q: Array, k: Array, v: Array, k_cache: Array, v_cache: Array,
+                     cache_mask: Array, new_mask: Array) -> Array:
+  """Attention of new queries over a KV cache plus the new keys/values, without writing them
+  into the cache first (no copy of the cache per layer); numerics as `attention`.
+
+  q, k, v: [B, T, N, H] (new tokens); k_cache, v_cache: [B, N, S, H] (heads-major: the score
+  and value products read the cache in place); cache_mask: [B, 1, T, S]; new_mask:
+  [B, 1, T, T]. Returns [B, T, N, H].
+  """
+  f32 = jnp.float32
+  scale = jnp.asarray(float(q.shape[-1]) ** -0.5, f32)
+  big = jnp.asarray(-0.7 * float(jnp.finfo(f32).max), f32)
+  old = jnp.einsum("btnh,bnsh->bnts", q, k_cache.astype(q.dtype), preferred_element_type=f32)
+  new = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=f32)
+  old = jnp.where(cache_mask, old * scale, big)
+  new = jnp.where(new_mask, new * scale, big)
+  top = jnp.maximum(old.max(-1, keepdims=True), new.max(-1, keepdims=True))
+  old, new = jnp.exp(old - top), jnp.exp(new - top)
+  total = old.sum(-1, keepdims=True) + new.sum(-1, keepdims=True)
+  old, new = (old / total).astype(v.dtype), (new / total).astype(v.dtype)
+  return (jnp.einsum("bnts,bnsh->btnh", old, v_cache.astype(v.dtype))
+          + jnp.einsum("bnts,bsnh->btnh", new, v))
+
+
 # ---- positional embeddings of the visual side ----------------------------------------------
 
 def _cubic(x: np.ndarray, a: float = -0.75) -> np.ndarray:

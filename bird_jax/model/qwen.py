@@ -57,8 +57,9 @@ def logn_scale(positions: Array, seq_length: int) -> Array:
 class KVCache(NamedTuple):
   """Keys/values of every layer for autoregressive decoding.
 
-  k, v: [layers, B, S, heads, head_dim]; index: next write position (shared by all rows:
-  batches are left-padded); valid: [B, S] which cached positions hold real tokens.
+  k, v: [layers, B, heads, S, head_dim] (heads-major, the layout the attention products read);
+  index: next write position (shared by all rows: batches are left-padded); valid: [B, S]
+  which cached positions hold real tokens.
   """
 
   k: Array
@@ -68,9 +69,12 @@ class KVCache(NamedTuple):
 
   @classmethod
   def empty(cls, c: LLMConfig, batch: int, length: int, dtype) -> "KVCache":
-    shape = (c.layers, batch, length, c.heads, c.head_dim)
-    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32),
-               jnp.zeros((batch, length), bool))
+    shape = (c.layers, batch, c.heads, length, c.head_dim)
+    empty = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32),
+             jnp.zeros((batch, length), bool))
+    # inside a jitted program these are constants: the barrier keeps XLA from folding the
+    # attention over an empty cache at compile time (seconds for nothing)
+    return cls(*jax.lax.optimization_barrier(empty))
 
 
 # ---- layers --------------------------------------------------------------------------------
@@ -83,22 +87,20 @@ class QwenAttention(nnx.Module):
     self.impl = attention_impl
 
   def __call__(self, x: Array, cos: Array, sin: Array, logn: Array | None, mask: Array | None,
-               kv: tuple[Array, Array] | None = None, index: Array | None = None):
-    """kv: this layer's cache (k, v) [B, S, heads, head_dim]; attention then runs over the
-    cache with the new keys/values written at `index` (under `mask`). Returns the output and
-    the new keys/values (post-RoPE), which the caller writes into the cache once."""
+               kv: tuple[Array, Array] | None = None):
+    """kv: this layer's cache (k, v) [B, heads, S, head_dim]; attention then runs over the
+    cached keys/values and the new ones, `mask` being the pair (cache_mask [B, 1, L, S],
+    new_mask [B, 1, L, L]). Returns the output and the new keys/values (post-RoPE)
+    [B, heads, L, head_dim], which the caller writes into the cache once."""
     qkv = self.c_attn(x)  # [B, L, 3, heads, head_dim], blocked q|k|v
     q, k, v = apply_rope(qkv[:, :, 0], cos, sin), apply_rope(qkv[:, :, 1], cos, sin), qkv[:, :, 2]
     if logn is not None:
       q = q * logn[:, :, None, None].astype(q.dtype)
-    new = (k, v)
-    if kv is not None:
-      at = (0, index, 0, 0)
-      k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), at)
-      v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), at)
-    out = L.attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, is_causal=mask is None,
-                      implementation=self.impl)
-    return self.c_proj(out), new
+    if kv is None:
+      out = L.attention(q, k, v, mask=mask, is_causal=mask is None, implementation=self.impl)
+      return self.c_proj(out), None
+    out = L.cached_attention(q, k, v, kv[0], kv[1], *mask)
+    return self.c_proj(out), (k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
 
 
 class QwenMLP(nnx.Module):
@@ -120,8 +122,8 @@ class QwenBlock(nnx.Module):
     self.ln_2 = L.RMSNorm(c.hidden, c.rms_eps, **kw)
     self.mlp = QwenMLP(c, **kw)
 
-  def __call__(self, x: Array, cos, sin, logn, mask, kv=None, index=None):
-    a, kv = self.attn(self.ln_1(x), cos, sin, logn, mask, kv, index)
+  def __call__(self, x: Array, cos, sin, logn, mask, kv=None):
+    a, kv = self.attn(self.ln_1(x), cos, sin, logn, mask, kv)
     x = x + a
     return x + self.mlp(self.ln_2(x)), kv
 
@@ -161,14 +163,12 @@ class QwenLM(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
     mask = None
-    if cache is not None:
+    causal = jnp.tril(jnp.ones((n, n), bool))
+    if cache is not None:  # (cached keys, new keys): the cache is written after the layers
       new_valid = jnp.ones((b, n), bool) if segment_ids is None else segment_ids > 0
       valid = jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, cache.index))
-      key_pos = jnp.arange(cache.valid.shape[1])
-      causal = key_pos[None, :] <= cache.index + jnp.arange(n)[:, None]
-      mask = (causal[None] & valid[:, None, :])[:, None]
+      mask = (cache.valid[:, None, None, :], (causal[None] & new_valid[:, None, :])[:, None])
     elif segment_ids is not None:
-      causal = jnp.tril(jnp.ones((n, n), bool))
       mask = ((segment_ids[:, :, None] == segment_ids[:, None, :]) & causal)[:, None]
     alpha = logn = None
     if not train and c.use_dynamic_ntk:
@@ -182,10 +182,11 @@ class QwenLM(nnx.Module):
     if cache is None:
       h = L.scan(self.h, h, lambda block, x: block(x, cos, sin, logn, mask)[0], self.remat)
       return self.ln_f(h)
-    h, (k, v) = L.scan(self.h, h, lambda block, x, kv: block(x, cos, sin, logn, mask, kv, cache.index),
+    h, (k, v) = L.scan(self.h, h, lambda block, x, kv: block(x, cos, sin, logn, mask, kv),
                        self.remat, xs=(cache.k, cache.v))
-    # the loop returns only the new keys/values: one in-place write per step, no cache copies
-    at = (0, 0, cache.index, 0, 0)
+    # the loop reads the cache and returns only the new keys/values: one in-place write per
+    # step, no cache copies
+    at = (0, 0, 0, cache.index, 0)
     k = jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), at)
     v = jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), at)
     return self.ln_f(h), KVCache(k, v, cache.index + n, valid)

@@ -7,6 +7,11 @@ Counted (multiply-add = 2 FLOPs; backward = 2x forward):
 - the vision tower per image: forward only (2x) when it is frozen, 6x when trained — ViT
   matmuls over the patch tokens + attention; the resampler (trained in BiRD) and `proj` counted
   6x when trained.
+
+Inference (forward, and generation's prefill and decode steps) counts the same terms at 2x;
+a decode step attends over the whole KV cache, as computed (`bird_jax/generate.py` sizes the
+cache to prompt width + max_new_tokens). `decode_step_bytes` is what one decode step must read
+from memory (every LLM matmul weight once, plus the KV cache), for a bandwidth roofline.
 """
 
 from __future__ import annotations
@@ -57,3 +62,32 @@ def step_flops(cfg: QwenVLConfig, *, rows: int, length: int, images: int,
 def mfu(flops_per_step: float, step_seconds: float, n_devices: int, peak_flops: float) -> float:
   """Model FLOPs utilisation (0..1) against `peak_flops` per device."""
   return flops_per_step / (step_seconds * n_devices * peak_flops)
+
+
+def forward_flops(cfg: QwenVLConfig, *, rows: int, length: int, images: int) -> float:
+  """One forward pass over `rows` x `length` tokens and `images` images (logits included)."""
+  m = cfg.llm
+  llm = 2.0 * llm_matmul_params(cfg) * rows * length + 2.0 * 2 * m.layers * rows * length ** 2 * m.hidden
+  vit, resampler = vision_forward_flops(cfg)
+  return llm + images * (vit + resampler)
+
+
+def prefill_flops(cfg: QwenVLConfig, *, rows: int, length: int, images: int = 0) -> float:
+  """A generation prefill: the forward pass, logits of the last position only."""
+  m = cfg.llm
+  return (forward_flops(cfg, rows=rows, length=length, images=images)
+          - 2.0 * rows * (length - 1) * m.hidden * m.vocab_size)
+
+
+def decode_step_flops(cfg: QwenVLConfig, *, rows: int, cache_length: int) -> float:
+  """One generated token per row, attending over `cache_length` cached positions."""
+  m = cfg.llm
+  return 2.0 * llm_matmul_params(cfg) * rows + 2.0 * 2 * m.layers * rows * cache_length * m.hidden
+
+
+def decode_step_bytes(cfg: QwenVLConfig, *, rows: int, cache_length: int, weight_bytes: int,
+                      cache_bytes: int) -> float:
+  """Bytes one decode step reads at least: the LLM's matmul weights and the whole KV cache."""
+  m = cfg.llm
+  kv = 2.0 * m.layers * rows * cache_length * m.heads * m.head_dim
+  return llm_matmul_params(cfg) * weight_bytes + kv * cache_bytes
