@@ -27,7 +27,6 @@ about 8 minutes including compilation.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -129,7 +128,7 @@ def device_memory() -> dict[str, float] | None:
 
 # ---- sections ----------------------------------------------------------------------------------
 
-def section_train(z, out, ctx) -> dict[str, Any]:
+def section_train(z, ctx) -> dict[str, Any]:
   from bird_jax import sharding
   from bird_jax.plan import compile_step
   from bird_jax.train import config as C
@@ -173,7 +172,6 @@ def section_train(z, out, ctx) -> dict[str, Any]:
     jax.block_until_ready(metrics)
     step_s = (time.perf_counter() - t0) / z["train_steps"]
   memory = device_memory()
-  del state, frozen, params
   n_params = sum(x.size for x in jax.tree.leaves((layout.abstract_params, layout.abstract_frozen)))
   r = {"model": f"{z['preset']} width, LLM {cfg.llm.layers} / ViT {cfg.vision.layers} layers, "
                 f"{n_params / 1e9:.2f} B parameters",
@@ -199,20 +197,20 @@ def collect_planner(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
   return json.loads(stdout.strip().splitlines()[-1])
 
 
-def section_peak(z, out, ctx) -> dict[str, Any]:
+def section_peak(z, ctx) -> dict[str, Any]:
   dtype = "float32" if ctx["smoke"] else "bfloat16"
   peak = measure.matmul_peak(z["peak_n"], z["peak_reps"], dtype)
   ctx["peak"] = peak
   return {"dtype": dtype, "n": z["peak_n"], "tflops": peak / 1e12}
 
 
-def section_bandwidth(z, out, ctx) -> dict[str, Any]:
+def section_bandwidth(z, ctx) -> dict[str, Any]:
   bw = measure.copy_bandwidth(z["copy_bytes"], z["copy_reps"])
   ctx["bandwidth"] = bw
   return {"bytes": z["copy_bytes"], "gb_per_s": bw / 1e9}
 
 
-def section_forward(z, out, ctx) -> dict[str, Any]:
+def section_forward(z, ctx) -> dict[str, Any]:
   from bird_jax.config import get_preset
   from bird_jax.train.flops import forward_flops
 
@@ -237,7 +235,6 @@ def section_forward(z, out, ctx) -> dict[str, Any]:
   fwd_s = measure.seconds(lambda: f16(state, tokens, pixels), z["forward_reps"])
   with jax.default_matmul_precision("highest"):
     logits32 = jax.block_until_ready(forward("float32")(state, tokens, pixels))
-  del state
   flops = forward_flops(cfg32, rows=rows, length=length, images=rows)
   a, b = np.asarray(logits16, np.float32), np.asarray(logits32, np.float32)
   diff = np.abs(a - b)
@@ -252,7 +249,7 @@ def section_forward(z, out, ctx) -> dict[str, Any]:
   return r
 
 
-def section_generate(z, out, ctx) -> dict[str, Any]:
+def section_generate(z, ctx) -> dict[str, Any]:
   from bird_jax.config import get_preset
   from bird_jax.generate import GenerationConfig, Generator
   from bird_jax.train.flops import decode_step_bytes, decode_step_flops, prefill_flops
@@ -294,7 +291,6 @@ def section_generate(z, out, ctx) -> dict[str, Any]:
       row["roofline_nominal_ms"] = nbytes / nominal * 1e3
       row["fraction_of_nominal_roofline"] = nbytes / nominal / ph.decode_step_s
     r[f"batch_{b}"] = row
-    del gen
   return r
 
 
@@ -356,7 +352,7 @@ def main() -> None:
       continue
     t0 = time.perf_counter()
     try:
-      results[name] = SECTIONS[name](z, results, ctx)
+      results[name] = SECTIONS[name](z, ctx)
     except Exception as e:  # one section's failure must not lose the others' figures
       traceback.print_exc()
       results[name] = {"error": f"{type(e).__name__}: {e}"[:500]}
