@@ -139,7 +139,7 @@ def section_train(z, ctx) -> dict[str, Any]:
   cfg = C.model_config(c)
   mesh = sharding.make_mesh(**ONE_DEVICE, devices=jax.devices()[:1])
   t0 = time.perf_counter()
-  compiled, flops = compile_step(c, cfg, mesh, 1)
+  compiled, flops, _ = compile_step(c, cfg, mesh, 1)
   compile_s = time.perf_counter() - t0
   m = compiled.memory_analysis()
   compiled_gib = (m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
