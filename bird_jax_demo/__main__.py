@@ -1,3 +1,5 @@
-from bird_jax_demo.run import main
+from bird_jax_demo import run
 
-main()
+__doc__ = run.__doc__  # what --help shows
+
+run.main()
