@@ -255,9 +255,7 @@ def adapter_config(manager: ocp.CheckpointManager, step: int | None = None) -> l
   if not settings.get("rank"):
     raise ValueError(f"{manager.directory}: step {_latest(manager, step)} holds LoRA adapters but "
                      f"no {RUN_CONFIG} with lora.rank and lora.alpha (their scale)")
-  known = {f.name for f in dataclasses.fields(lora.LoRAConfig)}
-  return lora.LoRAConfig(**{k: tuple(v) if k == "targets" else v
-                            for k, v in settings.items() if k in known}).validate()
+  return lora.LoRAConfig.from_dict(settings).validate()
 
 
 def restore_config(manager: ocp.CheckpointManager, step: int | None = None) -> QwenVLConfig:

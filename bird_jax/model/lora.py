@@ -43,6 +43,12 @@ class LoRAConfig:
   dtype: str = "float32"
   seed: int = 0
 
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "LoRAConfig":
+    """From a JSON/ConfigDict form (lists for tuples); unknown keys are ignored."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if k == "targets" else v for k, v in d.items() if k in known})
+
   @property
   def scale(self) -> float:
     return self.alpha / self.rank
@@ -137,7 +143,7 @@ def load_adapters(directory: str | os.PathLike) -> tuple[LoRAConfig, dict[str, n
   directory = Path(directory)
   try:
     meta = json.loads((directory / ADAPTERS_CONFIG).read_text())
-    cfg = LoRAConfig(**{k: tuple(v) if k == "targets" else v for k, v in meta["lora"].items()})
+    cfg = LoRAConfig.from_dict(meta["lora"])
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ValueError(f"{directory / ADAPTERS_CONFIG}: not an adapters config ({e})") from None
   return cfg.validate(), load_file(str(directory / ADAPTERS_FILE))

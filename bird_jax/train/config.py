@@ -97,7 +97,7 @@ def optim_config(c: ml_collections.ConfigDict) -> OptimConfig:
 
 def lora_config(c: ml_collections.ConfigDict) -> LoRAConfig | None:
   """The run's adapters, or None for a full fine-tune (lora.rank 0)."""
-  lora = LoRAConfig(**{k: tuple(v) if k == "targets" else v for k, v in c.lora.to_dict().items()})
+  lora = LoRAConfig.from_dict(c.lora.to_dict())
   return lora.validate() if lora.rank else None
 
 
