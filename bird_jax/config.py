@@ -257,7 +257,14 @@ def tiny() -> QwenVLConfig:
       image_start_id=BYTE_IMAGE_START_ID, tokenizer="byte", dtype="float32")
 
 
-PRESETS = {"qwen_vl_7b": qwen_vl_7b, "small": small, "tiny": tiny}
+def demo() -> QwenVLConfig:
+  """The demo's model: tiny's LLM with 112 px images (8x8 patches) and 64 image tokens, so
+  that an image token covers one patch (finer positions for boxes at about the same cost)."""
+  t = tiny()
+  return t.replace(vision=dataclasses.replace(t.vision, image_size=112, n_queries=64))
+
+
+PRESETS = {"qwen_vl_7b": qwen_vl_7b, "small": small, "tiny": tiny, "demo": demo}
 
 
 def get_preset(name: str) -> QwenVLConfig:

@@ -62,32 +62,41 @@ def stage_train(c, data: Path, workdir: Path):
   return train(c)
 
 
-def plot_curve(workdir: Path) -> Path | None:
-  from bird_jax.train.logger import read_metrics
-
-  rows = read_metrics(str(workdir))
-  if not rows:
-    return None
+def plot_pair(path: Path, rows: list[dict], left: tuple[str, str], right: tuple[str, str],
+              title: str, left_range: tuple[float, float] | None = None) -> Path:
+  """Two metrics of `rows` against the step, `left` and `right` = (key, axis label)."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(6, 3.5))
-  ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="loss")
+  steps = [r["step"] for r in rows]
+  lines = ax.plot(steps, [r[left[0]] for r in rows], marker=".", label=left[1])
+  if left_range:
+    ax.set_ylim(*left_range)
   ax2 = ax.twinx()
-  ax2.plot([r["step"] for r in rows], [r["accuracy"] for r in rows], color="tab:orange",
-           label="token accuracy")
+  lines += ax2.plot(steps, [r[right[0]] for r in rows], color="tab:orange", marker=".",
+                    label=right[1])
   ax.set_xlabel("step")
-  ax.set_ylabel("loss")
-  ax2.set_ylabel("token accuracy")
-  ax.set_title("demo training")
-  fig.legend(loc="upper right")
+  ax.set_ylabel(left[1])
+  ax2.set_ylabel(right[1])
+  ax.set_title(title)
+  ax.legend(lines, [ln.get_label() for ln in lines], loc="best")
   fig.tight_layout()
-  path = workdir / "training_curve.png"
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
+
+
+def plot_curve(workdir: Path) -> Path | None:
+  from bird_jax.train.logger import read_metrics
+
+  rows = [r for r in read_metrics(str(workdir)) if "loss" in r]  # not a probe's rows
+  if not rows:
+    return None
+  return plot_pair(workdir / "training_curve.png", rows, ("loss", "loss"),
+                   ("accuracy", "token accuracy"), "demo training")
 
 
 def stage_eval(settings: dict, workdir: Path, data: Path, out: Path):

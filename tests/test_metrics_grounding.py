@@ -112,3 +112,21 @@ def test_one_to_one_prefers_highest_iou_pairs():
 def test_length_mismatch_is_a_clear_error():
   with pytest.raises(ValueError, match="same length"):
     vg_recall(["ct_1"], [[]], [])
+
+
+def test_grounding_probe_on_known_boxes():
+  from bird_jax.metrics.grounding import MISSING_CENTRE_ERROR, grounding_probe
+
+  targets = [(100, 100, 300, 300), (500, 500, 700, 700), (0, 0, 100, 100), (800, 0, 900, 100)]
+  preds = [(100, 100, 300, 300),  # exact: hit, centre error 0
+           (540, 500, 740, 700),  # shifted 40: IoU 160/240 = 0.667, hit, error 40
+           (0, 0, 100, 50),  # half the box: IoU exactly 0.5 is a miss (BiRD's > 0.5), error 25
+           None]  # no box read: a miss at the grid's diagonal
+  s = grounding_probe(targets, preds)
+  assert (s.recall, s.unreadable, s.questions) == (0.5, 1, 4)
+  assert s.median_centre_error == pytest.approx((25 + 40) / 2)
+  assert MISSING_CENTRE_ERROR == pytest.approx(1414.2136, abs=1e-4)
+  far = grounding_probe([(0, 0, 10, 10)], [(990, 990, 1000, 1000)])
+  assert far.recall == 0 and far.median_centre_error == pytest.approx(990 * 2 ** 0.5)
+  with pytest.raises(ValueError, match="2 targets and 1 predictions"):
+    grounding_probe(targets[:2], preds[:1])

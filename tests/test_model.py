@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,3 +149,30 @@ def test_kv_cache_decoding_equals_the_full_forward(tiny_cfg, tiny_model):
     for i in range(n, pad + 30):
       logits, cache = step(tiny_model, tokens[:, i:i + 1], pos[:, i:i + 1], seg[:, i:i + 1], cache)
       assert np.abs(np.asarray(logits)[0, 0] - full[0, i - pad]).max() <= 1e-5
+
+
+def test_keep_positions_makes_image_token_k_pool_patch_k():
+  """Resampler.keep_positions: every query puts almost all its weight on its own patch (at
+  random initialisation the weights are nearly uniform), and the image tokens then differ
+  between grid cells as the patches do."""
+  from bird_jax.model import layers as L
+  from bird_jax.model.qwen_vl import QwenVL
+
+  cfg = get_preset("demo")
+  pool = QwenVL(cfg, rngs=nnx.Rngs(0)).visual.attn_pool
+  x = jax.random.normal(jax.random.key(1), (2, cfg.vision.num_patches, cfg.vision.output_dim))
+
+  def own_patch_weight():
+    pos = pool.pos_embed[...]
+    q = pool.attn.in_proj(pool.ln_q(pool.query[...]) + pos, part=0)
+    k = pool.attn.in_proj(pool.ln_kv(x) + L.resize_grid(pos, pool.grid), part=1)
+    w = jax.nn.softmax(jnp.einsum("qhd,bphd->bhqp", q, k) / np.sqrt(q.shape[-1]), -1)
+    return np.asarray(jnp.diagonal(w, axis1=-2, axis2=-1))
+
+  assert own_patch_weight().mean() < 0.1  # random: about uniform over 64 patches
+  pool.keep_positions()
+  w = own_patch_weight()
+  assert w.mean() > 0.9 and w.min() > 0.5
+  with pytest.raises(ValueError, match="one query per patch: 16 queries, 64 patches"):
+    QwenVL(get_preset("demo").replace(vision=dataclasses.replace(
+        cfg.vision, n_queries=16)), rngs=nnx.Rngs(0)).visual.attn_pool.keep_positions()

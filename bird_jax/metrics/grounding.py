@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bird_jax.boxes import bird_extract_boxes
+from bird_jax.boxes import bird_extract_boxes, box_iou
 from bird_jax.metrics.modality import mean_over, mean_present, modality_vector
 from bird_jax.vocabulary import MODALITIES
 
@@ -192,3 +192,35 @@ def vg_recall_from_text(images: Sequence[str], annotations: Sequence[str],
   targets = [bird_extract_boxes(a, fallback=False) for a in annotations]
   preds = [bird_extract_boxes(r, fallback=True) for r in responses]
   return vg_recall(images, targets, preds)
+
+
+# ---- single-target probe -------------------------------------------------------------------
+
+MISSING_CENTRE_ERROR = float(np.hypot(1000.0, 1000.0))  # the grid's diagonal: no box read
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeScore:
+  """Questions with one target box each, scored on the answer's FIRST box: ``recall`` the
+  fraction with IoU > 0.5 (BiRD's threshold), ``median_centre_error`` the median distance
+  between the box centres on the 0..1000 text grid (an answer without a readable box counts
+  as the grid's diagonal), ``unreadable`` how many answers had no box."""
+  recall: float
+  median_centre_error: float
+  unreadable: int
+  questions: int
+
+
+def grounding_probe(targets: Sequence[Box], preds: Sequence[Box | None]) -> ProbeScore:
+  if len(targets) != len(preds) or not targets:
+    raise ValueError(f"grounding_probe: {len(targets)} targets and {len(preds)} predictions "
+                     "(need the same number, at least one)")
+  hits, errors = 0, []
+  for t, p in zip(targets, preds):
+    if p is None:
+      errors.append(MISSING_CENTRE_ERROR)
+      continue
+    hits += box_iou(p, t) > 0.5
+    errors.append(float(np.hypot((p[0] + p[2] - t[0] - t[2]) / 2, (p[1] + p[3] - t[1] - t[3]) / 2)))
+  return ProbeScore(hits / len(targets), float(np.median(errors)),
+                    sum(p is None for p in preds), len(targets))

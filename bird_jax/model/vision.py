@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from bird_jax.config import QwenVLConfig, VisionConfig
@@ -84,7 +85,34 @@ class Resampler(nnx.Module):
     self.ln_q = L.LayerNorm(e, c.ln_eps, **kw)
     self.ln_kv = L.LayerNorm(e, c.ln_eps, **kw)
     self.attn = ResamplerAttention(c, **kw)
-    self.grid = c.grid
+    self.grid, self.cfg = c.grid, c
+
+  def keep_positions(self, scale: float = 8.0, content: float = 0.02) -> None:
+    """Re-initialises the resampler so that query k starts out attending to patch k (needs as
+    many queries as patches): the learned queries are zeroed, so a query is its sin-cos
+    position; the q and k projections route the same frequencies of both grid axes (sin and
+    cos) to every head, times `scale`, so each head's scores peak where the patch's position
+    equals the query's; ln_kv's weight starts at `content` so that the patch contents do not
+    blur that peak (ln_post renormalises the output). At random initialisation the queries
+    pool nearly uniformly and every image token is about the image's mean: what a model
+    trained from scratch has to unlearn before it can tell where anything is."""
+    c = self.cfg
+    if c.n_queries != c.num_patches:
+      raise ValueError(f"keep_positions needs one query per patch: {c.n_queries} queries, "
+                       f"{c.num_patches} patches")
+    e, h = c.output_dim, c.resampler_heads
+    f = e // 4  # frequencies per (axis, sin|cos) block of sincos_2d
+    if f % h:
+      raise ValueError(f"keep_positions: {f} frequencies do not split over {h} heads")
+    order = [block * f + k for j in range(h) for k in range(j, f, h) for block in range(4)]
+    route = np.zeros((e, e), np.float32)
+    route[order, np.arange(e)] = scale  # input dim order[i] -> output (head, dim) i
+    route = jnp.asarray(route.reshape(e, h, e // h), self.query.dtype)
+    self.query[...] = jnp.zeros_like(self.query[...])
+    kernel = self.attn.in_proj.kernel[...]
+    self.attn.in_proj.kernel[...] = kernel.at[:, 0].set(route).at[:, 1].set(route)
+    self.attn.in_proj.bias[...] = self.attn.in_proj.bias[...].at[:2].set(0)
+    self.ln_kv.weight[...] = jnp.full_like(self.ln_kv.weight[...], content)
 
   def __call__(self, x: Array) -> Array:
     if hasattr(self, "kv_proj"):

@@ -49,8 +49,10 @@ def default_config() -> ml_collections.ConfigDict:
   # model.overrides.llm.layers = 4 (nested for the vision/llm sub-configs).
   c.model = ml_collections.ConfigDict({"preset": "tiny", "overrides": {}})
   # initialisation: an HF Qwen-VL folder (converted on the fly), an Orbax params checkpoint,
-  # or random weights (both empty).
-  c.init = ml_collections.ConfigDict({"hf": "", "ckpt": "", "seed": 0})
+  # or random weights (both empty); keep_positions: random weights whose resampler starts out
+  # pooling image token k from patch k (needs as many queries as patches; docs/training.md)
+  c.init = ml_collections.ConfigDict({"hf": "", "ckpt": "", "seed": 0,
+                                      "keep_positions": False})
   c.data = ml_collections.ConfigDict({k: (list(v) if isinstance(v, tuple) else v)
                                       for k, v in _fields(DataConfig).items()})
   c.data.shards = ""

@@ -9,7 +9,8 @@
   `train.resume_step` picks a step; `train.resume=false` refuses a workdir holding a run
   unless `train.overwrite=true` moves that run aside;
 - saves every `train.ckpt_every` steps, at the end, and on SIGTERM/SIGINT (then exits); a
-  save that fails stops the run at once, naming the step, the path and the OS error;
+  save that fails stops the run at once, naming the step, the path and the OS error; after
+  each regular save an optional probe scores the model (logged with the step);
 - stops at a non-finite loss, gradient norm or parameter norm, naming the step and the batch,
   before anything of that step is saved, and names the last good checkpoint after reading it
   back (docs/faults.md).
@@ -24,11 +25,13 @@ import math
 import os
 import signal
 import time
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from bird_jax import distributed, sharding
 from bird_jax.data.pipeline import make_dataset
@@ -43,6 +46,10 @@ from bird_jax.train.optimizer import make_optimizer
 from bird_jax.train.state import (fresh_adapters, hf_param_source, initial_state, loaded_params,
                                   make_layout, random_params)
 from bird_jax.train.step import BATCH_KEYS, batch_sharding, jit_step, make_train_step
+
+
+# probe(step, model) -> numbers to log with the step (e.g. a held-out score); see train()
+Probe = Callable[[int, nnx.Module], dict[str, float]]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -106,7 +113,7 @@ def initial_params(c: ml_collections.ConfigDict, model_cfg, layout, freeze, lora
   if c.init.hf and c.init.ckpt:
     raise ValueError("set at most one of init.hf and init.ckpt")
   if not c.init.hf and not c.init.ckpt:
-    return random_params(model_cfg, freeze, layout, c.init.seed, lora)
+    return random_params(model_cfg, freeze, layout, c.init.seed, lora, c.init.keep_positions)
   if lora is None and c.init.ckpt:
     return restore_params_on(checkpoint_manager(c.init.ckpt, read_only=True), layout)
   base = (hf_param_source(c.init.hf, model_cfg) if c.init.hf else
@@ -117,7 +124,10 @@ def initial_params(c: ml_collections.ConfigDict, model_cfg, layout, freeze, lora
   return loaded_params(layout, lambda path: adapters[path] if path in adapters else base(path))
 
 
-def train(c: ml_collections.ConfigDict) -> TrainResult:
+def train(c: ml_collections.ConfigDict, probe: Probe | None = None) -> TrainResult:
+  """Runs (or resumes) the run `c` describes. `probe(step, model)`, when given, is called on
+  every process after each checkpoint is saved, with the model at that step; the numbers it
+  returns are logged with the step (metrics.jsonl, TensorBoard)."""
   distributed.initialize()
   try:
     model_cfg, data_cfg, optim_cfg = C.model_config(c), C.data_config(c), C.optim_config(c)
@@ -139,10 +149,11 @@ def train(c: ml_collections.ConfigDict) -> TrainResult:
       distributed.on_lead(claim_workdir, errors=(W.WorkdirError,))
     except W.WorkdirError as e:
       raise BadInput(str(e)) from None
-    return _train(c, model_cfg, data_cfg, optim_cfg, workdir, lead)
+    return _train(c, model_cfg, data_cfg, optim_cfg, workdir, lead, probe)
 
 
-def _train(c, model_cfg, data_cfg, optim_cfg, workdir: str, lead: bool) -> TrainResult:
+def _train(c, model_cfg, data_cfg, optim_cfg, workdir: str, lead: bool, probe: Probe | None
+           ) -> TrainResult:
   freeze, accum, steps = list(c.freeze), int(c.optim.grad_accum), int(c.train.steps)
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
   tx, lr = make_optimizer(optim_cfg, steps)
@@ -176,9 +187,14 @@ def _train(c, model_cfg, data_cfg, optim_cfg, workdir: str, lead: bool) -> Train
     logger = MetricLogger(workdir, total_steps=steps, start_step=start,
                           tensorboard=c.train.tensorboard)
     _write_run_config(workdir, c)
+
+    def after_save(step: int, state: dict[str, Any]) -> None:
+      if probe is not None:
+        logger.step(step, probe(step, nnx.merge(layout.graphdef, state["params"], frozen)))
+
     try:
       result = _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, start,
-                    steps, accum)
+                    steps, accum, after_save)
       checkpointer.close()
     finally:
       logger.close()
@@ -186,7 +202,7 @@ def _train(c, model_cfg, data_cfg, optim_cfg, workdir: str, lead: bool) -> Train
 
 
 def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, start, steps,
-         accum) -> TrainResult:
+         accum, after_save: Callable[[int, dict[str, Any]], None]) -> TrainResult:
   preempt = _Preemption()
   run_config = json.loads(c.to_json_best_effort())
   data_cfg = C.data_config(c)
@@ -239,6 +255,7 @@ def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, s
       if step % c.train.ckpt_every == 0 or step == steps:
         save(step, data_state)
         last_saved = step
+        after_save(step, state)
     if stopped_by == "data" and step > last_saved:
       save(step, data_state)
   finally:

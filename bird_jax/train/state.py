@@ -75,11 +75,17 @@ def make_layout(cfg: QwenVLConfig, freeze, tx: optax.GradientTransformation,
 
 
 def random_params(cfg: QwenVLConfig, freeze, layout: Layout, seed: int,
-                  lora: LoRAConfig | None = None) -> tuple[Any, Any]:
-  """Freshly initialised (trainable, frozen), created directly with their shardings."""
+                  lora: LoRAConfig | None = None, keep_positions: bool = False
+                  ) -> tuple[Any, Any]:
+  """Freshly initialised (trainable, frozen), created directly with their shardings;
+  `keep_positions`: the resampler starts out pooling image token k from patch k
+  (`Resampler.keep_positions`)."""
 
   def init():
-    _, params, frozen = nnx.split(build_model(cfg, lora, seed), *split_filters(freeze, lora))
+    model = build_model(cfg, lora, seed)
+    if keep_positions:
+      model.visual.attn_pool.keep_positions()
+    _, params, frozen = nnx.split(model, *split_filters(freeze, lora))
     return params, frozen
 
   return jax.jit(init, out_shardings=(layout.state_shardings["params"],

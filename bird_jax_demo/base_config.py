@@ -1,0 +1,62 @@
+"""The demo base's pre-training run (`python -m bird_jax_demo.base`): the demo's model from
+random weights on generic shape scenes (datagen's `shapes` source: colours, shapes, textures
+and object names that share nothing with the phantom structures), so that the demo
+fine-tunes a model that already refers and grounds, as BiRD starts from Qwen-VL-Chat.
+
+The `base` block holds the data and probe settings:
+- `scenes`: VG and ROC turns about different labels of each scene (no answer can be read off
+  another turn of the same conversation), as many turns as the scene has labels;
+- `listings`: other scenes whose one question asks for every object with its boxes (a
+  grounded listing: dense box targets);
+- `probe`: held-out scenes (another seed) with at least `min_objects` objects; each probe
+  question names a label with one instance, and the probe scores the first box of the greedy
+  answer (R@0.5 and the median centre error) after every checkpoint.
+The learning rate is constant after the warm-up, so every checkpoint is a usable base and the
+run can be stopped and resumed at any point; `train.steps` is the budget.
+
+`get_config("quick")` is a CI-sized variant that checks the pipeline, not the learning.
+"""
+
+import ml_collections
+
+from bird_jax.train.config import default_config
+
+
+def get_config(arg: str | None = None):
+  if arg not in (None, "", "quick"):
+    raise ValueError(f"bird_jax_demo/base_config.py: unknown variant {arg!r} (variants: quick)")
+  c = default_config()
+  c.model.preset = "demo"
+  c.init.seed = 0
+  c.init.keep_positions = True  # image token k starts as patch k (Resampler.keep_positions)
+  c.freeze = ()
+  c.data.batch_size = 4  # rows of 1024 tokens: a scene's conversation is up to ~820 tokens
+  c.data.max_len = 1024
+  c.data.max_images_per_row = 4
+  c.data.num_epochs = 0
+  c.optim.lr = 1e-3
+  c.optim.schedule = "constant"
+  c.optim.warmup_steps = 100
+  c.optim.weight_decay = 0.01
+  c.train.steps = 20000
+  c.train.log_every = 20
+  c.train.ckpt_every = 250
+  c.train.keep = 2
+  c.train.tensorboard = False
+  c.train.workdir = "runs/demo_base"
+  c.mesh.data = 1
+  c.base = ml_collections.ConfigDict({
+      "image_size": 112,
+      "max_labels": 6,
+      "scenes": {"num_images": 30000, "vg": 4, "roc": 2, "seed": 0},
+      "listings": {"num_images": 6000, "seed": 2},
+      "probe": {"num_images": 400, "seed": 1, "questions": 256, "min_objects": 3,
+                "batch_size": 64},
+  })
+  if arg == "quick":
+    c.base.scenes.num_images = 48
+    c.base.listings.num_images = 16
+    c.base.probe.update({"num_images": 24, "questions": 8, "batch_size": 8})
+    c.train.update({"steps": 6, "log_every": 2, "ckpt_every": 3})
+    c.data.worker_count = 0
+  return c
