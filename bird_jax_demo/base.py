@@ -49,7 +49,8 @@ def datagen(b, name: str, out: Path) -> dict:
            "probe": TaskCounts(vg=8, roc=0, rc=0, mia=0, negatives=0.0)}[name]
   cfg = GenConfig(out=str(out), source="shapes", num_images=s["num_images"],
                   image_size=b["image_size"], max_labels=b["max_labels"], seed=s["seed"],
-                  tasks=tasks, answer_style="concise", progress=False)
+                  shapes_style=s.get("style", "full"), tasks=tasks, answer_style="concise",
+                  progress=False)
   return generate(cfg.validate())
 
 

@@ -5,10 +5,12 @@ fine-tunes a model that already refers and grounds, as BiRD starts from Qwen-VL-
 
 The `base` block holds the data and probe settings:
 - `scenes`: VG and ROC turns about different labels of each scene (no answer can be read off
-  another turn of the same conversation), as many turns as the scene has labels;
+  another turn of the same conversation): up to `vg` VG and `roc` ROC turns per scene;
 - `listings`: other scenes whose one question asks for every object with its boxes (a
   grounded listing: dense box targets);
-- `probe`: held-out scenes (another seed) with at least `min_objects` objects; each probe
+- `scenes.style`, `listings.style`: "full" scenes, or "plain" ones (colour + shape labels, one object each: an easier
+  first phase; a second run then starts from its export with `init.hf`);
+- `probe`: held-out full scenes (another seed) with at least `min_objects` objects; each probe
   question names a label with one instance, and the probe scores the first box of the greedy
   answer (R@0.5 and the median centre error) after every checkpoint.
 The learning rate is constant after the warm-up, so every checkpoint is a usable base and the
@@ -48,8 +50,8 @@ def get_config(arg: str | None = None):
   c.base = ml_collections.ConfigDict({
       "image_size": 112,
       "max_labels": 6,
-      "scenes": {"num_images": 30000, "vg": 4, "roc": 2, "seed": 0},
-      "listings": {"num_images": 6000, "seed": 2},
+      "scenes": {"num_images": 30000, "vg": 4, "roc": 2, "seed": 0, "style": "full"},
+      "listings": {"num_images": 6000, "seed": 2, "style": "full"},
       "probe": {"num_images": 400, "seed": 1, "questions": 256, "min_objects": 3,
                 "batch_size": 64},
   })

@@ -20,7 +20,8 @@ import sys
 from collections.abc import Sequence
 
 from bird_jax import exit_codes
-from datagen.config import BACKENDS, DEFAULT_ATLAS_DIR, SOURCES, GenConfig, LLMConfig
+from datagen.config import (BACKENDS, DEFAULT_ATLAS_DIR, SHAPES_STYLES, SOURCES, GenConfig,
+                            LLMConfig)
 from datagen.llm.base import FatalAPIError
 from datagen.llm.template import ANSWER_STYLES
 from datagen.meta import COMPONENT_RULES, DEFAULT_MIN_AREA
@@ -42,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
   g.add_argument("--image-size", type=int, default=112, help="image side in pixels")
   g.add_argument("--max-labels", type=int, default=5,
                  help="shapes: labelled kinds of object per scene, at most")
+  g.add_argument("--shapes-style", choices=SHAPES_STYLES, default="full",
+                 help="shapes: full scenes, or plain ones (colour + shape labels, one object "
+                 "each, no textures, categories or lines: easier grounding)")
   g = p.add_argument_group("samed2d")
   g.add_argument("--root", default="", help="the SAMed2Dv1 folder")
   g.add_argument("--index", default="", help="JSON index (default ROOT/SAMed2D_v1.json)")
@@ -122,7 +126,7 @@ def config_from_args(a: argparse.Namespace) -> GenConfig:
                   price_out=a.price_out)
   return GenConfig(
       out=a.out, source=a.source, num_images=a.num_images, seed=a.seed,
-      image_size=a.image_size, max_labels=a.max_labels, samed2d_root=a.root, samed2d_index=a.index,
+      image_size=a.image_size, max_labels=a.max_labels, shapes_style=a.shapes_style, samed2d_root=a.root, samed2d_index=a.index,
       samed2d_mapping=a.class_mapping, min_aspect=a.min_aspect, atlas_dir=a.atlas_dir,
       atlas_labels=a.atlas_labels,
       atlas_planes=tuple(x.strip() for x in a.atlas_planes.split(",") if x.strip()),

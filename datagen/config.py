@@ -12,6 +12,7 @@ from datagen.meta import COMPONENT_RULES, DEFAULT_MIN_AREA
 from datagen.tasks import TaskCounts
 
 SOURCES = ("phantom", "samed2d", "atlas", "shapes")
+SHAPES_STYLES = ("full", "plain")
 BACKENDS = ("template", "openai")
 DEFAULT_ATLAS_DIR = "/usr/share/mricron/templates"
 LLM_CACHE = "llm_cache"  # OUT/.work/llm_cache: paid responses, never deleted by datagen
@@ -26,6 +27,7 @@ class GenConfig:
   # phantom and shapes
   image_size: int = 112
   max_labels: int = 5  # shapes: labelled kinds of object per scene, at most
+  shapes_style: str = "full"  # shapes: "full" or "plain" (colour + shape labels, one each)
   # samed2d
   samed2d_root: str = ""
   samed2d_index: str = ""  # default: ROOT/SAMed2D_v1.json (or the one SAMed2D*.json)
@@ -63,6 +65,8 @@ class GenConfig:
          f"{ANSWER_STYLES}"),
         (self.answer_style == "varied" or self.backend == "template",
          "--answer-style concise needs the template backend"),
+        (self.shapes_style in SHAPES_STYLES, f"shapes style {self.shapes_style!r} is not one "
+         f"of {SHAPES_STYLES}"),
         (self.num_images >= 0, f"num_images {self.num_images} must be >= 0"),
         (self.slice_stride >= 1, f"slice_stride {self.slice_stride} must be >= 1"),
         (self.components in COMPONENT_RULES, f"components {self.components!r} is not one of "
@@ -106,6 +110,8 @@ class GenConfig:
       d.pop("llm")
     if self.source != "shapes":
       d.pop("max_labels")
+    if self.source != "shapes" or self.shapes_style == "full":  # earlier runs keep their identity
+      d.pop("shapes_style")
     if self.answer_style == "varied":  # runs made before the option existed keep their identity
       d.pop("answer_style")
     if not self.tasks.disjoint:  # runs made before the option existed keep their identity
@@ -123,7 +129,7 @@ def make_source(cfg: GenConfig):
   if cfg.source == "shapes":
     from datagen.sources.shapes import ShapesSource
     return ShapesSource(seed=cfg.seed, image_size=cfg.image_size, num_images=cfg.num_images,
-                        max_labels=cfg.max_labels)
+                        max_labels=cfg.max_labels, plain=cfg.shapes_style == "plain")
   if cfg.source == "samed2d":
     from datagen.sources.samed2d import SAMed2DSource
     return SAMed2DSource(cfg.samed2d_root, index=cfg.samed2d_index or None,

@@ -176,3 +176,27 @@ def test_concise_mia_is_a_grounded_listing_left_to_right():
   assert [b.coords for b in parse_boxes(a_boxes).boxes] == [
       parse_boxes(answer).boxes[1].coords, parse_boxes(answer).boxes[2].coords]
   assert len(parse_boxes(answer).boxes) == 4
+
+
+def test_plain_scenes_have_one_plain_coloured_object_per_label():
+  """--shapes-style plain: colour scenes, labels `colour shape`, one object each, none nested,
+  no textures or rims; the full style is unchanged by the option (same scenes as before)."""
+  from datagen.sources.shapes import COLOURS, GREYS, SHAPES
+
+  for i in range(40):
+    scene = make_scene(0, i, max_labels=5, plain=True)
+    assert not scene.grey and scene.background in ("flat", "gradient") and scene.plain
+    labels = [o.look.label for o in scene.objects]
+    assert labels and len(labels) == len(set(labels))
+    for o in scene.objects:
+      assert o.parent is None and o.look.texture == "plain" and o.look.rim is None
+      colour, shape = o.look.label.rsplit(" ", 1)
+      assert colour in {**COLOURS, **GREYS} and shape in SHAPES
+  full = make_scene(0, 3, max_labels=5)
+  assert full == make_scene(0, 3, max_labels=5, plain=False) and not full.plain
+  cfg = GenConfig(out="x", source="shapes")
+  assert "shapes_style" not in cfg.fingerprint()  # earlier runs keep their identity
+  assert GenConfig(out="x", source="shapes", shapes_style="plain").fingerprint()["shapes_style"] \
+      == "plain"
+  with pytest.raises(ValueError, match="shapes style 'fancy'"):
+    GenConfig(out="x", source="shapes", shapes_style="fancy").validate()

@@ -122,6 +122,7 @@ class Scene:
   objects: tuple[Obj, ...]
   absent: tuple[str, ...]  # labels of the vocabulary that the scene does not show
   seed: int
+  plain: bool = False  # make_scene(plain=True)
 
 
 def _rgb(name: str) -> np.ndarray:
@@ -137,14 +138,18 @@ def palette(grey: bool) -> list[str]:
 
 
 def random_look(rng: np.random.Generator, grey: bool, avoid: list[np.ndarray],
-                used: set[tuple[str, str, str]], p_category: float = 0.4
+                used: set[tuple[str, str, str]], p_category: float = 0.4, plain: bool = False
                 ) -> tuple[Look, tuple[float, float] | None] | None:
   """A look (and its category's size range) whose colour stands out from every colour in
-  ``avoid`` and whose (colour, shape, texture) is not in ``used``; None if none was found."""
+  ``avoid`` and whose (colour, shape, texture) is not in ``used``; None if none was found.
+  ``plain``: a colour and a shape only (no category, texture or rim)."""
   names = palette(grey)
   categories = [c for c in CATEGORIES.values() if c[0].colour in names]
   for _ in range(40):
-    if rng.random() < p_category:
+    if plain:
+      colour, shape = names[int(rng.integers(len(names)))], SHAPES[int(rng.integers(len(SHAPES)))]
+      look, size = Look(colour, shape, TEXTURES[0], None), None
+    elif rng.random() < p_category:
       look, size = categories[int(rng.integers(len(categories)))]
     else:
       colour, shape = names[int(rng.integers(len(names)))], SHAPES[int(rng.integers(len(SHAPES)))]
@@ -218,13 +223,17 @@ def _collides(mask: np.ndarray, others: list[np.ndarray]) -> bool:
   return any(np.count_nonzero(mask & o) > 0 for o in others)
 
 
-def make_scene(seed: int, index: int, max_labels: int) -> Scene:
-  """The scene ``index`` (deterministic in ``seed`` and ``index``)."""
+def make_scene(seed: int, index: int, max_labels: int, plain: bool = False) -> Scene:
+  """The scene ``index`` (deterministic in ``seed`` and ``index``). ``plain``: an easier
+  scene: colours, a flat or gradient background without lines, labels that name a colour and
+  a shape, one object per label, none inside another."""
   scene_seed = stable_seed("shapes", seed, index)
   rng = np.random.default_rng(scene_seed)
-  grey = bool(rng.random() < 0.5)
+  grey = bool(rng.random() < 0.5) and not plain
   names = palette(grey)
   background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+  if plain and background != "gradient":
+    background = "flat"
   bg = [tuple(float(v) for v in _rgb(names[int(rng.integers(len(names)))]) * rng.uniform(0.7, 1.0))]
   field = (0.12, 0.12, 0.88, 0.88)
   if background == "gradient":
@@ -240,14 +249,14 @@ def make_scene(seed: int, index: int, max_labels: int) -> Scene:
   rasters: list[np.ndarray] = []
   used: set[tuple[str, str, str]] = set()
   for _ in range(n_labels):
-    got = random_look(rng, grey, avoid, used)
+    got = random_look(rng, grey, avoid, used, plain=plain)
     if got is None:
       continue
     look, size_range = got
     parents = [i for i, o in enumerate(objs) if o.parent is None and min(o.rx, o.ry) > 0.08
                and o.look.shape != "ring"
                and _distance(_rgb(look.colour), _rgb(o.look.colour)) >= 0.25]
-    if parents and rng.random() < 0.25:
+    if parents and not plain and rng.random() < 0.25:
       p = parents[int(rng.integers(len(parents)))]
       inside = shape_mask(objs[p], yy, xx)
       siblings = [rasters[j] for j, o in enumerate(objs) if o.parent == p]
@@ -261,7 +270,7 @@ def make_scene(seed: int, index: int, max_labels: int) -> Scene:
           used.add((look.colour, look.shape, look.texture))
           break
       continue
-    count = 1 if rng.random() < 0.7 else int(rng.integers(2, 4))
+    count = 1 if plain or rng.random() < 0.7 else int(rng.integers(2, 4))
     if size_range is None:
       size_range = (0.035, 0.24 if count == 1 else 0.12)
     size = float(np.exp(rng.uniform(math.log(size_range[0]), math.log(size_range[1]))))
@@ -282,10 +291,10 @@ def make_scene(seed: int, index: int, max_labels: int) -> Scene:
   absent: list[str] = []
   labels = {o.look.label for o in objs}
   for _ in range(6):
-    got = random_look(rng, grey, [], used)
+    got = random_look(rng, grey, [], used, plain=plain)
     if got is not None and got[0].label not in labels | set(absent):
       absent.append(got[0].label)
-  return Scene(grey, background, tuple(bg), tuple(objs), tuple(absent), scene_seed)
+  return Scene(grey, background, tuple(bg), tuple(objs), tuple(absent), scene_seed, plain)
 
 
 def render(scene: Scene, size: int) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
@@ -326,7 +335,7 @@ def _background(scene: Scene, yy, xx, rng) -> np.ndarray:
     w, h = rng.uniform(0.42, 0.62, 2)
     inside = np.hypot((xx - cx) / w, (yy - cy) / h) < 1.0
     img[inside] = np.asarray(scene.bg_colours[1], np.float32)
-  if rng.random() < 0.3:  # unlabelled thin lines (vessels, hairs, ribs)
+  if rng.random() < 0.3 and not scene.plain:  # unlabelled thin lines (vessels, hairs, ribs)
     names = palette(scene.grey)
     for _ in range(int(rng.integers(1, 5))):
       a, off = float(rng.uniform(0, math.pi)), float(rng.uniform(0.05, 0.95))
@@ -361,14 +370,14 @@ class ShapesSource:
   name = "shapes"
 
   def __init__(self, *, seed: int = 0, image_size: int = 112, num_images: int = 1000,
-               max_labels: int = 5):
+               max_labels: int = 5, plain: bool = False):
     if image_size < 16:
       raise ValueError(f"shapes image size {image_size} is too small (>= 16 px)")
     if num_images < 1:
       raise ValueError("the shapes source needs --num-images >= 1")
     if not 1 <= max_labels <= 8:
       raise ValueError(f"--max-labels {max_labels} must be in 1..8")
-    self.seed, self.size, self.max_labels = seed, image_size, max_labels
+    self.seed, self.size, self.max_labels, self.plain = seed, image_size, max_labels, plain
     self.per_modality = math.ceil(num_images * 1.05 / len(MODALITIES)) + 1
 
   def refs(self, skips: Counter) -> Iterator[ImageRef]:
@@ -380,7 +389,7 @@ class ShapesSource:
                        case_id, None, {"scene": index})
 
   def scene(self, ref: ImageRef) -> Scene:
-    return make_scene(self.seed, int(ref.payload["scene"]), self.max_labels)
+    return make_scene(self.seed, int(ref.payload["scene"]), self.max_labels, self.plain)
 
   def load(self, ref: ImageRef) -> Loaded:
     scene = self.scene(ref)
