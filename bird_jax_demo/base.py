@@ -49,8 +49,7 @@ def datagen(b, name: str, out: Path) -> dict:
            "probe": TaskCounts(vg=8, roc=0, rc=0, mia=0, negatives=0.0)}[name]
   cfg = GenConfig(out=str(out), source="shapes", num_images=s["num_images"],
                   image_size=b["image_size"], max_labels=b["max_labels"], seed=s["seed"],
-                  shapes_style=s.get("style", "full"), tasks=tasks, answer_style="concise",
-                  progress=False)
+                  shapes_style=s.get("style", "full"), tasks=tasks, answer_style="concise")
   return generate(cfg.validate())
 
 
@@ -175,9 +174,9 @@ def run(c, out: Path, export_to: Path) -> None:
 
 
 def main() -> None:
-  argv = sys.argv
-  if "--quick" in argv:
-    sys.argv = [argv[0], f"--config={BASE_CONFIG}:quick"] + [a for a in argv[1:] if a != "--quick"]
+  from bird_jax_demo.run import expand_quick
+
+  expand_quick("bird_jax_demo.base", BASE_CONFIG)
   config = config_flags.DEFINE_config_file(
       "config", BASE_CONFIG, "the pre-training config (default bird_jax_demo/base_config.py)",
       lock_config=True)

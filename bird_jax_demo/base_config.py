@@ -8,8 +8,9 @@ The `base` block holds the data and probe settings:
   another turn of the same conversation): up to `vg` VG and `roc` ROC turns per scene;
 - `listings`: other scenes whose one question asks for every object with its boxes (a
   grounded listing: dense box targets);
-- `scenes.style`, `listings.style`: "full" scenes, or "plain" ones (colour + shape labels, one object each: an easier
-  first phase; a second run then starts from its export with `init.hf`);
+- `scenes.style`, `listings.style`: "full" scenes, or "plain" ones (colour + shape labels, one
+  object each: an easier first phase; a second run then starts from its export with
+  `init.hf`);
 - `probe`: held-out full scenes (another seed) with at least `min_objects` objects; each probe
   question names a label with one instance, and the probe scores the first box of the greedy
   answer (R@0.5 and the median centre error) after every checkpoint.
@@ -32,20 +33,11 @@ def get_config(arg: str | None = None):
   c.init.seed = 0
   c.init.keep_positions = True  # image token k starts as patch k (Resampler.keep_positions)
   c.freeze = ()
-  c.data.batch_size = 4  # rows of 1024 tokens: a scene's conversation is up to ~820 tokens
-  c.data.max_len = 1024
-  c.data.max_images_per_row = 4
-  c.data.num_epochs = 0
-  c.optim.lr = 1e-3
-  c.optim.schedule = "constant"
-  c.optim.warmup_steps = 100
-  c.optim.weight_decay = 0.01
-  c.train.steps = 20000
-  c.train.log_every = 20
-  c.train.ckpt_every = 250
-  c.train.keep = 2
-  c.train.tensorboard = False
-  c.train.workdir = "runs/demo_base"
+  # rows of 1024 tokens: a scene's conversation is up to ~820 tokens
+  c.data.update({"batch_size": 4, "max_len": 1024, "max_images_per_row": 4, "num_epochs": 0})
+  c.optim.update({"lr": 1e-3, "schedule": "constant", "warmup_steps": 100, "weight_decay": 0.01})
+  c.train.update({"steps": 20000, "log_every": 20, "ckpt_every": 250, "keep": 2,
+                  "tensorboard": False, "workdir": "runs/demo_base"})
   c.mesh.data = 1
   c.base = ml_collections.ConfigDict({
       "image_size": 112,

@@ -153,15 +153,21 @@ def run(c, out: Path, config_name: str) -> None:
         f"{ev.paths.get('gallery', '')}" + (f", {curve}" if curve else ""))
 
 
-def main() -> None:
-  """Flags are defined here, after `--quick` is replaced by the config variant it stands for:
-  the config file is loaded as soon as its flag is defined, with the overrides in sys.argv."""
+def expand_quick(prog: str, default_config: str) -> None:
+  """Replaces `--quick` in sys.argv by the default config's quick variant. Call it before the
+  config flag is defined: config_flags loads the file then, with the overrides in sys.argv."""
   argv = sys.argv
   if "--quick" in argv:
     if any(a == "--config" or a.startswith("--config=") for a in argv):
-      sys.exit("python -m bird_jax_demo: error: --quick selects the demo config's quick variant; "
+      sys.exit(f"python -m {prog}: error: --quick selects the default config's quick variant; "
                "with --config use --config=FILE:quick")
-    sys.argv = [argv[0], f"--config={DEMO_CONFIG}:quick"] + [a for a in argv[1:] if a != "--quick"]
+    rest = [a for a in argv[1:] if a != "--quick"]
+    sys.argv = [argv[0], f"--config={default_config}:quick"] + rest
+
+
+def main() -> None:
+  """Flags are defined here, after `--quick` is replaced by the config variant it stands for."""
+  expand_quick("bird_jax_demo", DEMO_CONFIG)
   config = config_flags.DEFINE_config_file(
       "config", DEMO_CONFIG, "a config file with a `demo` block (default: the demo's own, "
       "bird_jax_demo/config.py); FILE:quick selects its quick variant", lock_config=True)

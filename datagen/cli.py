@@ -126,7 +126,8 @@ def config_from_args(a: argparse.Namespace) -> GenConfig:
                   price_out=a.price_out)
   return GenConfig(
       out=a.out, source=a.source, num_images=a.num_images, seed=a.seed,
-      image_size=a.image_size, max_labels=a.max_labels, shapes_style=a.shapes_style, samed2d_root=a.root, samed2d_index=a.index,
+      image_size=a.image_size, max_labels=a.max_labels, shapes_style=a.shapes_style,
+      samed2d_root=a.root, samed2d_index=a.index,
       samed2d_mapping=a.class_mapping, min_aspect=a.min_aspect, atlas_dir=a.atlas_dir,
       atlas_labels=a.atlas_labels,
       atlas_planes=tuple(x.strip() for x in a.atlas_planes.split(",") if x.strip()),
