@@ -69,8 +69,13 @@ def allgather_json(value: Any) -> list[Any]:
 
 
 def any_process(flag: bool) -> bool:
-  """Whether `flag` holds on some process (each process passes its own)."""
-  return any(allgather_json(bool(flag)))
+  """Whether `flag` holds on some process (each process passes its own): one collective of a
+  byte per process (the training loop asks every step)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+
+  return bool(np.asarray(multihost_utils.process_allgather(np.int8(bool(flag)))).any())
 
 
 def on_lead(fn: Callable[[], Any], errors: tuple[type[Exception], ...] = ()) -> Any:
