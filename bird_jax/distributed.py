@@ -68,14 +68,19 @@ def allgather_json(value: Any) -> list[Any]:
   return [json.loads(bytes(row[:n])) for row, n in zip(rows, sizes)]
 
 
-def any_process(flag: bool) -> bool:
-  """Whether `flag` holds on some process (each process passes its own): one collective of a
-  byte per process (the training loop asks every step)."""
+def max_over_processes(value: int) -> int:
+  """The largest of the small ints (0..127) the processes pass: one collective of a byte per
+  process (the training loop asks every step)."""
   if jax.process_count() == 1:
-    return bool(flag)
+    return int(value)
   from jax.experimental import multihost_utils
 
-  return bool(np.asarray(multihost_utils.process_allgather(np.int8(bool(flag)))).any())
+  return int(np.asarray(multihost_utils.process_allgather(np.int8(value))).max())
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` holds on some process (each process passes its own)."""
+  return max_over_processes(int(bool(flag))) > 0
 
 
 def on_lead(fn: Callable[[], Any], errors: tuple[type[Exception], ...] = ()) -> Any:

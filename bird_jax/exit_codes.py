@@ -13,7 +13,8 @@ NON_FINITE = 4  # train: loss, gradients or parameters not finite (nothing of th
 SAVE_FAILED = 5  # train: a checkpoint could not be written (the step, path and OS error named)
 NOTHING_SCORED = 6  # eval: no sample of some task could be scored (report.json says why)
 TOO_MANY_FALLBACKS = 7  # datagen: more images fell back to template text than allowed
-PREEMPTED = 75  # SIGTERM / SIGINT: the state is saved, rerun to resume (EX_TEMPFAIL)
+PREEMPTED = 75  # SIGTERM / SIGINT or train.max_minutes: the state is saved, rerun to resume
+#                (EX_TEMPFAIL)
 
 DESCRIPTIONS = {
     OK: "finished",
@@ -24,8 +25,8 @@ DESCRIPTIONS = {
     SAVE_FAILED: "stopped: a checkpoint could not be written",
     NOTHING_SCORED: "nothing could be scored",
     TOO_MANY_FALLBACKS: "too many LLM fallbacks",
-    PREEMPTED: "preempted: state saved, rerun to resume",
+    PREEMPTED: "stopped early (signal or time limit): state saved, rerun to resume",
 }
 
 # How a training run ended (TrainResult.stopped_by) -> the process's exit code.
-TRAIN_STOPS = {"done": OK, "data": OUT_OF_DATA, "signal": PREEMPTED}
+TRAIN_STOPS = {"done": OK, "data": OUT_OF_DATA, "signal": PREEMPTED, "time": PREEMPTED}

@@ -12,7 +12,8 @@
    `python -m bird_jax.convert hf-to-jax` and the demo's `init.hf` read), with the run's
    config, metrics.jsonl and the probe curve.
 Rerunning the command continues an interrupted run; raising `--config.train.steps` continues
-a finished one.
+a finished one. `--config.train.max_minutes=M` trains for M minutes at most, then exports
+(a rerun continues from there).
 """
 
 from __future__ import annotations
@@ -163,6 +164,9 @@ def run(c, out: Path, export_to: Path) -> None:
     print(f"pre-training preempted at step {result.step} (saved); rerun the same command to "
           "continue", flush=True)
     sys.exit(exit_codes.PREEMPTED)
+  if result.stopped_by == "time":
+    print(f"train.max_minutes reached at step {result.step} (saved); the export below is that "
+          "step's model, and rerunning the same command continues the run", flush=True)
   plot_probe(out / "train")
 
   print(f"== 3/3 export: step {result.step} -> {export_to} (HF layout, bfloat16)", flush=True)

@@ -8,16 +8,18 @@ The `base` block holds the data and probe settings:
   another turn of the same conversation): up to `vg` VG and `roc` ROC turns per scene;
 - `listings`: other scenes whose one question asks for every object with its boxes (a
   grounded listing: dense box targets);
-- `scenes.style`, `listings.style`: "full" scenes, or "plain" ones (colour + shape labels, one
-  object each: an easier first phase; a second run then starts from its export with
-  `init.hf`);
-- `probe`: held-out full scenes (another seed) with at least `min_objects` objects; each probe
+- `scenes.style`, `listings.style`, `probe.style`: "full" scenes, or "plain" ones (colour +
+  shape labels, one object each: an easier first phase, probed on plain scenes too; a second
+  run then starts from its export with `init.hf`);
+- `probe`: held-out scenes (another seed) with at least `min_objects` objects; each probe
   question names a label with one instance, and the probe scores the first box of the greedy
   answer (R@0.5 and the median centre error) after every checkpoint.
 The learning rate is constant after the warm-up, so every checkpoint is a usable base and the
 run can be stopped and resumed at any point; `train.steps` is the budget.
 
-`get_config("quick")` is a CI-sized variant that checks the pipeline, not the learning.
+Variants (`--config bird_jax_demo/base_config.py:NAME`): `quick`, a CI-sized run that checks the
+pipeline, not the learning; `gpu`, for one GPU: 16 times the rows per step, more scenes, a
+parallel loader (bound the run with `--config.train.max_minutes`).
 """
 
 import ml_collections
@@ -26,8 +28,9 @@ from bird_jax.train.config import default_config
 
 
 def get_config(arg: str | None = None):
-  if arg not in (None, "", "quick"):
-    raise ValueError(f"bird_jax_demo/base_config.py: unknown variant {arg!r} (variants: quick)")
+  if arg not in (None, "", "quick", "gpu"):
+    raise ValueError(f"bird_jax_demo/base_config.py: unknown variant {arg!r} (variants: quick, "
+                     "gpu)")
   c = default_config()
   c.model.preset = "demo"
   c.init.seed = 0
@@ -45,7 +48,7 @@ def get_config(arg: str | None = None):
       "scenes": {"num_images": 30000, "vg": 4, "roc": 2, "seed": 0, "style": "full"},
       "listings": {"num_images": 6000, "seed": 2, "style": "full"},
       "probe": {"num_images": 400, "seed": 1, "questions": 256, "min_objects": 3,
-                "batch_size": 64},
+                "batch_size": 64, "style": "full"},
   })
   if arg == "quick":
     c.base.scenes.num_images = 48
@@ -53,4 +56,10 @@ def get_config(arg: str | None = None):
     c.base.probe.update({"num_images": 24, "questions": 8, "batch_size": 8})
     c.train.update({"steps": 6, "log_every": 2, "ckpt_every": 3})
     c.data.worker_count = 0
+  if arg == "gpu":
+    c.base.scenes.num_images = 100000
+    c.base.listings.num_images = 20000
+    c.base.probe.batch_size = 256
+    c.data.update({"batch_size": 64, "worker_count": 12})
+    c.train.update({"log_every": 50, "ckpt_every": 500})
   return c

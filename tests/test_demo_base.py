@@ -52,3 +52,17 @@ def test_probe_questions_name_one_object_among_several(tmp_path):
     assert "<img>" in sample.question
   with pytest.raises(ValueError, match="probe questions, 10000 asked for"):
     probe_samples(tmp_path / "probe", questions=10000, min_objects=3)
+
+
+def test_config_variants_validate():
+  from bird_jax.train.config import data_config, model_config
+  from bird_jax_demo.base_config import get_config
+
+  for name in (None, "quick", "gpu"):
+    c = get_config(name)
+    c.data.shards = "runs/x/data/train_*/train/*.array_record"  # what base.py sets
+    data_config(c)
+    assert model_config(c).vision.n_queries == 64
+  assert get_config("gpu").data.batch_size == 16 * get_config().data.batch_size
+  with pytest.raises(ValueError, match="unknown variant 'tpu'"):
+    get_config("tpu")

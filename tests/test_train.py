@@ -127,6 +127,16 @@ def test_nan_loss_stops_with_step_and_batch(shards, tmp_path, monkeypatch):
   assert max(steps) == 2
 
 
+@pytest.mark.heavy
+def test_max_minutes_saves_and_stops(shards, tmp_path, capsys):
+  c = run_config(shards, str(tmp_path), steps=200, ckpt_every=1000, max_minutes=1e-6)
+  c.mesh.update(data=4, fsdp=1, tensor=2)  # this process has 8 (host) devices
+  result = loop.train(c)
+  assert (result.step, result.stopped_by) == (1, "time")  # the limit passes during step 1
+  assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()] == ["1"]
+  assert "train.max_minutes (1e-06) reached: saved step 1" in "".join(capsys.readouterr())
+
+
 def _launch(config_overrides: list[str]) -> subprocess.Popen:
   cmd = [sys.executable, str(ROOT / "tests" / "train_entry.py"), *config_overrides]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}

@@ -68,7 +68,8 @@ def default_config() -> ml_collections.ConfigDict:
       "workdir": "runs/default",
       "steps": 100,  # optimizer steps (the schedule's length)
       "log_every": 10,
-      "ckpt_every": 500,  # also at the end, on SIGTERM/SIGINT
+      "ckpt_every": 500,  # also at the end, on SIGTERM/SIGINT and at max_minutes
+      "max_minutes": 0.0,  # stop and save after this many minutes of training (0: no limit)
       "keep": 3,  # checkpoints kept
       "resume": True,  # continue from the newest usable checkpoint in workdir (docs/faults.md)
       "resume_step": -1,  # resume from exactly this step (-1: the newest usable one)

@@ -8,9 +8,10 @@
   that does not read back, or holds NaN/inf, is moved aside and the one before is used;
   `train.resume_step` picks a step; `train.resume=false` refuses a workdir holding a run
   unless `train.overwrite=true` moves that run aside;
-- saves every `train.ckpt_every` steps, at the end, and on SIGTERM/SIGINT (then exits); a
-  save that fails stops the run at once, naming the step, the path and the OS error; after
-  each regular save an optional probe scores the model (logged with the step);
+- saves every `train.ckpt_every` steps, at the end, and on SIGTERM/SIGINT or after
+  `train.max_minutes` (then exits); a save that fails stops the run at once, naming the step,
+  the path and the OS error; after each regular save an optional probe scores the model
+  (logged with the step);
 - stops at a non-finite loss, gradient norm or parameter norm, naming the step and the batch,
   before anything of that step is saved, and names the last good checkpoint after reading it
   back (docs/faults.md).
@@ -78,7 +79,7 @@ class _Preemption:
 @dataclasses.dataclass
 class TrainResult:
   step: int
-  stopped_by: str  # "done" | "data" | "signal"
+  stopped_by: str  # "done" | "data" | "signal" | "time" (train.max_minutes)
   metrics: dict[str, float]
 
 
@@ -216,6 +217,8 @@ def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, s
         distributed.allgather_json(data_state)), run_config=run_config, model_config=model_cfg)
 
   step, stopped_by, metrics = start, "done", {}
+  minutes = float(c.train.max_minutes)
+  deadline = time.monotonic() + 60 * minutes if minutes > 0 else math.inf
   data_state = it.get_state()
   micro = next_micro_batches(it, accum) if step < steps else None
   last_saved = start
@@ -246,11 +249,15 @@ def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, s
         metrics["mfu"] = mfu(flops.total, dt, jax.device_count(), peak)
       log_now = step % c.train.log_every == 0 or step == steps or step == start + 1
       logger.step(step, metrics if log_now else None)
-      if distributed.any_process(preempt.signal is not None):  # every process stops here
+      # every process stops here: 2 = a signal, 1 = train.max_minutes reached (on any process)
+      stop = distributed.max_over_processes(
+          2 if preempt.signal is not None else int(time.monotonic() > deadline))
+      if stop:
         save(step, data_state)
-        last_saved, stopped_by = step, "signal"
-        logger.write(f"signal {preempt.signal or 'on another process'}: saved step {step}, "
-                     "exiting")
+        last_saved, stopped_by = step, ("signal", "time")[2 - stop]
+        reason = (f"signal {preempt.signal or 'on another process'}" if stop == 2
+                  else f"train.max_minutes ({minutes:g}) reached")
+        logger.write(f"{reason}: saved step {step}, exiting")
         break
       if step % c.train.ckpt_every == 0 or step == steps:
         save(step, data_state)
