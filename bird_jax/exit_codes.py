@@ -25,7 +25,7 @@ DESCRIPTIONS = {
     SAVE_FAILED: "stopped: a checkpoint could not be written",
     NOTHING_SCORED: "nothing could be scored",
     TOO_MANY_FALLBACKS: "too many LLM fallbacks",
-    PREEMPTED: "stopped early (signal or time limit): state saved, rerun to resume",
+    PREEMPTED: "preempted or out of time: state saved, rerun to resume",
 }
 
 # How a training run ended (TrainResult.stopped_by) -> the process's exit code.
