@@ -254,7 +254,7 @@ def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, s
           2 if preempt.signal is not None else int(time.monotonic() > deadline))
       if stop:
         save(step, data_state)
-        last_saved, stopped_by = step, ("signal", "time")[2 - stop]
+        last_saved, stopped_by = step, "signal" if stop == 2 else "time"
         reason = (f"signal {preempt.signal or 'on another process'}" if stop == 2
                   else f"train.max_minutes ({minutes:g}) reached")
         logger.write(f"{reason}: saved step {step}, exiting")
