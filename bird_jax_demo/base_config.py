@@ -8,9 +8,10 @@ The `base` block holds the data and probe settings:
   another turn of the same conversation): up to `vg` VG and `roc` ROC turns per scene;
 - `listings`: other scenes whose one question asks for every object with its boxes (a
   grounded listing: dense box targets);
-- `scenes.style`, `listings.style`, `probe.style`: "full" scenes, or "plain" ones (colour +
-  shape labels, one object each: an easier first phase, probed on plain scenes too; a second
-  run then starts from its export with `init.hf`);
+- `scenes.style`, `listings.style`, `probe.style`: "full" scenes, "plain" ones (colour +
+  shape labels, one object each) or "bare" ones (the plain objects on black): easier first
+  phases, probed on the same style; a later phase starts from the run's checkpoints with
+  `init.ckpt` (or its export with `init.hf`);
 - `probe`: held-out scenes (another seed) with at least `min_objects` objects; each probe
   question names a label with one instance, and the probe scores the first box of the greedy
   answer (R@0.5 and the median centre error) after every checkpoint.

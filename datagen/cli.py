@@ -44,8 +44,9 @@ def parser() -> argparse.ArgumentParser:
   g.add_argument("--max-labels", type=int, default=5,
                  help="shapes: labelled kinds of object per scene, at most")
   g.add_argument("--shapes-style", choices=SHAPES_STYLES, default="full",
-                 help="shapes: full scenes, or plain ones (colour + shape labels, one object "
-                 "each, no textures, categories or lines: easier grounding)")
+                 help="shapes: full scenes; plain ones (colour + shape labels, one object "
+                 "each, no textures, categories or lines: easier grounding); bare ones (the "
+                 "plain objects on a black background without noise: the easiest)")
   g = p.add_argument_group("samed2d")
   g.add_argument("--root", default="", help="the SAMed2Dv1 folder")
   g.add_argument("--index", default="", help="JSON index (default ROOT/SAMed2D_v1.json)")

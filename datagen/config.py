@@ -9,10 +9,10 @@ from typing import Any
 from datagen.llm.config import LLMConfig, api_key
 from datagen.llm.template import ANSWER_STYLES
 from datagen.meta import COMPONENT_RULES, DEFAULT_MIN_AREA
+from datagen.sources.shapes import STYLES as SHAPES_STYLES
 from datagen.tasks import TaskCounts
 
 SOURCES = ("phantom", "samed2d", "atlas", "shapes")
-SHAPES_STYLES = ("full", "plain")
 BACKENDS = ("template", "openai")
 DEFAULT_ATLAS_DIR = "/usr/share/mricron/templates"
 LLM_CACHE = "llm_cache"  # OUT/.work/llm_cache: paid responses, never deleted by datagen
@@ -27,7 +27,8 @@ class GenConfig:
   # phantom and shapes
   image_size: int = 112
   max_labels: int = 5  # shapes: labelled kinds of object per scene, at most
-  shapes_style: str = "full"  # shapes: "full" or "plain" (colour + shape labels, one each)
+  shapes_style: str = "full"  # shapes: "full", "plain" (colour + shape labels, one each) or
+  # "bare" (plain objects on black)
   # samed2d
   samed2d_root: str = ""
   samed2d_index: str = ""  # default: ROOT/SAMed2D_v1.json (or the one SAMed2D*.json)
@@ -129,7 +130,7 @@ def make_source(cfg: GenConfig):
   if cfg.source == "shapes":
     from datagen.sources.shapes import ShapesSource
     return ShapesSource(seed=cfg.seed, image_size=cfg.image_size, num_images=cfg.num_images,
-                        max_labels=cfg.max_labels, plain=cfg.shapes_style == "plain")
+                        max_labels=cfg.max_labels, style=cfg.shapes_style)
   if cfg.source == "samed2d":
     from datagen.sources.samed2d import SAMed2DSource
     return SAMed2DSource(cfg.samed2d_root, index=cfg.samed2d_index or None,

@@ -184,7 +184,7 @@ def test_plain_scenes_have_one_plain_coloured_object_per_label():
   from datagen.sources.shapes import COLOURS, GREYS, SHAPES
 
   for i in range(40):
-    scene = make_scene(0, i, max_labels=5, plain=True)
+    scene = make_scene(0, i, max_labels=5, style="plain")
     assert not scene.grey and scene.background in ("flat", "gradient") and scene.plain
     labels = [o.look.label for o in scene.objects]
     assert labels and len(labels) == len(set(labels))
@@ -193,10 +193,26 @@ def test_plain_scenes_have_one_plain_coloured_object_per_label():
       colour, shape = o.look.label.rsplit(" ", 1)
       assert colour in {**COLOURS, **GREYS} and shape in SHAPES
   full = make_scene(0, 3, max_labels=5)
-  assert full == make_scene(0, 3, max_labels=5, plain=False) and not full.plain
+  assert full == make_scene(0, 3, max_labels=5, style="full") and not full.plain
   cfg = GenConfig(out="x", source="shapes")
   assert "shapes_style" not in cfg.fingerprint()  # earlier runs keep their identity
   assert GenConfig(out="x", source="shapes", shapes_style="plain").fingerprint()["shapes_style"] \
       == "plain"
   with pytest.raises(ValueError, match="shapes style 'fancy'"):
     GenConfig(out="x", source="shapes", shapes_style="fancy").validate()
+
+
+def test_bare_scenes_are_plain_objects_on_black():
+  """--shapes-style bare: the plain scene's objects (same labels) on pure black, no noise: every
+  non-black pixel belongs to an object."""
+  for i in range(12):
+    bare, plain = (make_scene(0, i, max_labels=3, style=s) for s in ("bare", "plain"))
+    assert bare.plain and bare.bg_colours == ((0.0, 0.0, 0.0),)
+    assert all(o.look.colour != "black" for o in bare.objects)
+    img, instances = render(bare, 112)
+    covered = np.zeros(img.shape[:2], bool)
+    for _, mask in instances:
+      covered |= mask
+    assert not img[~covered].any() and img[covered].max(-1).min() > 0
+  with pytest.raises(ValueError, match="shapes style 'fancy'"):
+    make_scene(0, 0, max_labels=3, style="fancy")

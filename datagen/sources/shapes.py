@@ -42,6 +42,7 @@ COLOURS = {"red": (0.86, 0.12, 0.10), "orange": (0.96, 0.55, 0.10),
            "purple": (0.55, 0.20, 0.70), "pink": (0.96, 0.62, 0.76),
            "brown": (0.50, 0.30, 0.14)}
 TEXTURES = ("plain", "striped", "spotted", "grainy")
+STYLES = ("full", "plain", "bare")  # scene styles, easiest last (make_scene)
 BACKGROUNDS = ("flat", "gradient", "mottled", "speckle", "field")
 DATASET = "Shapes"
 _ELONGATED = ("oval", "rectangle")
@@ -122,7 +123,11 @@ class Scene:
   objects: tuple[Obj, ...]
   absent: tuple[str, ...]  # labels of the vocabulary that the scene does not show
   seed: int
-  plain: bool = False  # make_scene(plain=True)
+  style: str = "full"  # make_scene(style=...)
+
+  @property
+  def plain(self) -> bool:
+    return self.style != "full"
 
 
 def _rgb(name: str) -> np.ndarray:
@@ -223,10 +228,15 @@ def _collides(mask: np.ndarray, others: list[np.ndarray]) -> bool:
   return any(np.count_nonzero(mask & o) > 0 for o in others)
 
 
-def make_scene(seed: int, index: int, max_labels: int, plain: bool = False) -> Scene:
-  """The scene ``index`` (deterministic in ``seed`` and ``index``). ``plain``: an easier
-  scene: colours, a flat or gradient background without lines, labels that name a colour and
-  a shape, one object per label, none inside another."""
+def make_scene(seed: int, index: int, max_labels: int, style: str = "full") -> Scene:
+  """The scene ``index`` (deterministic in ``seed`` and ``index``). ``style`` "plain": an
+  easier scene: colours, a flat or gradient background without lines, labels that name a
+  colour and a shape, one object per label, none inside another; "bare": the plain scene's
+  objects on a flat black background without noise (the easiest: anything not black is an
+  object)."""
+  if style not in STYLES:
+    raise ValueError(f"shapes style {style!r} is not one of {STYLES}")
+  plain = style != "full"
   scene_seed = stable_seed("shapes", seed, index)
   rng = np.random.default_rng(scene_seed)
   grey = bool(rng.random() < 0.5) and not plain
@@ -235,6 +245,8 @@ def make_scene(seed: int, index: int, max_labels: int, plain: bool = False) -> S
   if plain and background != "gradient":
     background = "flat"
   bg = [tuple(float(v) for v in _rgb(names[int(rng.integers(len(names)))]) * rng.uniform(0.7, 1.0))]
+  if style == "bare":
+    background, bg = "flat", [(0.0, 0.0, 0.0)]
   field = (0.12, 0.12, 0.88, 0.88)
   if background == "gradient":
     bg.append(tuple(float(v) for v in _rgb(names[int(rng.integers(len(names)))])))
@@ -294,7 +306,7 @@ def make_scene(seed: int, index: int, max_labels: int, plain: bool = False) -> S
     got = random_look(rng, grey, [], used, plain=plain)
     if got is not None and got[0].label not in labels | set(absent):
       absent.append(got[0].label)
-  return Scene(grey, background, tuple(bg), tuple(objs), tuple(absent), scene_seed, plain)
+  return Scene(grey, background, tuple(bg), tuple(objs), tuple(absent), scene_seed, style)
 
 
 def render(scene: Scene, size: int) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
@@ -308,7 +320,8 @@ def render(scene: Scene, size: int) -> tuple[np.ndarray, list[tuple[str, np.ndar
     mask, r = shape_mask(obj, yy, xx, polar=True)
     instances.append((obj.look.label, mask))
     _paint(img, obj, mask, r, yy, xx, rng, stripes_phase)
-  img = img + float(rng.uniform(0.0, 0.04)) * rng.standard_normal(img.shape, dtype=np.float32)
+  if scene.style != "bare":
+    img = img + float(rng.uniform(0.0, 0.04)) * rng.standard_normal(img.shape, dtype=np.float32)
   if scene.grey:
     img = np.repeat(img.mean(-1, keepdims=True), 3, axis=-1)
   return (np.clip(img, 0.0, 1.0) * 255 + 0.5).astype(np.uint8), instances
@@ -370,14 +383,16 @@ class ShapesSource:
   name = "shapes"
 
   def __init__(self, *, seed: int = 0, image_size: int = 112, num_images: int = 1000,
-               max_labels: int = 5, plain: bool = False):
+               max_labels: int = 5, style: str = "full"):
     if image_size < 16:
       raise ValueError(f"shapes image size {image_size} is too small (>= 16 px)")
     if num_images < 1:
       raise ValueError("the shapes source needs --num-images >= 1")
     if not 1 <= max_labels <= 8:
       raise ValueError(f"--max-labels {max_labels} must be in 1..8")
-    self.seed, self.size, self.max_labels, self.plain = seed, image_size, max_labels, plain
+    if style not in STYLES:
+      raise ValueError(f"shapes style {style!r} is not one of {STYLES}")
+    self.seed, self.size, self.max_labels, self.style = seed, image_size, max_labels, style
     self.per_modality = math.ceil(num_images * 1.05 / len(MODALITIES)) + 1
 
   def refs(self, skips: Counter) -> Iterator[ImageRef]:
@@ -389,7 +404,7 @@ class ShapesSource:
                        case_id, None, {"scene": index})
 
   def scene(self, ref: ImageRef) -> Scene:
-    return make_scene(self.seed, int(ref.payload["scene"]), self.max_labels, self.plain)
+    return make_scene(self.seed, int(ref.payload["scene"]), self.max_labels, self.style)
 
   def load(self, ref: ImageRef) -> Loaded:
     scene = self.scene(ref)
