@@ -36,7 +36,8 @@ def get_config(arg: str | None = None):
   c.model.preset = "demo"
   c.init.seed = 0
   c.init.keep_positions = True  # image token k starts as patch k (Resampler.keep_positions)
-  c.freeze = ()
+  c.init.vit_positions = 2.0  # and says which cell it is (VisionTower.sincos_positions)
+  c.freeze = (r"^visual\.",)  # the tower stays as initialised: it cannot wash positions out
   # rows of 1024 tokens: a scene's conversation is up to ~820 tokens
   c.data.update({"batch_size": 4, "max_len": 1024, "max_images_per_row": 4, "num_epochs": 0})
   c.optim.update({"lr": 1e-3, "schedule": "constant", "warmup_steps": 100, "weight_decay": 0.01})

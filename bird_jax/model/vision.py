@@ -147,6 +147,15 @@ class VisionTower(nnx.Module):
                         (c.output_dim, c.output_dim), ("embed", "mlp"), param_dtype)
     self.cfg, self.dtype, self.remat = c, kw["dtype"], cfg.remat
 
+  def sincos_positions(self, scale: float) -> None:
+    """Re-initialises the learned positions as the 2-D sin-cos embedding times `scale`: every
+    patch then carries its column and row as a smooth code that stays linearly readable in
+    the image tokens (at random initialisation the positions are noise, small beside the patch
+    contents, and no linear read-out finds a token's slot in them)."""
+    c = self.cfg
+    pos = L.sincos_2d(c.width, c.pos_grid) * np.float32(scale)
+    self.positional_embedding[...] = jnp.asarray(pos, self.positional_embedding[...].dtype)
+
   def __call__(self, pixels: Array) -> Array:
     c = self.cfg
     n, g, p = pixels.shape[0], c.grid, c.patch_size

@@ -50,9 +50,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({"preset": "tiny", "overrides": {}})
   # initialisation: an HF Qwen-VL folder (converted on the fly), an Orbax params checkpoint,
   # or random weights (both empty); keep_positions: random weights whose resampler starts out
-  # pooling image token k from patch k (needs as many queries as patches; docs/training.md)
+  # pooling image token k from patch k (needs as many queries as patches); vit_positions > 0:
+  # the ViT's positions start as 2-D sin-cos times that scale (docs/training.md)
   c.init = ml_collections.ConfigDict({"hf": "", "ckpt": "", "seed": 0,
-                                      "keep_positions": False})
+                                      "keep_positions": False, "vit_positions": 0.0})
   c.data = ml_collections.ConfigDict({k: (list(v) if isinstance(v, tuple) else v)
                                       for k, v in _fields(DataConfig).items()})
   c.data.shards = ""

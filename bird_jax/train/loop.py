@@ -114,7 +114,8 @@ def initial_params(c: ml_collections.ConfigDict, model_cfg, layout, freeze, lora
   if c.init.hf and c.init.ckpt:
     raise ValueError("set at most one of init.hf and init.ckpt")
   if not c.init.hf and not c.init.ckpt:
-    return random_params(model_cfg, freeze, layout, c.init.seed, lora, c.init.keep_positions)
+    return random_params(model_cfg, freeze, layout, c.init.seed, lora, c.init.keep_positions,
+                         c.init.vit_positions)
   if lora is None and c.init.ckpt:
     return restore_params_on(checkpoint_manager(c.init.ckpt, read_only=True), layout)
   base = (hf_param_source(c.init.hf, model_cfg) if c.init.hf else

@@ -75,16 +75,19 @@ def make_layout(cfg: QwenVLConfig, freeze, tx: optax.GradientTransformation,
 
 
 def random_params(cfg: QwenVLConfig, freeze, layout: Layout, seed: int,
-                  lora: LoRAConfig | None = None, keep_positions: bool = False
-                  ) -> tuple[Any, Any]:
+                  lora: LoRAConfig | None = None, keep_positions: bool = False,
+                  vit_positions: float = 0.0) -> tuple[Any, Any]:
   """Freshly initialised (trainable, frozen), created directly with their shardings;
   `keep_positions`: the resampler starts out pooling image token k from patch k
-  (`Resampler.keep_positions`)."""
+  (`Resampler.keep_positions`); `vit_positions` > 0: the ViT's positions start as the 2-D
+  sin-cos embedding times that scale (`VisionTower.sincos_positions`)."""
 
   def init():
     model = build_model(cfg, lora, seed)
     if keep_positions:
       model.visual.attn_pool.keep_positions()
+    if vit_positions:
+      model.visual.sincos_positions(vit_positions)
     _, params, frozen = nnx.split(model, *split_filters(freeze, lora))
     return params, frozen
 
