@@ -2,6 +2,9 @@
 random weights on generic shape scenes (datagen's `shapes` source: colours, shapes, textures
 and object names that share nothing with the phantom structures), so that the demo
 fine-tunes a model that already refers and grounds, as BiRD starts from Qwen-VL-Chat.
+The vision tower stays frozen at an initialisation that keeps positions: image token k pools
+patch k (`init.keep_positions`) and carries its grid cell as a sin-cos code
+(`init.vit_positions`), so that the LLM can learn to read where a named object is.
 
 The `base` block holds the data and probe settings:
 - `scenes`: VG and ROC turns about different labels of each scene (no answer can be read off
