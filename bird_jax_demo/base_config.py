@@ -12,7 +12,7 @@ The `base` block holds the data and probe settings:
 - `listings`: other scenes whose one question asks for every object with its boxes (a
   grounded listing: dense box targets);
 - `scenes.style`, `listings.style`, `probe.style`: "full" scenes, "plain" ones (colour +
-  shape labels, one object each) or "bare" ones (the plain objects on black): easier first
+  shape labels, one object each) or "bare" ones (such objects on black): easier first
   phases, probed on the same style; a later phase starts from the run's checkpoints with
   `init.ckpt` (or its export with `init.hf`);
 - `probe`: held-out scenes (another seed) with at least `min_objects` objects; each probe

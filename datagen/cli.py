@@ -45,8 +45,8 @@ def parser() -> argparse.ArgumentParser:
                  help="shapes: labelled kinds of object per scene, at most")
   g.add_argument("--shapes-style", choices=SHAPES_STYLES, default="full",
                  help="shapes: full scenes; plain ones (colour + shape labels, one object "
-                 "each, no textures, categories or lines: easier grounding); bare ones (the "
-                 "plain objects on a black background without noise: the easiest)")
+                 "each, no textures, categories or lines: easier grounding); bare ones (such "
+                 "objects on a black background without noise: the easiest)")
   g = p.add_argument_group("samed2d")
   g.add_argument("--root", default="", help="the SAMed2Dv1 folder")
   g.add_argument("--index", default="", help="JSON index (default ROOT/SAMed2D_v1.json)")

@@ -228,14 +228,17 @@ def _collides(mask: np.ndarray, others: list[np.ndarray]) -> bool:
   return any(np.count_nonzero(mask & o) > 0 for o in others)
 
 
+def check_style(style: str) -> None:
+  if style not in STYLES:
+    raise ValueError(f"shapes style {style!r} is not one of {STYLES}")
+
+
 def make_scene(seed: int, index: int, max_labels: int, style: str = "full") -> Scene:
   """The scene ``index`` (deterministic in ``seed`` and ``index``). ``style`` "plain": an
   easier scene: colours, a flat or gradient background without lines, labels that name a
-  colour and a shape, one object per label, none inside another; "bare": the plain scene's
-  objects on a flat black background without noise (the easiest: anything not black is an
-  object)."""
-  if style not in STYLES:
-    raise ValueError(f"shapes style {style!r} is not one of {STYLES}")
+  colour and a shape, one object per label, none inside another; "bare": such objects on a
+  flat black background without noise (the easiest: anything not black is an object)."""
+  check_style(style)
   plain = style != "full"
   scene_seed = stable_seed("shapes", seed, index)
   rng = np.random.default_rng(scene_seed)
@@ -390,8 +393,7 @@ class ShapesSource:
       raise ValueError("the shapes source needs --num-images >= 1")
     if not 1 <= max_labels <= 8:
       raise ValueError(f"--max-labels {max_labels} must be in 1..8")
-    if style not in STYLES:
-      raise ValueError(f"shapes style {style!r} is not one of {STYLES}")
+    check_style(style)
     self.seed, self.size, self.max_labels, self.style = seed, image_size, max_labels, style
     self.per_modality = math.ceil(num_images * 1.05 / len(MODALITIES)) + 1
 
