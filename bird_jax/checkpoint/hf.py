@@ -301,15 +301,17 @@ def hf_to_params(get: Callable[[str], np.ndarray], entries: Mapping[str, Entry],
   `get(name)` (dtype None: keep each tensor's dtype). Stacked parameters are filled layer by
   layer into one preallocated array. For full-size models use the streaming converter
   (`bird_jax.convert`), which never holds a whole stacked parameter."""
+  def checked(name: str) -> np.ndarray:
+    w = get(name)
+    if tuple(w.shape) != entries[name].shape:
+      raise CheckpointMismatch(f"{name}: shape {list(w.shape)} but the model expects "
+                               f"{list(entries[name].shape)}")
+    return w
+
   params: dict[str, np.ndarray] = {}
   for plan in param_plans(entries, shapes).values():
-    for i, name in enumerate(plan.names):
-      w = get(name)
-      if tuple(w.shape) != entries[name].shape:
-        raise CheckpointMismatch(f"{name}: shape {list(w.shape)} but the model expects "
-                                 f"{list(entries[name].shape)}")
-      block = plan.block(i, lambda _: w, w.dtype if dtype is None else dtype)
-      del w
+    for i in range(len(plan.names)):
+      block = plan.block(i, checked, dtype)
       if not plan.layered:
         params[plan.path] = block
         continue
