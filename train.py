@@ -14,9 +14,6 @@ data, 4 non-finite loss/gradients, 5 a checkpoint could not be written, 75 preem
 rerun to resume), 1 anything unexpected.
 """
 
-import sys
-
-from absl import app
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).",
@@ -29,22 +26,12 @@ def main(argv) -> int:
 
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO
   from bird_jax import exit_codes as X
-  from bird_jax.train.checkpointing import SaveFailed, quiet_background_save_logs
-  from bird_jax.train.loop import BadInput, NonFiniteLoss, train
+  from bird_jax.train.checkpointing import quiet_background_save_logs
+  from bird_jax.train.loop import train
 
   quiet_background_save_logs()
 
-  try:
-    result = train(_CONFIG.value)
-  except BadInput as e:
-    print(f"train.py: error: {e}", file=sys.stderr)
-    return X.BAD_INPUT
-  except NonFiniteLoss as e:
-    print(f"train.py: error: {e}", file=sys.stderr)
-    return X.NON_FINITE
-  except SaveFailed as e:
-    print(f"train.py: error: {e}", file=sys.stderr)
-    return X.SAVE_FAILED
+  result = train(_CONFIG.value)
   code = X.TRAIN_STOPS[result.stopped_by]
   print(f"stopped at step {result.step} ({result.stopped_by}: {X.DESCRIPTIONS[code]}); "
         + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()
@@ -55,5 +42,7 @@ def main(argv) -> int:
 if __name__ == "__main__":
   from absl import flags
 
+  from bird_jax.cli import run_absl
+
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  run_absl("train.py", main, configs=[_CONFIG])

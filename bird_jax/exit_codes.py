@@ -2,6 +2,10 @@
 
 One table, so a job chain (`sbatch --dependency=afterok`, a shell `&&`) can tell a finished
 run from one that must be rerun or inspected. docs/faults.md explains each case.
+
+Library code raises ToolError subclasses (or any exception with an `exit_code` attribute);
+bird_jax/cli.py turns them into the process's exit code and one line, and any other exception
+into exit 1 with its traceback.
 """
 
 OK = 0  # finished: every planned step / sample / tensor done
@@ -30,3 +34,16 @@ DESCRIPTIONS = {
 
 # How a training run ended (TrainResult.stopped_by) -> the process's exit code.
 TRAIN_STOPS = {"done": OK, "data": OUT_OF_DATA, "signal": PREEMPTED, "time": PREEMPTED}
+
+
+class ToolError(Exception):
+  """An error a tool reports in one line and answers with `exit_code`."""
+
+  exit_code = FAILED
+
+
+class BadInput(ToolError, ValueError):
+  """Input (a flag, file, record, config field, checkpoint or workdir) refused before any
+  work; the message names it."""
+
+  exit_code = BAD_INPUT

@@ -15,12 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bird_jax import exit_codes
+
 
 WHOLE_BYTES = 256 * 2**20  # larger arrays are read back one slice of axis 0 at a time
 
 
 class NonFiniteWeights(ValueError):
   """Weights hold NaN or inf values."""
+
+  exit_code = exit_codes.NON_FINITE
 
 
 @jax.jit

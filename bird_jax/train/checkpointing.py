@@ -20,11 +20,12 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from bird_jax import distributed
+from bird_jax import distributed, exit_codes
 from bird_jax.checkpoint import orbax as ckpt
 from bird_jax.tree_paths import flatten, unflatten
 from bird_jax.checkpoint.verify import first_line, verify_params
 from bird_jax.config import QwenVLConfig
+from bird_jax.exit_codes import ToolError
 from bird_jax.train.state import Layout, place_params
 from bird_jax.train.workdir import reject_step
 
@@ -32,8 +33,10 @@ OPT, DATA = "opt_state", "data_iter"
 RUN_CONFIG = ckpt.RUN_CONFIG
 
 
-class SaveFailed(RuntimeError):
+class SaveFailed(ToolError):
   """A checkpoint could not be written (the message names the step, the path and the error)."""
+
+  exit_code = exit_codes.SAVE_FAILED
 
 
 class NoUsableCheckpoint(ValueError):

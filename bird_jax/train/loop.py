@@ -34,10 +34,11 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from bird_jax import distributed, sharding
+from bird_jax import distributed, exit_codes, sharding
 from bird_jax.data.pipeline import make_dataset
 from bird_jax.data.shards import check_shards
 from bird_jax.data.streams import merge_states
+from bird_jax.exit_codes import BadInput, ToolError
 from bird_jax.train import config as C
 from bird_jax.train import workdir as W
 from bird_jax.train.checkpointing import TrainCheckpointer, restore_params_on
@@ -53,12 +54,10 @@ from bird_jax.train.step import BATCH_KEYS, batch_sharding, jit_step, make_train
 Probe = Callable[[int, nnx.Module], dict[str, float]]
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(ToolError):
   """A step's loss, gradient norm or updated parameter norm is NaN/inf."""
 
-
-class BadInput(ValueError):
-  """The config, data or workdir was refused before training started."""
+  exit_code = exit_codes.NON_FINITE
 
 
 class _Preemption:
