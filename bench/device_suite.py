@@ -20,7 +20,8 @@ seconds have passed, the remaining sections are skipped and say so):
              (weights + KV cache read per token / the copy bandwidth above, and / the nominal
              HBM bandwidth of known GPUs)
 
-Writes one JSON file (`--out`) and prints a table. Sizes are chosen for one 80-141 GB GPU and
+Writes one JSON file (`--out`), rewritten after every section (a run stopped early keeps what
+it measured), and prints a table. Sizes are chosen for one 80-141 GB GPU and
 about 8 minutes including compilation.
 """
 
@@ -197,6 +198,18 @@ def collect_planner(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
   return json.loads(stdout.strip().splitlines()[-1])
 
 
+def add_planner(train: dict[str, Any], proc: subprocess.Popen, left: float) -> None:
+  plan = collect_planner(proc, left + 60)
+  train["planner"] = plan
+  if "peak_memory_gib" in train and "total_gib" in plan:
+    train["measured_over_planned"] = train["peak_memory_gib"] / plan["total_gib"]
+
+
+def add_mfu(results: dict[str, Any], ctx) -> None:
+  if "train_flops_per_s" in ctx and ctx.get("peak"):
+    results["train"]["mfu"] = ctx["train_flops_per_s"] / ctx["peak"]
+
+
 def section_peak(z, ctx) -> dict[str, Any]:
   dtype = "float32" if ctx["smoke"] else "bfloat16"
   peak = measure.matmul_peak(z["peak_n"], z["peak_reps"], dtype)
@@ -346,6 +359,16 @@ def main() -> None:
   ctx = {"smoke": args.cpu_smoke, "device_kind": device.device_kind,
          "over_budget": lambda: time.perf_counter() - start > args.budget_s}
   results: dict[str, Any] = {}
+  meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(),
+          "device": f"{device.platform} {device.device_kind}", "devices": jax.device_count(),
+          "jax": jax.__version__, "command": " ".join([Path(sys.executable).name] + sys.argv),
+          "sizes": z}
+
+  def write() -> None:  # after every section: a run stopped early keeps what it measured
+    meta["wall_s"] = time.perf_counter() - start
+    Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1,
+                                         default=str))
+
   for name in names:
     if ctx["over_budget"]():
       results[name] = {"skipped": "budget"}
@@ -357,22 +380,15 @@ def main() -> None:
       traceback.print_exc()
       results[name] = {"error": f"{type(e).__name__}: {e}"[:500]}
     results[name]["wall_s"] = time.perf_counter() - t0
+    if name == "train" and planner is not None:
+      add_planner(results["train"], planner, args.budget_s - (time.perf_counter() - start))
+      planner = None
+    add_mfu(results, ctx)
+    write()
     print(f"[{time.perf_counter() - start:6.1f} s] {name}: done", flush=True)
-  if planner is not None:
-    left = args.budget_s - (time.perf_counter() - start)
-    plan = collect_planner(planner, left + 60)
-    train = results.get("train", {})
-    train["planner"] = plan
-    if "peak_memory_gib" in train and "total_gib" in plan:
-      train["measured_over_planned"] = train["peak_memory_gib"] / plan["total_gib"]
-  if "train_flops_per_s" in ctx and ctx.get("peak"):
-    results["train"]["mfu"] = ctx["train_flops_per_s"] / ctx["peak"]
-  meta = {"date": datetime.date.today().isoformat(), "commit": git_commit(),
-          "device": f"{device.platform} {device.device_kind}", "devices": jax.device_count(),
-          "jax": jax.__version__, "command": " ".join([Path(sys.executable).name] + sys.argv),
-          "sizes": z, "wall_s": time.perf_counter() - start}
-  Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1,
-                                       default=str))
+  if planner is not None:  # train was skipped
+    planner.kill()
+  write()
   print(f"\n{meta['device']}, commit {meta['commit']}, {meta['date']}, "
         f"{meta['wall_s']:.0f} s -> {args.out}")
   print(table(results))
