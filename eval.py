@@ -6,16 +6,21 @@
 Every field of the config file can be overridden with --config.a.b=value (e.g.
 --config.batch_size=32, --config.limit=100, --config.images=SAMed2Dv1/images; a tuple
 field takes the flag once per item: --config.tasks=vg --config.tasks=roc).
+
+Exit codes (bird_jax/exit_codes.py, docs/faults.md): 0 scored, 2 refused input (one line naming
+the flag, file or field), 4 the checkpoint's weights hold NaN/inf, 6 some task had nothing to
+score, 1 anything unexpected (with its traceback).
 """
 
 import os
-import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "eval_bird.py"),
+from bird_jax.cli import define_config_file
+
+_CONFIG = define_config_file(
+    "eval.py", "config",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "eval_bird.py"),
     "Python config file (get_config()).", lock_config=True)
 flags.DEFINE_string("ckpt", "", "model mode: Orbax checkpoint folder (or a training workdir)")
 flags.DEFINE_string("data", "", "model mode: folder with the per-task test files (Med-GRIT JSON)")
@@ -28,15 +33,13 @@ def main(argv) -> int:
   del argv
   from absl import logging
 
-  logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only checkpoint folders
+  logging.set_verbosity(logging.ERROR)  # Orbax logs checkpoint steps (INFO)
   from bird_jax.evaluation.cli import main as run
 
-  try:
-    return run(_CONFIG.value, flags.FLAGS)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"eval.py: error: {e}", file=sys.stderr)
-    return 2
+  return run(_CONFIG.value, flags.FLAGS)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from bird_jax.cli import run_absl
+
+  run_absl("eval.py", main, configs=[_CONFIG])

@@ -22,21 +22,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (g
 
 def main(argv) -> int:
   del argv
-  from absl import logging
+  from bird_jax.train.cli import main as run
 
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO
-  from bird_jax import exit_codes as X
-  from bird_jax.train.checkpointing import quiet_background_save_logs
-  from bird_jax.train.loop import train
-
-  quiet_background_save_logs()
-
-  result = train(_CONFIG.value)
-  code = X.TRAIN_STOPS[result.stopped_by]
-  print(f"stopped at step {result.step} ({result.stopped_by}: {X.DESCRIPTIONS[code]}); "
-        + ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items()
-                    if k in ("loss", "accuracy", "tokens_per_s")))
-  return code
+  return run(_CONFIG.value)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ the longest prompt (the same work as the padded batch).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import measure
 
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 from flax import nnx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bird_jax_testing: the checkout's
 from bird_jax_testing.reference import QwenVLReference, random_hf_weights
 
 from bird_jax.checkpoint import hf

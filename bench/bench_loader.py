@@ -15,13 +15,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 from bird_jax.config import get_preset
 from bird_jax.data.image import png_bytes
 from bird_jax.data.pipeline import DataConfig, SampleMaker, ShardSource, make_dataset
 from bird_jax.data.shards import find_shards, write_shards
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bird_jax_testing: the checkout's
 from bird_jax_testing.records import synthetic_pixels, synthetic_record
 
 N_IMAGES = 16  # distinct source images (each record still decodes its own copy)

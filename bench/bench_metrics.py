@@ -19,11 +19,15 @@ import contextlib
 import io
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 from bird_jax.metrics.modality import group_by_modality
 from bird_jax.metrics.text import caption_scores_by_modality
 from bird_jax.vocabulary import MODALITIES
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bird_jax_testing: the checkout's
 from bird_jax_testing.captions import corpus
 
 KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")

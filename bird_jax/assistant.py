@@ -2,7 +2,7 @@
 (``python -m bird_jax.chat``) and the server (``python -m bird_jax.serve``) share.
 
 A conversation is a list of :class:`Message` (system, user or assistant text; a user message
-may carry images). It is rendered in Qwen-VL-Chat's format (bird_jax/chat): the system turn,
+may carry images). It is rendered in Qwen-VL-Chat's format (bird_jax/chatml.py): the system turn,
 every turn in order, the images of a user message in front of its text as
 ``Picture k: <img>image k</img>\\n`` (k counts over the conversation), then the generation
 prompt. Message text is encoded as chat does (only the image, ref, box and quad tags are
@@ -28,14 +28,13 @@ import numpy as np
 from PIL import Image
 
 from bird_jax.boxes import TextBox, box_span, parse_boxes
-from bird_jax.chat import DEFAULT_SYSTEM, ChatTooLong, encode_chat, image_prompt
+from bird_jax.chatml import DEFAULT_SYSTEM, ROLES, ChatTooLong, encode_chat, image_prompt
 from bird_jax.data.image import ImageDecodeError, ImageTooLarge, decode, resize
 from bird_jax.generate import GenerationConfig, Generator, default_buckets
 from bird_jax.vocabulary import IMG, IMG_END, IMGPAD
 
 DEFAULT_CKPT = "runs/demo/train"  # where `python -m bird_jax_demo` leaves its trained model
 DEFAULT_MAX_PIXELS = 4096 * 4096  # an image's width x height
-ROLES = ("system", "user", "assistant")
 _PATH_TAGS = (IMG, IMG_END, IMGPAD)
 
 
@@ -49,6 +48,8 @@ class Refused(ValueError):
 
 class NoModel(FileNotFoundError):
   """No checkpoint was given and the default one does not exist (yet)."""
+
+  exit_code = 2  # bird_jax.exit_codes.BAD_INPUT: the tools refuse it in one line
 
 
 def resolve_checkpoint(ckpt: str | None) -> Path:

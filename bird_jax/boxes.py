@@ -24,8 +24,9 @@ import math
 import re
 from collections.abc import Sequence
 
+from bird_jax.vocabulary import BOX, BOX_END, REF, REF_END
+
 SCALE = 1000  # text coordinates are integers in [0, SCALE)
-REF_START, REF_END, BOX_START, BOX_END = "<ref>", "</ref>", "<box>", "</box>"
 
 Box = tuple[float, float, float, float]
 IntBox = tuple[int, int, int, int]
@@ -80,17 +81,17 @@ def format_box(box: Sequence[float]) -> str:
 
 def box_span(box: Sequence[float]) -> str:
   """Normalised box -> ``<box>(x1,y1),(x2,y2)</box>``."""
-  return BOX_START + format_box(box) + BOX_END
+  return BOX + format_box(box) + BOX_END
 
 
 def ref_span(phrase: str, boxes: Sequence[Sequence[float]]) -> str:
   """``<ref>phrase</ref>`` followed by one ``<box>`` span per box (at least one)."""
   if not boxes:
     raise ValueError(f"ref_span({phrase!r}): at least one box is required")
-  for tag in (REF_START, REF_END, BOX_START, BOX_END):
+  for tag in (REF, REF_END, BOX, BOX_END):
     if tag in phrase.lower():
       raise ValueError(f"ref_span: the phrase {phrase!r} contains the tag {tag}")
-  return REF_START + phrase + REF_END + "".join(box_span(b) for b in boxes)
+  return REF + phrase + REF_END + "".join(box_span(b) for b in boxes)
 
 
 def normalise_pixel_box(box: Sequence[float], width: int, height: int) -> Box:
@@ -255,7 +256,7 @@ def parse_boxes(text: str) -> ParsedText:
 
 # ---- BiRD's VG extraction (docs/evaluation.md) ------------------------------------------
 
-_BIRD_BOX = re.compile(r"<box>(.*?)</box>")
+_BIRD_BOX = re.compile(re.escape(BOX) + "(.*?)" + re.escape(BOX_END))
 _BIRD_FALLBACK = re.compile(r"\(\d+,\d+\),\(\d+,\d+\)")
 
 

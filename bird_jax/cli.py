@@ -2,46 +2,29 @@
 
     def main(argv) -> int: ...             # the tool's work; returns an exit code
     if __name__ == "__main__":
-      run_tool("python -m bird_jax.x", main)         # argparse tools
+      run_tool("python -m bird_jax.x", main)         # argparse tools (parser: ToolParser)
       run_absl("train.py", main)                     # absl tools (config files, flags)
 
 - an exception that carries `exit_code` (exit_codes.ToolError: BadInput and its kin) prints
   one line, ``PROG: error: MESSAGE``, and exits with that code;
 - input refused before the first step or the first write raises BadInput (exit 2); the
-  `refusing(ValueError, ...)` block turns the exceptions of a validation stage into BadInput;
+  `exit_codes.refusing(ValueError, ...)` block turns the exceptions of a validation stage into BadInput;
 - anything else is a bug or a fault nobody planned for: its traceback is printed and the tool
-  exits 1 (Python's own code for an uncaught exception).
+  exits 1 (Python's own code for an uncaught exception);
+- a flag that does not parse exits 2 in one line as well (ToolParser, run_absl).
 """
 
 from __future__ import annotations
 
-import contextlib
+import argparse
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from bird_jax import exit_codes
-from bird_jax.exit_codes import BadInput
-
-
-def exit_code_of(e: BaseException) -> int | None:
-  """The exit code an exception declares (None: an unexpected error)."""
-  code = getattr(e, "exit_code", None)
-  return code if isinstance(code, int) else None
-
-
-@contextlib.contextmanager
-def refusing(*types: type[BaseException], where: str = ""):
-  """Turns `types` raised inside the block into BadInput (`where: message`): for the stage
-  that checks input, before anything is written. Exceptions that declare an exit code keep it."""
-  try:
-    yield
-  except types as e:
-    if exit_code_of(e) is not None:
-      raise
-    message = str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else e)
-    raise BadInput(f"{where}: {message}" if where else message) from e
+from bird_jax.exit_codes import exit_code_of
 
 
 def report(prog: str, e: BaseException) -> int:
@@ -54,6 +37,15 @@ def report(prog: str, e: BaseException) -> int:
     return exit_codes.FAILED
   print(f"{prog}: error: {e}", file=sys.stderr)
   return code
+
+
+class ToolParser(argparse.ArgumentParser):
+  """argparse, with a usage error in one line like any other refused input:
+  ``PROG: error: MESSAGE (--help shows the usage)``, exit 2. Subcommands' parsers are
+  ToolParsers too."""
+
+  def error(self, message: str) -> NoReturn:
+    sys.exit(_refuse(self.prog, f"{message} (--help shows the usage)"))
 
 
 def run_tool(prog: str, main: Callable[[Sequence[str] | None], int | None],
@@ -91,16 +83,42 @@ def run_absl(prog: str, main: Callable[[list[str]], int | None],
     except flags.Error as e:  # an unknown flag, a bad value, a config file that raised
       sys.exit(_refuse(prog, _last_line(str(e))))
     except (KeyError, AttributeError) as e:  # an override naming no field of a locked config
-      key = str(e).strip("\"'").split("'")[0]
-      named = [a.split("=")[0] for a in argv[1:]
-               if a.startswith("--") and key in a.split("=")[0].split(".")]
-      sys.exit(_refuse(prog, f"{named[0] if named else key}: no such config field"))
+      sys.exit(_refuse(prog, _no_such_field(e, argv)))
 
   def wrapped(argv: list[str]) -> NoReturn:
     run_tool(prog, lambda _: main(argv))
 
   app.run(wrapped, flags_parser=parse)
   raise AssertionError("unreachable")  # app.run exits
+
+
+def define_config_file(prog: str, name: str, default: str | None, help_string: str,
+                       **kwargs):
+  """`config_flags.DEFINE_config_file`, refusing like run_absl: with a default file,
+  ml_collections applies the --NAME.field overrides of sys.argv as the flag is defined, so an
+  override naming no field, or a value that does not parse, exits 2 in one line here."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  try:
+    return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
+  except flags.Error as e:
+    sys.exit(_refuse(prog, _last_line(str(e))))
+  except (KeyError, AttributeError) as e:
+    sys.exit(_refuse(prog, _no_such_field(e, sys.argv)))
+
+
+def _no_such_field(e: BaseException, argv: Sequence[str]) -> str:
+  """`--config.a.nope: no such config field`, naming the flag that names a missing field (and
+  the field ml_collections suggests, if any)."""
+  text = str(e).replace("\\", "")
+  found = re.search(r"'(\w+)'", text)
+  key = found.group(1) if found else text.strip("\"'")
+  named = [a.split("=")[0] for a in argv[1:]
+           if a.startswith("--") and key in a.split("=")[0].split(".")]
+  hint = re.search(r'Did you mean "(\w+)"', text)
+  return (f"{named[0] if named else key}: no such config field"
+          + (f" (did you mean {hint.group(1)}?)" if hint else ""))
 
 
 def _last_line(text: str) -> str:

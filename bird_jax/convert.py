@@ -5,12 +5,19 @@
         [--shard-size 4GB] [--dtype auto|bf16|fp32|fp16] [--assets Qwen-VL-Chat]
     python -m bird_jax.convert lora-export --ckpt runs/lora/checkpoints --out adapters
     python -m bird_jax.convert inspect DIR   # HF folder / .safetensors file / Orbax checkpoint
+                                             # / training workdir
 
 A LoRA run's checkpoint exports with its adapters folded into the kernels (jax-to-hf) or as
 the adapters on their own (lora-export). Both directions stream tensor by tensor (one tensor, or one layer of a stacked parameter, in
 memory at a time); the name/layout table is `bird_jax.checkpoint.hf.RULES`. The HF folder's
 other files (qwen.tiktoken, generation_config.json, the model's *.py files, ...) travel inside
-the Orbax checkpoint under `hf_assets/` and are written back by `jax-to-hf`.
+the Orbax checkpoint under `hf_assets/` and are written back by `jax-to-hf`. Wherever an Orbax
+checkpoint is read (`--ckpt`, `inspect DIR`), a training workdir stands for its `checkpoints/`.
+
+Exit codes (bird_jax/exit_codes.py): 0 done (inspect: the checkpoint is usable), 2 refused
+input, named in one line (a missing or broken folder, a non-empty --out; inspect: a checkpoint
+that is not usable as it is), 4 jax-to-hf found NaN/inf weights, 1 anything unexpected (with
+its traceback).
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ import argparse
 import ctypes
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,11 +36,14 @@ from flax import nnx
 from tqdm import tqdm
 
 from bird_jax import exit_codes
+from bird_jax.cli import ToolParser, run_tool
+from bird_jax.exit_codes import refusing
 from bird_jax.checkpoint import hf
 from bird_jax.checkpoint import orbax as ckpt
 from bird_jax.checkpoint import safetensors_io as st
 from bird_jax.checkpoint.verify import NonFiniteWeights, nonfinite_count, verify_params
 from bird_jax.config import HF_CONFIG_FILE, QwenVLConfig, read_hf_config
+from bird_jax.exit_codes import BadInput
 from bird_jax.model import lora
 
 ASSETS_DIR = "hf_assets"
@@ -83,6 +92,15 @@ def _is_weight_file(path: Path) -> bool:
           or name in (st.INDEX_FILE, "pytorch_model.bin.index.json"))
 
 
+def checkpoint_root(path: str | Path) -> Path:
+  """The Orbax checkpoint folder `path` names: a training workdir (holding `checkpoints/`)
+  stands for its checkpoints, as --ckpt does for eval.py, chat and serve."""
+  path = Path(path)
+  if (path / "checkpoints").is_dir() and not _is_orbax_root(path):
+    return path / "checkpoints"
+  return path
+
+
 def _check_empty_output(out: Path, what: str) -> None:
   if out.exists() and any(out.iterdir()):
     raise FileExistsError(f"{out}: already exists and is not empty; choose a new {what}")
@@ -97,18 +115,19 @@ def hf_to_jax(hf_dir: str | Path, out_dir: str | Path, *, dtype: str = "auto", s
   compress: zstd (smaller, slower to write; see `checkpoint_manager`)."""
   t0 = time.time()
   hf_dir, out_dir = Path(hf_dir), Path(out_dir)
-  reader = st.HFReader(hf_dir)
-  directory = reader.directory
-  hf_config, cfg = read_hf_config(directory)
-  if dtype in ("fp32", "bf16"):  # the stored dtype is also the model config's compute dtype
-    cfg = cfg.replace(dtype={"fp32": "float32", "bf16": "bfloat16"}[dtype]).validate()
-  shapes = _model_shapes(cfg)
-  entries = hf.expected_tensors(cfg, shapes)
-  hf.check_tensors({n: (t.shape, t.dtype) for n, t in reader.tensors.items()}, entries,
-                   source=str(hf_dir))
-  _check_empty_output(out_dir, "--out")
-  if dtype != "auto" and dtype not in DTYPES:
-    raise ValueError(f"--dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
+  with refusing(ValueError, OSError):  # the source and the output, before any write
+    reader = st.HFReader(hf_dir)
+    directory = reader.directory
+    hf_config, cfg = read_hf_config(directory)
+    if dtype in ("fp32", "bf16"):  # the stored dtype is also the model config's compute dtype
+      cfg = cfg.replace(dtype={"fp32": "float32", "bf16": "bfloat16"}[dtype]).validate()
+    shapes = _model_shapes(cfg)
+    entries = hf.expected_tensors(cfg, shapes)
+    hf.check_tensors({n: (t.shape, t.dtype) for n, t in reader.tensors.items()}, entries,
+                     source=str(hf_dir))
+    _check_empty_output(out_dir, "--out")
+    if dtype != "auto" and dtype not in DTYPES:
+      raise ValueError(f"--dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
 
   bar = tqdm(total=reader.total_bytes, unit="B", unit_scale=True, desc="hf-to-jax",
              disable=not progress)
@@ -161,16 +180,17 @@ def jax_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None = N
   the checkpoint's own `hf_assets/` (written by hf-to-jax). A parameter holding NaN/inf stops
   the export (NonFiniteWeights, the output folder removed) unless `allow_non_finite`."""
   t0 = time.time()
-  ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
-  manager = ckpt.checkpoint_manager(ckpt_dir, read_only=True)
-  cfg = ckpt.restore_config(manager, step)
-  source = ckpt.restore_json(manager, ckpt.HF_SOURCE, step) or {}
-  reader = ckpt.ParamReader(manager, step)
-  shapes, read = ckpt.merged_reader(manager, reader)
-  _check_params(shapes, _model_shapes(cfg), ckpt_dir)
-  entries = hf.expected_tensors(cfg, shapes)
-  if dtype != "auto" and dtype not in DTYPES:
-    raise ValueError(f"--dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
+  ckpt_dir, out_dir = checkpoint_root(ckpt_dir), Path(out_dir)
+  with refusing(ValueError, OSError):  # the checkpoint and the options, before any write
+    manager = ckpt.checkpoint_manager(ckpt_dir, read_only=True)
+    cfg = ckpt.restore_config(manager, step)
+    source = ckpt.restore_json(manager, ckpt.HF_SOURCE, step) or {}
+    reader = ckpt.ParamReader(manager, step)
+    shapes, read = ckpt.merged_reader(manager, reader)
+    _check_params(shapes, _model_shapes(cfg), ckpt_dir)
+    entries = hf.expected_tensors(cfg, shapes)
+    if dtype != "auto" and dtype not in DTYPES:
+      raise ValueError(f"--dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
   src_dtypes = source.get("dtypes", {})
 
   def dtype_for(e: hf.Entry) -> np.dtype:
@@ -181,12 +201,13 @@ def jax_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None = N
 
   specs = [st.TensorSpec(n, e.shape, dtype_for(e)) for n, e in entries.items()]
   layout = source.get("layout")
-  if shard_size is None and layout:
-    shards = st.layout_shards(specs, layout)
-  else:
-    planned = st.plan_shards(specs, st.parse_size(shard_size or "4GB"))
-    shards = dict(zip(st.shard_names(len(planned)), planned))
-  _check_empty_output(out_dir, "--out")
+  with refusing(ValueError, OSError):
+    if shard_size is None and layout:
+      shards = st.layout_shards(specs, layout)
+    else:
+      planned = st.plan_shards(specs, st.parse_size(shard_size or "4GB"))
+      shards = dict(zip(st.shard_names(len(planned)), planned))
+    _check_empty_output(out_dir, "--out")
 
   bar = tqdm(total=sum(s.nbytes for s in specs), unit="B", unit_scale=True, desc="jax-to-hf",
              disable=not progress)
@@ -223,16 +244,17 @@ def lora_export(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None =
   """The adapters of a LoRA run's checkpoint on their own (bird_jax/model/lora.py
   `save_adapters`): a few MB to share, loaded onto the base with
   `load_pretrained(base, adapters=out_dir)`."""
-  ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
-  manager = ckpt.checkpoint_manager(ckpt_dir, read_only=True)
-  reader = ckpt.ParamReader(manager, step)
-  paths = sorted(p for p in reader.shapes if lora.is_adapter(p))
-  if not paths:
-    raise ValueError(f"{ckpt_dir}: step {reader.step} holds no LoRA adapters (a run with "
-                     "lora.rank > 0 writes them)")
-  cfg = ckpt.adapter_config(manager, reader.step)
-  init = (ckpt.restore_json(manager, ckpt.RUN_CONFIG, reader.step) or {}).get("init", {})
-  _check_empty_output(out_dir, "--out")
+  ckpt_dir, out_dir = checkpoint_root(ckpt_dir), Path(out_dir)
+  with refusing(ValueError, OSError):  # the checkpoint and the output, before any write
+    manager = ckpt.checkpoint_manager(ckpt_dir, read_only=True)
+    reader = ckpt.ParamReader(manager, step)
+    paths = sorted(p for p in reader.shapes if lora.is_adapter(p))
+    if not paths:
+      raise ValueError(f"{ckpt_dir}: step {reader.step} holds no LoRA adapters (a run with "
+                       "lora.rank > 0 writes them)")
+    cfg = ckpt.adapter_config(manager, reader.step)
+    init = (ckpt.restore_json(manager, ckpt.RUN_CONFIG, reader.step) or {}).get("init", {})
+    _check_empty_output(out_dir, "--out")
   adapters = {p: reader.read(p) for p in paths}
   lora.save_adapters(out_dir, adapters, cfg, {"hf": init.get("hf", ""), "ckpt": init.get("ckpt", ""),
                                               "checkpoint": str(ckpt_dir.resolve()),
@@ -290,8 +312,9 @@ def _is_orbax_root(path: Path) -> bool:
 
 def inspect(path: str | Path, *, step: int | None = None, verify: bool = True) -> tuple[str, bool]:
   """(a report of what a checkpoint holds and where each tensor maps, whether it is usable).
+  `path`: an HF folder or .safetensors file, an Orbax checkpoint or a training workdir.
   Orbax: `verify` reads every parameter of the step back and counts NaN/inf values."""
-  path = Path(path)
+  path = checkpoint_root(path)
   if _is_orbax_root(path):
     return _inspect_orbax(path, step, verify)
   return _inspect_hf(path)
@@ -305,8 +328,9 @@ def _mapping(name: str) -> str:
   return f"{rule.path}{'' if layer is None else f'[{layer}]'}  ({rule.transform.name})"
 
 
-def _inspect_hf(path: Path) -> str:
-  reader = st.HFReader(path)
+def _inspect_hf(path: Path) -> tuple[str, bool]:
+  with refusing(ValueError, OSError):
+    reader = st.HFReader(path)
   lines = [f"HF safetensors checkpoint {reader.directory}: {len(reader.tensors)} tensors, "
            f"{reader.total_bytes / 1e9:.3f} GB in {len(reader.files)} file(s)"]
   if reader.ignored_pickles:
@@ -336,9 +360,10 @@ def _inspect_hf(path: Path) -> str:
 
 
 def _inspect_orbax(path: Path, step: int | None, verify: bool) -> tuple[str, bool]:
-  manager = ckpt.checkpoint_manager(path, read_only=True)
-  steps = manager.all_steps()
-  reader = ckpt.ParamReader(manager, step)
+  with refusing(ValueError, OSError):
+    manager = ckpt.checkpoint_manager(path, read_only=True)
+    steps = manager.all_steps()
+    reader = ckpt.ParamReader(manager, step)
   lines = [f"Orbax checkpoint {path}: steps {steps}; showing step {reader.step}"]
   items = sorted(p.name for p in (path / str(reader.step)).iterdir() if p.is_dir())
   lines.append(f"items: {', '.join(items)}")
@@ -387,9 +412,14 @@ def _inspect_orbax(path: Path, step: int | None, verify: bool) -> tuple[str, boo
 
 # ---- CLI -------------------------------------------------------------------------------------
 
+PROG = "python -m bird_jax.convert"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m bird_jax.convert", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  """One command; what it raises carries its exit code (bird_jax/cli.py's run_tool reports it:
+  BadInput 2, NonFiniteWeights 4, anything else 1 with its traceback)."""
+  parser = ToolParser(prog=PROG, description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
   a = sub.add_parser("hf-to-jax", help="HF safetensors folder -> Orbax checkpoint")
   a.add_argument("--hf", required=True, help="HF Qwen-VL folder (config.json + safetensors)")
@@ -399,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   a.add_argument("--compress", action="store_true",
                  help="zstd-compress the weights: about 22%% smaller, half the write speed")
   b = sub.add_parser("jax-to-hf", help="Orbax checkpoint -> HF safetensors folder")
-  b.add_argument("--ckpt", required=True, help="Orbax checkpoint directory")
+  b.add_argument("--ckpt", required=True, help="Orbax checkpoint directory (or a training "
+                 "workdir)")
   b.add_argument("--out", required=True, help="new HF folder")
   b.add_argument("--step", type=int, default=None, help="default: the latest step")
   b.add_argument("--shard-size", default=None,
@@ -415,34 +446,29 @@ def main(argv: Sequence[str] | None = None) -> int:
   e.add_argument("--out", required=True, help="new folder: adapters.safetensors + adapters.json")
   e.add_argument("--step", type=int, default=None, help="default: the latest step")
   c = sub.add_parser("inspect", help="list tensors/parameters and what maps where; check them")
-  c.add_argument("path")
+  c.add_argument("path", help="HF folder or .safetensors file, Orbax checkpoint or training "
+                 "workdir")
   c.add_argument("--step", type=int, default=None, help="Orbax: default the latest step")
   c.add_argument("--no-verify", action="store_true",
                  help="Orbax: skip reading every parameter back (NaN/inf, truncated files)")
   args = parser.parse_args(argv)
-  try:
-    if args.command == "hf-to-jax":
-      report = hf_to_jax(args.hf, args.out, dtype=args.dtype, step=args.step,
-                         compress=args.compress)
-    elif args.command == "jax-to-hf":
-      report = jax_to_hf(args.ckpt, args.out, step=args.step, shard_size=args.shard_size,
-                         dtype=args.dtype, assets=args.assets,
-                         allow_non_finite=args.allow_non_finite)
-    elif args.command == "lora-export":
-      report = lora_export(args.ckpt, args.out, step=args.step)
-    else:
-      text, ok = inspect(args.path, step=args.step, verify=not args.no_verify)
-      print(text)
-      return exit_codes.OK if ok else exit_codes.BAD_INPUT
-  except NonFiniteWeights as e:
-    print(f"error: {e}", file=sys.stderr)
-    return exit_codes.NON_FINITE
-  except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return exit_codes.BAD_INPUT
+  if args.command == "hf-to-jax":
+    report = hf_to_jax(args.hf, args.out, dtype=args.dtype, step=args.step,
+                       compress=args.compress)
+  elif args.command == "jax-to-hf":
+    report = jax_to_hf(args.ckpt, args.out, step=args.step, shard_size=args.shard_size,
+                       dtype=args.dtype, assets=args.assets, allow_non_finite=args.allow_non_finite)
+  elif args.command == "lora-export":
+    report = lora_export(args.ckpt, args.out, step=args.step)
+  else:
+    text, ok = inspect(args.path, step=args.step, verify=not args.no_verify)
+    print(text)
+    if not ok:
+      raise BadInput(f"{args.path}: not usable as it is (the report above says why)")
+    return exit_codes.OK
   print(json.dumps(report))
-  return 0
+  return exit_codes.OK
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  run_tool(PROG, main)

@@ -5,10 +5,12 @@ are several (docs/training.md):
 
     SLURM (srun)    SLURM_NTASKS > 1; JAX reads the rest of SLURM's environment
     by hand         JAX_COORDINATOR_ADDRESS=host:port JAX_NUM_PROCESSES=n JAX_PROCESS_ID=i
-    optional        JAX_INITIALIZATION_TIMEOUT_SECONDS (300), JAX_HEARTBEAT_TIMEOUT_SECONDS (100)
+    optional        JAX_INITIALIZATION_TIMEOUT_SECONDS (300), JAX_HEARTBEAT_TIMEOUT_SECONDS (15)
 
 When a process dies, JAX's distributed runtime terminates the others (SIGABRT) within the
-heartbeat timeout, at once when process 0 (the coordinator) dies.
+heartbeat timeout, at once when process 0 (the coordinator) dies. The timeout is
+`initialize(heartbeat_timeout_s=...)` when given (train.py passes train.heartbeat_timeout_s),
+else JAX_HEARTBEAT_TIMEOUT_SECONDS, else HEARTBEAT_S; JAX's own default is 100 s.
 """
 
 from __future__ import annotations
@@ -23,16 +25,30 @@ import numpy as np
 ENV_COUNT, ENV_ID = "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
 ENV_INIT_TIMEOUT = "JAX_INITIALIZATION_TIMEOUT_SECONDS"
 ENV_HEARTBEAT = "JAX_HEARTBEAT_TIMEOUT_SECONDS"
+# Seconds without a heartbeat after which a process counts as dead: long enough for a busy
+# host (heartbeats come from a runtime thread, not Python), short enough that a job whose peer
+# died ends in well under a minute instead of idling its accelerators.
+HEARTBEAT_S = 15
 
 
-def initialize() -> None:
-  """`jax.distributed.initialize` when launched as one of several processes; else nothing."""
+def heartbeat_timeout(seconds: int | None = None) -> int:
+  """The heartbeat timeout to use: `seconds` when given, else the environment's, else
+  HEARTBEAT_S."""
+  value = int(seconds if seconds is not None else os.environ.get(ENV_HEARTBEAT, HEARTBEAT_S))
+  if value < 1:
+    raise ValueError(f"heartbeat timeout {value} s: give at least 1 second")
+  return value
+
+
+def initialize(heartbeat_timeout_s: int | None = None) -> None:
+  """`jax.distributed.initialize` when launched as one of several processes; else nothing.
+  `heartbeat_timeout_s`: see heartbeat_timeout()."""
   count = int(os.environ.get(ENV_COUNT, os.environ.get("SLURM_NTASKS", "1")))
   if count <= 1 or jax.distributed.is_initialized():
     return
   kwargs: dict[str, Any] = {
       "initialization_timeout": int(os.environ.get(ENV_INIT_TIMEOUT, "300")),
-      "heartbeat_timeout_seconds": int(os.environ.get(ENV_HEARTBEAT, "100"))}
+      "heartbeat_timeout_seconds": heartbeat_timeout(heartbeat_timeout_s)}
   if ENV_COUNT in os.environ:  # JAX itself reads only the coordinator address
     if ENV_ID not in os.environ or "JAX_COORDINATOR_ADDRESS" not in os.environ:
       raise ValueError(f"{ENV_COUNT}={count} needs JAX_COORDINATOR_ADDRESS and {ENV_ID} too")

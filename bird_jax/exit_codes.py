@@ -8,6 +8,8 @@ bird_jax/cli.py turns them into the process's exit code and one line, and any ot
 into exit 1 with its traceback.
 """
 
+import contextlib
+
 OK = 0  # finished: every planned step / sample / tensor done
 FAILED = 1  # an unexpected error (Python's own code for an uncaught exception)
 BAD_INPUT = 2  # refused before any work: config, data, checkpoint or workdir (one line says why)
@@ -47,3 +49,32 @@ class BadInput(ToolError, ValueError):
   work; the message names it."""
 
   exit_code = BAD_INPUT
+
+
+def exit_code_of(e: BaseException) -> int | None:
+  """The exit code an exception declares (None: an unexpected error)."""
+  code = getattr(e, "exit_code", None)
+  return code if isinstance(code, int) else None
+
+
+@contextlib.contextmanager
+def refusing(*types: type[BaseException], where: str = ""):
+  """Turns `types` raised inside the block into BadInput (`where: message`): for the stage
+  that checks input, before anything is written. Exceptions that declare an exit code keep it."""
+  try:
+    yield
+  except types as e:
+    if exit_code_of(e) is not None:
+      raise
+    message = _message(e)
+    raise BadInput(f"{where}: {message}" if where else message) from e
+
+
+def _message(e: BaseException) -> str:
+  """An exception's message for one line: a KeyError without its quotes, an OS error as
+  `FILE: REASON`."""
+  if isinstance(e, KeyError):
+    return str(e.args[0] if e.args else e)
+  if isinstance(e, OSError) and e.strerror and e.filename is not None:
+    return f"{e.filename}: {e.strerror}"
+  return str(e)

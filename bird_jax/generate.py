@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +34,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bird_jax.data.image import normalize
 from bird_jax.model.qwen import KVCache
-from bird_jax.sharding import constrain, logical_to_spec, named_shardings, param_specs
+from bird_jax.sharding import (batch_shards, constrain, logical_to_spec, named_shardings,
+                               param_specs, replication_problem)
 
 Array = jax.Array
 
@@ -84,13 +86,25 @@ class GenerationConfig:
 
 def nucleus_mask(logits: Array, top_p: float) -> Array:
   """True for the smallest set of highest-probability ids whose mass reaches top_p (the top
-  id always kept; ties at the boundary kept together)."""
+  id always kept, also for a top_p too small for float32, which rounds it to 0; ties at the
+  boundary kept together)."""
   probs = jax.nn.softmax(logits, axis=-1)
   sorted_probs = jnp.sort(probs, axis=-1)[..., ::-1]
   before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs  # mass strictly above each rank
-  keep_sorted = before < top_p
+  first = jnp.arange(sorted_probs.shape[-1]) == 0
+  keep_sorted = (before < top_p) | first
   threshold = jnp.min(jnp.where(keep_sorted, sorted_probs, jnp.inf), axis=-1, keepdims=True)
   return probs >= threshold
+
+
+SEED_MODULUS = 2**32  # a PRNG key's seed width (jax without x64 keeps the low 32 bits)
+
+
+def sampling_key(seed: int) -> Array:
+  """The PRNG key of a seed: any Python int, taken modulo SEED_MODULUS, so that a seed
+  outside int64 (which jax.random.key refuses) or a negative one is a seed like any other; a
+  seed jax accepted keeps the key it had (without x64, jax keeps the same low 32 bits)."""
+  return jax.random.key(int(seed) % SEED_MODULUS)
 
 
 MAX_STOP_IDS = 8  # stop ids travel as a fixed-size array (unused slots -1): no recompile
@@ -204,7 +218,9 @@ class Generator:
   """Jitted batched generation for one model (optionally sharded over a mesh).
 
   mesh: parameters are placed per the logical-axis rules (`bird_jax.sharding`) and the batch
-  is split over the ('data', 'fsdp') axes; None = whatever devices the arrays are on.
+  is split over the ('data', 'fsdp') axes; None = whatever devices the arrays are on. Large
+  parameters left replicated on a sharding mesh (a mesh axis that does not divide their
+  dimension) are warned about, with training's check and tolerance.
   batch_size: every call is padded to this many rows (one compile per prompt bucket).
   """
 
@@ -221,7 +237,11 @@ class Generator:
     self.graphdef, state = nnx.split(model)
     self.batch_spec = P()
     if mesh is not None:
-      state = jax.device_put(state, named_shardings(param_specs(state, mesh), mesh))
+      specs = param_specs(state, mesh)
+      problem = replication_problem(state, specs, mesh)
+      if problem:
+        warnings.warn(f"generation: {problem}", RuntimeWarning, stacklevel=2)
+      state = jax.device_put(state, named_shardings(specs, mesh))
       self.batch_spec = logical_to_spec(("batch",), mesh_axes=mesh.axis_names)
     self.state = state
     self.traces = 0  # compiled programs so far (one per distinct input shape)
@@ -234,10 +254,7 @@ class Generator:
   @property
   def batch_divisor(self) -> int:
     """Rows must come in multiples of this (the mesh's batch axes)."""
-    if self.mesh is None:
-      return 1
-    axes = self.batch_spec[0] or ()
-    return int(np.prod([self.mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
+    return 1 if self.mesh is None else batch_shards(self.mesh.shape)
 
   def _put(self, x: np.ndarray) -> Array:
     """Host batch -> device array split over the batch axes (every process holds the whole
@@ -261,6 +278,7 @@ class Generator:
 
     prompts: token id lists (each with its image spans already expanded); pixels: uint8
     [len(prompts), M, S, S, 3] (the k-th `<img>` span of a prompt takes its k-th image) or None.
+    seed: any int (sampling_key); only sampling reads it.
     """
     cfg = cfg or self.cfg
     n = len(prompts)
@@ -288,6 +306,6 @@ class Generator:
     with ctx:
       static, dyn = _split_config(cfg)
       out, count = self._run(self.state, self._put(tokens), self._put(lengths[order]), pixels,
-                             jax.random.key(seed), dyn, static=static)
+                             sampling_key(seed), dyn, static=static)
     out, count = self._fetch(out), self._fetch(count)
     return [out[i, :count[i]] for i in range(n)]

@@ -17,6 +17,9 @@ Caveats:
   compiles with that pass disabled (`--cpu-licm` keeps it, for the raw CPU figure). The CPU
   backend also materialises the attention scores (a GPU's fused attention does not) and keeps
   the saved layer inputs in fp32; what remains is a conservative estimate for a GPU.
+
+Exit codes: 0 planned, 2 refused input (one line: a flag, a config field, a mesh), 1 anything
+unexpected (with its traceback).
 """
 
 from __future__ import annotations
@@ -24,19 +27,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from bird_jax.exit_codes import BadInput
 
 
 def parse_mesh(text: str) -> dict[str, int]:
+  """`data=2,fsdp=4` -> {"data": 2, "fsdp": 4, "tensor": 1}; BadInput names what is wrong."""
   out = {"data": 1, "fsdp": 1, "tensor": 1}
   for part in filter(None, text.split(",")):
     key, _, value = part.partition("=")
     if key not in out:
-      raise ValueError(f"--mesh: unknown axis {key!r} (axes: data, fsdp, tensor)")
+      raise BadInput(f"--mesh: unknown axis {key!r} (axes: data, fsdp, tensor)")
+    if not value.strip().isdigit() or int(value) < 1:
+      raise BadInput(f"--mesh: {part!r}: the size of an axis is a whole number >= 1")
     out[key] = int(value)
   return out
 
@@ -68,7 +75,7 @@ def compile_step(c, model_cfg, mesh, accum: int):
   import jax.numpy as jnp
 
   from bird_jax.train import config as C
-  from bird_jax.train.flops import step_flops
+  from bird_jax.train.flops import run_flops
   from bird_jax.train.optimizer import make_optimizer
   from bird_jax.train.state import make_layout
   from bird_jax.train.step import BATCH_KEYS, batch_sharding, jit_step, make_train_step
@@ -93,9 +100,7 @@ def compile_step(c, model_cfg, mesh, accum: int):
     state = attach(layout.abstract_state, layout.state_shardings)
     frozen = attach(layout.abstract_frozen, layout.frozen_shardings)
     compiled = step.lower(state, frozen, batch).compile()
-  flops = step_flops(model_cfg, rows=d.batch_size * accum, length=d.max_len,
-                     images=d.batch_size * accum * d.max_images_per_row,
-                     vit_trained=not any("visual" in f for f in c.freeze))
+  flops = run_flops(c, model_cfg, layout)
   trained = sum(x.size for x in jax.tree.leaves(layout.abstract_params))
   return compiled, flops, trained
 
@@ -115,7 +120,7 @@ def plan(c, mesh_axes: dict[str, int], per_device_batch: int | None = None) -> P
   n = math.prod(mesh_axes.values())
   mesh = sharding.make_mesh(**mesh_axes, devices=jax.devices()[:n])
   if per_device_batch is not None:
-    c.data.batch_size = per_device_batch * mesh_axes["data"] * mesh_axes["fsdp"]
+    c.data.batch_size = per_device_batch * sharding.batch_shards(mesh_axes)
   accum = int(c.optim.grad_accum)
   model_cfg = C.model_config(c)
   t0 = time.perf_counter()
@@ -149,9 +154,10 @@ def planner_env(devices: int, cpu_licm: bool = False) -> dict[str, str]:
           "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
 
 
-def define_flags() -> None:
-  """The command's flags (defined when it runs, not when the module is imported)."""
-  config_flags.DEFINE_config_file(
+def define_flags():
+  """The command's flags (defined when it runs, not when the module is imported); returns the
+  config flag's holder."""
+  config = config_flags.DEFINE_config_file(
       "config", None, "Python config file (configs/*.py); override fields with "
       "--config.a.b=value", lock_config=True)
   flags.DEFINE_string("mesh", "fsdp=4", "the simulated mesh, e.g. fsdp=4 or "
@@ -165,16 +171,13 @@ def define_flags() -> None:
   flags.DEFINE_bool("cpu_licm", False, "keep XLA's loop-invariant code motion (see the module "
                     "docstring)")
   flags.mark_flags_as_required(["config"])
+  return config
 
 
 def main(argv) -> int:
   del argv
   f = flags.FLAGS
-  try:
-    mesh_axes = parse_mesh(f.mesh)
-  except ValueError as e:
-    print(f"plan: error: {e}", file=sys.stderr)
-    return 2
+  mesh_axes = parse_mesh(f.mesh)
   n = math.prod(mesh_axes.values())
   # the backend starts at the first use of jax (below), after these flags are set
   os.environ.update(planner_env(n, f.cpu_licm))
@@ -213,5 +216,6 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  from bird_jax.cli import run_absl
+
+  run_absl("python -m bird_jax.plan", main, configs=[define_flags()])

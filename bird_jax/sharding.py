@@ -7,13 +7,14 @@ are constrained with `constrain(x, ('batch', 'length', 'embed'))`. Mesh axes are
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from bird_jax.exit_codes import BadInput
 from bird_jax.tree_paths import dotted
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -71,6 +72,14 @@ def logical_to_spec(axes: Sequence[str | None], rules: dict[str, Any] | None = N
   return P(*out)
 
 
+def batch_shards(mesh_axes: Mapping[str, int]) -> int:
+  """How many parts a batch's rows are split into on a mesh of these axis sizes: the product of
+  the mesh axes the 'batch' rule names (data x fsdp)."""
+  spec = logical_to_spec(("batch",), mesh_axes=tuple(mesh_axes))[0]
+  names = () if spec is None else (spec,) if isinstance(spec, str) else spec
+  return int(np.prod([mesh_axes[a] for a in names]))
+
+
 def _active_mesh():
   mesh = jax.sharding.get_abstract_mesh()
   return None if mesh is None or mesh.empty else mesh
@@ -112,19 +121,20 @@ def param_specs(tree: Any, mesh: jax.sharding.Mesh | None = None) -> Any:
 
 def mesh_shape(data: int = -1, fsdp: int = 1, tensor: int = 1,
                n_devices: int | None = None) -> tuple[int, int, int]:
-  """Mesh axis sizes; one of them may be -1 (= the devices left over)."""
+  """Mesh axis sizes; one of them may be -1 (= the devices left over). A mesh the devices
+  cannot fill is refused (BadInput, a ValueError), naming the sizes and the device count."""
   n = jax.device_count() if n_devices is None else n_devices
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1:
-    raise ValueError(f"mesh: at most one axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+    raise BadInput(f"mesh: at most one axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
     if n % known:
-      raise ValueError(f"mesh: {n} devices are not divisible by the fixed axes ({known})")
+      raise BadInput(f"mesh: {n} devices are not divisible by the fixed axes ({known})")
     sizes[sizes.index(-1)] = n // known
   if int(np.prod(sizes)) != n:
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-                     f"there are {n}")
+    raise BadInput(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+                   f"there are {n}")
   return tuple(sizes)  # type: ignore[return-value]
 
 
@@ -167,14 +177,26 @@ def replicated_fraction(shapes: Any, specs: Any, mesh: jax.sharding.Mesh,
   return (replicated / total if total else 0.0), names
 
 
+def replication_problem(shapes: Any, specs: Any, mesh: jax.sharding.Mesh,
+                        tolerance: float = 0.02) -> str | None:
+  """What is wrong when more than `tolerance` of the large parameter bytes end up replicated on
+  a mesh meant to shard them (a mesh axis that does not divide a dimension is dropped from it:
+  `param_specs`), else None."""
+  if mesh.shape["fsdp"] * mesh.shape["tensor"] == 1:
+    return None  # pure data parallelism replicates by design
+  frac, names = replicated_fraction(shapes, specs, mesh)
+  if frac <= tolerance:
+    return None
+  return (f"{frac:.1%} of the large parameter bytes are replicated on mesh "
+          f"{dict(mesh.shape)} (tolerance {tolerance:.0%}): {names[:10]}"
+          f"{' ...' if len(names) > 10 else ''}; check LOGICAL_RULES and the "
+          f"divisibility of the sharded dimensions")
+
+
 def check_replication(shapes: Any, specs: Any, mesh: jax.sharding.Mesh,
                       tolerance: float = 0.02) -> None:
-  """Fails fast when large parameters end up replicated on a mesh meant to shard them."""
-  if mesh.shape["fsdp"] * mesh.shape["tensor"] == 1:
-    return  # pure data parallelism replicates by design
-  frac, names = replicated_fraction(shapes, specs, mesh)
-  if frac > tolerance:
-    raise ValueError(f"{frac:.1%} of the large parameter bytes are replicated on mesh "
-                     f"{dict(mesh.shape)} (tolerance {tolerance:.0%}): {names[:10]}"
-                     f"{' ...' if len(names) > 10 else ''}; check LOGICAL_RULES and the "
-                     f"divisibility of the sharded dimensions")
+  """Fails fast (training) when large parameters end up replicated on a mesh meant to shard
+  them: `replication_problem`."""
+  problem = replication_problem(shapes, specs, mesh, tolerance)
+  if problem:
+    raise ValueError(problem)

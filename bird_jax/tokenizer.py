@@ -12,7 +12,7 @@ Both are :class:`Tokenizer` (one interface), built on ``tiktoken``:
 Text is NFC-normalised before encoding. As in the reference, special tags written in the text
 (``<|im_end|>``, ``<box>``, ...) become their special ids by default; pass
 ``allowed_special=set()`` to encode them as plain text. Image spans (``<img>PATH</img>`` ->
-``<img>`` + image tokens + ``</img>``) are expanded by :mod:`bird_jax.chat`.
+``<img>`` + image tokens + ``</img>``) are expanded by :mod:`bird_jax.chatml`.
 
     >>> tok = load_tokenizer(get_preset("qwen_vl_7b"))          # or hf_dir="Qwen-VL-Chat/"
     >>> tok.encode("<ref>liver</ref><box>(1,2),(3,4)</box>")

@@ -1,4 +1,5 @@
-"""The Med-GRIT vocabulary, in one place: tasks, modalities, and the special-token strings.
+"""The Med-GRIT vocabulary, in one place: tasks, modalities, the special-token strings and the
+label that marks a position as not supervised.
 
 Every layer imports these from here (data, datagen, metrics, evaluation, the tokenizer).
 The modality of a sample is the prefix of its image file name before the first "_"
@@ -30,6 +31,10 @@ QUAD, QUAD_END, IMG, IMG_END, IMGPAD = "<quad>", "</quad>", "<img>", "</img>", "
 # The special tokens a message's text may contain; the others are control tokens that
 # message text never produces (docs/tokenizer.md).
 IMAGE_TAGS = frozenset((REF, REF_END, BOX, BOX_END, QUAD, QUAD_END, IMG, IMG_END, IMGPAD))
+
+# The training label of a position the loss ignores (every other label is a token id); the
+# chat format writes it, packing pads with it, the loss masks it.
+IGNORE_ID = -100
 
 
 def modality_of(image: str) -> str | None:

@@ -13,7 +13,8 @@
    config, metrics.jsonl and the probe curve.
 Rerunning the command continues an interrupted run; raising `--config.train.steps` continues
 a finished one. `--config.train.max_minutes=M` trains for M minutes at most, then exports
-(a rerun continues from there).
+(a rerun continues from there). Exit codes as the demo's (bird_jax_demo/run.py): 0 done, 2
+refused input, 75 preempted (saved; rerun to continue), 1 anything unexpected.
 """
 
 from __future__ import annotations
@@ -21,13 +22,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from bird_jax import exit_codes
 
@@ -135,7 +134,8 @@ def export(workdir: Path, dest: Path) -> None:
   os.replace(tmp, dest)
 
 
-def run(c, out: Path, export_to: Path) -> None:
+def run(c, out: Path, export_to: Path) -> int:
+  """Data, pre-training, export; the exit code (0 done, 75 preempted: rerun to continue)."""
   from absl import logging
 
   from bird_jax.train.logger import read_metrics
@@ -163,7 +163,7 @@ def run(c, out: Path, export_to: Path) -> None:
   if result.stopped_by == "signal":
     print(f"pre-training preempted at step {result.step} (saved); rerun the same command to "
           "continue", flush=True)
-    sys.exit(exit_codes.PREEMPTED)
+    return exit_codes.PREEMPTED
   if result.stopped_by == "time":
     print(f"train.max_minutes reached at step {result.step} (saved); the export below is that "
           "step's model, and rerunning the same command continues the run", flush=True)
@@ -175,25 +175,27 @@ def run(c, out: Path, export_to: Path) -> None:
   if rows:
     print(f"probe at step {rows[-1]['step']}: R@0.5 {rows[-1]['probe_recall']:.3f}, median "
           f"centre error {rows[-1]['probe_centre_error']:.0f}")
+  return exit_codes.OK
 
 
 def main() -> None:
+  from bird_jax.cli import define_config_file, run_absl
   from bird_jax_demo.run import expand_quick
 
   expand_quick("bird_jax_demo.base", BASE_CONFIG)
-  config = config_flags.DEFINE_config_file(
-      "config", BASE_CONFIG, "the pre-training config (default bird_jax_demo/base_config.py)",
-      lock_config=True)
+  config = define_config_file(
+      "python -m bird_jax_demo.base", "config", BASE_CONFIG,
+      "the pre-training config (default bird_jax_demo/base_config.py)", lock_config=True)
   out = flags.DEFINE_string("out", "runs/demo_base", "run folder (resumed when it exists)")
   dest = flags.DEFINE_string("export", "", "where the base is written (default OUT/base; "
                              f"a base to ship goes to {SHIPPED})")
   flags.DEFINE_bool("quick", False, "a CI-sized run that checks the pipeline only")
 
-  def _main(argv) -> None:
+  def _main(argv) -> int:
     del argv
-    run(config.value, Path(out.value), Path(dest.value or Path(out.value) / "base"))
+    return run(config.value, Path(out.value), Path(dest.value or Path(out.value) / "base"))
 
-  app.run(_main)
+  run_absl("python -m bird_jax_demo.base", _main, configs=[config])
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ then prints the Table-3-style table and writes the training curve, per-task bar 
 box gallery. Every stage resumes: rerunning continues where an interrupted run stopped.
 `--quick` runs the config's CI-sized variant (minutes) that checks the pipeline, not the
 learning: it is short for `--config=<bird_jax_demo/config.py>:quick`.
+
+Exit codes (docs/faults.md): 0 done, 2 refused input (one line), 75 training preempted (saved:
+rerun the same command to continue), the training stage's own codes (4, 5), 1 anything
+unexpected (with its traceback).
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from bird_jax import exit_codes
+from bird_jax.exit_codes import BadInput
+
+PROG = "python -m bird_jax_demo"
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.py")
 
@@ -35,7 +42,7 @@ DEMO_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.p
 def demo_settings(c) -> dict[str, dict]:
   """The datagen and eval settings of the config's `demo` block."""
   if "demo" not in c:
-    raise ValueError("the config has no `demo` block (datagen and eval settings); start from "
+    raise BadInput("the config has no `demo` block (datagen and eval settings); start from "
                      "bird_jax_demo.config.get_config()")
   return {k: dict(v) for k, v in c.demo.to_dict().items()}
 
@@ -110,7 +117,8 @@ def stage_eval(settings: dict, workdir: Path, data: Path, out: Path):
   return model_eval(c, str(workdir), str(data / "medgrit"), str(out))
 
 
-def run(c, out: Path, config_name: str) -> None:
+def run(c, out: Path, config_name: str) -> int:
+  """The three stages; the exit code (0 done, 75 training preempted: rerun to continue)."""
   from absl import logging
 
   logging.set_verbosity(logging.ERROR)  # Orbax logs each save (INFO) and read-only use (WARNING)
@@ -135,7 +143,7 @@ def run(c, out: Path, config_name: str) -> None:
   if result.stopped_by == "signal":
     print(f"training preempted at step {result.step} (saved); rerun the same command to "
           "continue", flush=True)
-    sys.exit(exit_codes.PREEMPTED)
+    return exit_codes.PREEMPTED
   curve = plot_curve(out / "train")
 
   t0 = time.perf_counter()
@@ -151,6 +159,7 @@ def run(c, out: Path, config_name: str) -> None:
         + f", total {sum(times.values()) / 60:.1f} min")
   print(f"outputs: {out / 'eval' / 'report.md'}, {out / 'eval' / 'plots'}, "
         f"{ev.paths.get('gallery', '')}" + (f", {curve}" if curve else ""))
+  return exit_codes.OK
 
 
 def expand_quick(prog: str, default_config: str) -> None:
@@ -159,28 +168,31 @@ def expand_quick(prog: str, default_config: str) -> None:
   argv = sys.argv
   if "--quick" in argv:
     if any(a == "--config" or a.startswith("--config=") for a in argv):
-      sys.exit(f"python -m {prog}: error: --quick selects the default config's quick variant; "
-               "with --config use --config=FILE:quick")
+      print(f"python -m {prog}: error: --quick selects the default config's quick variant; "
+            "with --config use --config=FILE:quick", file=sys.stderr)
+      sys.exit(exit_codes.BAD_INPUT)
     rest = [a for a in argv[1:] if a != "--quick"]
     sys.argv = [argv[0], f"--config={default_config}:quick"] + rest
 
 
 def main() -> None:
   """Flags are defined here, after `--quick` is replaced by the config variant it stands for."""
+  from bird_jax.cli import define_config_file, run_absl
+
   expand_quick("bird_jax_demo", DEMO_CONFIG)
-  config = config_flags.DEFINE_config_file(
-      "config", DEMO_CONFIG, "a config file with a `demo` block (default: the demo's own, "
+  config = define_config_file(
+      PROG, "config", DEMO_CONFIG, "a config file with a `demo` block (default: the demo's own, "
       "bird_jax_demo/config.py); FILE:quick selects its quick variant", lock_config=True)
   out = flags.DEFINE_string("out", "runs/demo", "output folder (resumed when it exists)")
   flags.DEFINE_bool("quick", False, "a CI-sized run that checks the pipeline only: short for "
                     "--config=<bird_jax_demo/config.py>:quick")
 
-  def _main(argv) -> None:
+  def _main(argv) -> int:
     del argv
     name = config_flags.get_config_filename(flags.FLAGS["config"])  # FILE or FILE:variant
     path, _, variant = name.partition(":")
     if os.path.abspath(path) == DEMO_CONFIG:
       name = "the demo config" + (f" ({variant} variant)" if variant else "")
-    run(config.value, Path(out.value), name)
+    return run(config.value, Path(out.value), name)
 
-  app.run(_main)
+  run_absl(PROG, _main, configs=[config])

@@ -1,8 +1,7 @@
 """``python -m datagen``: see datagen.cli."""
 
-import sys
-
-from datagen.cli import main
+from bird_jax.cli import run_tool
+from datagen.cli import PROG, main
 
 if __name__ == "__main__":
-  sys.exit(main())
+  run_tool(PROG, main)

@@ -8,32 +8,35 @@
         --base-url https://api.openai.com/v1 --model gpt-4o-mini --price-in 0.15 --price-out 0.6
 
 Rerun the same command to resume an interrupted run. Exit codes: 0 done, 2 refused input or
-a server that refuses the requests, 7 more images fell back to template text than
---max-fallback-fraction allows (docs/faults.md).
+a server that refuses the requests (one line), 7 more images fell back to template text than
+--max-fallback-fraction allows (nothing is published to OUT/train or OUT/test), 1 anything
+unexpected (with its traceback) (docs/faults.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 
 from bird_jax import exit_codes
-from datagen.config import (BACKENDS, DEFAULT_ATLAS_DIR, SHAPES_STYLES, SOURCES, GenConfig,
-                            LLMConfig)
-from datagen.llm.base import FatalAPIError
+from bird_jax.cli import ToolParser
+from bird_jax.exit_codes import refusing
+from datagen.config import (BACKENDS, DEFAULT_ATLAS_DIR, SHAPES_STYLES, SOURCES, BackendConfig,
+                            GenConfig)
 from datagen.llm.template import ANSWER_STYLES
 from datagen.meta import COMPONENT_RULES, DEFAULT_MIN_AREA
-from datagen.run import ConfigMismatch, TooManyFallbacks, clean_output, generate
-from datagen.sources.base import SourceError
+from datagen.run import clean_output, generate
 from datagen.summary import format_summary
 from datagen.tasks import TaskCounts
 
 
+PROG = "python -m datagen"
+
+
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m datagen", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = ToolParser(prog=PROG, description=__doc__,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--source", choices=SOURCES, default="phantom")
   p.add_argument("--out", required=True, help="output folder (resumed when it exists)")
   p.add_argument("--num-images", type=int, default=1000,
@@ -81,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
                  help="ROC/RC turns refer only to objects whose label no VG turn of the same "
                  "image asks about (no answer can be copied from another turn)")
   g = p.add_argument_group("openai backend (key from OPENAI_API_KEY only)")
-  d = LLMConfig()
+  d = BackendConfig()
   g.add_argument("--base-url", default=d.base_url)
   g.add_argument("--model", default=d.model)
   g.add_argument("--temperature", type=float, default=d.temperature)
@@ -118,13 +121,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(a: argparse.Namespace) -> GenConfig:
-  llm = LLMConfig(base_url=a.base_url, model=a.model, temperature=a.temperature,
-                  json_mode=a.json_mode, prompt_version=a.prompt_version,
-                  max_attempts=a.max_attempts, concurrency=a.concurrency, timeout=a.timeout,
-                  max_retries=a.max_retries, backoff=a.backoff, max_backoff=a.max_backoff,
-                  max_failures=a.max_failures, max_fallback_fraction=a.max_fallback_fraction,
-                  cache_dir=a.cache_dir, price_in=a.price_in,
-                  price_out=a.price_out)
+  llm = BackendConfig(base_url=a.base_url, model=a.model, temperature=a.temperature,
+                      json_mode=a.json_mode, prompt_version=a.prompt_version,
+                      max_attempts=a.max_attempts, concurrency=a.concurrency, timeout=a.timeout,
+                      max_retries=a.max_retries, backoff=a.backoff, max_backoff=a.max_backoff,
+                      max_failures=a.max_failures, max_fallback_fraction=a.max_fallback_fraction,
+                      cache_dir=a.cache_dir, price_in=a.price_in, price_out=a.price_out)
   return GenConfig(
       out=a.out, source=a.source, num_images=a.num_images, seed=a.seed,
       image_size=a.image_size, max_labels=a.max_labels, shapes_style=a.shapes_style,
@@ -143,27 +145,23 @@ def config_from_args(a: argparse.Namespace) -> GenConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """One run (bird_jax/cli.py's run_tool turns what it raises into the exit code: refused
+  options, sources, servers and outputs carry 2, TooManyFallbacks 7)."""
   args = parser().parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   for name in ("httpx", "httpx2", "openai"):  # one line per request otherwise
     logging.getLogger(name).setLevel(logging.WARNING)
-  try:
+  with refusing(ValueError):
     cfg = config_from_args(args).validate()
-    if args.overwrite:
-      clean_output(cfg.out)
-    result = generate(cfg)
-  except TooManyFallbacks as e:
-    print(f"error: {e}", file=sys.stderr)
-    return exit_codes.TOO_MANY_FALLBACKS
-  except (ValueError, ConfigMismatch, SourceError, FileNotFoundError, FatalAPIError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return exit_codes.BAD_INPUT
+  if args.overwrite:
+    clean_output(cfg.out)
+  result = generate(cfg)
   if result.get("status") in ("incomplete", "host_done"):
     print(f"datagen: this host's chunks are written; stage {result['stage']!r} still misses "
           f"chunks {result['missing_chunks'][:10]}... from other hosts; rerun when they are "
           "done to finish" if result["missing_chunks"] else
           "datagen: this host's chunks are written; host 0 writes the final files")
-    return 0
+    return exit_codes.OK
   print(format_summary(result))
-  return 0
+  return exit_codes.OK
 

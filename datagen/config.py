@@ -6,7 +6,7 @@ import dataclasses
 import os
 from typing import Any
 
-from datagen.llm.config import LLMConfig, api_key
+from datagen.llm.config import BackendConfig, api_key
 from datagen.llm.template import ANSWER_STYLES
 from datagen.meta import COMPONENT_RULES, DEFAULT_MIN_AREA
 from datagen.sources.shapes import STYLES as SHAPES_STYLES
@@ -47,7 +47,7 @@ class GenConfig:
   tasks: TaskCounts = TaskCounts()
   backend: str = "template"
   answer_style: str = "varied"  # template backend: "varied" | "concise" (VG: grounded phrase only)
-  llm: LLMConfig = LLMConfig()
+  llm: BackendConfig = BackendConfig()
   # split and output
   test_fraction: float = 0.12
   chunk_size: int = 64

@@ -8,7 +8,13 @@ Output folder ``OUT``:
     medgrit/test_{VG,ROC,RC,MIA}.json                single-turn evaluation files
     images/<id>.png                                  (unless --no-images; samed2d: off)
     summary.json
-    .work/                                           resume state (plan, chunks, LLM cache)
+    .work/                                           resume state (plan, chunks, LLM cache,
+                                                     the chunks' shards until published)
+
+Publication: chunk shards are written under ``.work/shards/{train,test}`` and moved into
+``train/`` and ``test/`` only when every chunk is done and the run is accepted (not too many
+template fallbacks), so ``train.py`` never reads a partial or refused run. A refused run
+(TooManyFallbacks) also withdraws what an earlier accepted run of OUT had published.
 
 Resume: every stage saves its results per chunk of ``chunk_size`` images (atomically) under
 ``.work``; a rerun with the same options skips what exists, so a killed run continues
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import shutil
 import time
 from collections import Counter
@@ -32,13 +39,15 @@ from typing import Any
 
 from tqdm import tqdm
 
+from bird_jax import exit_codes
+from bird_jax.exit_codes import refusing
 from datagen.config import LLM_CACHE, GenConfig, check_backend_ready, make_backend, make_source
 from datagen.fileio import read_json, remove_temp_files, write_json_atomic
 from datagen.meta import ImageMeta
 from datagen.sampling import dedup, iter_chunks, select
 from datagen.sources.base import stable_seed
 from datagen.split import TEST, TRAIN, split_cases, split_counts
-from datagen.stages import merge_counts, meta_chunk, text_chunk
+from datagen.stages import merge_counts, meta_chunk, staged_folder, text_chunk
 from datagen.summary import build_summary
 from datagen.writer import chunk_shard, export_json_files
 
@@ -49,9 +58,13 @@ OUTPUT_ENTRIES = ("train", "test", "medgrit", "images", "summary.json", ".work")
 class ConfigMismatch(RuntimeError):
   """OUT holds a run made with other options."""
 
+  exit_code = exit_codes.BAD_INPUT
+
 
 class TooManyFallbacks(RuntimeError):
   """More images fell back to template text than ``max_fallback_fraction`` allows."""
+
+  exit_code = exit_codes.TOO_MANY_FALLBACKS
 
 
 def clean_output(out: str | Path) -> None:
@@ -160,7 +173,8 @@ def text_stage(cfg: GenConfig, source, work: Path, kept: Sequence[ImageMeta],
   """Stage 2 (text, records, shards, per chunk of the kept images): (chunk indices, chunks
   still missing, merged counts of the chunks done)."""
   out = Path(cfg.out)
-  for folder in (out / TRAIN, out / TEST, out / "images"):
+  for folder in (out / TRAIN, out / TEST, out / "images", staged_folder(work, TRAIN),
+                 staged_folder(work, TEST)):
     remove_temp_files(folder)
   chunks = list(iter_chunks(kept, cfg.chunk_size))
   done = lambda k: work / "text" / f"chunk-{k:05d}.json"  # noqa: E731
@@ -219,18 +233,61 @@ def check_fallbacks(cfg: GenConfig, stats: dict[str, Any]) -> None:
       f"--max-fallback-fraction {cfg.llm.max_fallback_fraction:g} ({b.get('failed_images', 0)} "
       f"with requests failing after all retries, {b.get('fallback_caption', 0)} captions and "
       f"{b.get('fallback_conversation', 0)} conversations rejected after "
-      f"{cfg.llm.max_attempts} answers); check --base-url / the server and rerun: chunks with "
-      "fallbacks are generated again, paid answers come from the cache")
+      f"{cfg.llm.max_attempts} answers); nothing was published to {Path(cfg.out) / TRAIN} or "
+      f"{Path(cfg.out) / TEST} (the chunks wait in {Path(cfg.out) / '.work' / 'shards'}); check "
+      "--base-url / the server and rerun: chunks with fallbacks are generated again, paid "
+      "answers come from the cache")
+
+
+def chunk_names(side: str, chunks: Sequence[int]) -> list[str]:
+  return [f"{side}-c{k:05d}" for k in chunks]
+
+
+def publish(out: Path, work: Path, chunks: Sequence[int]) -> dict[str, list[Path]]:
+  """Moves the staged chunk shards into OUT/train and OUT/test (each a rename; a chunk
+  published by an earlier run stays); returns the published shard paths per side."""
+  shards = {}
+  for side in (TRAIN, TEST):
+    shards[side] = []
+    for name in chunk_names(side, chunks):
+      staged, final = chunk_shard(staged_folder(work, side), name), chunk_shard(out / side, name)
+      if staged.exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, final)
+      shards[side].append(final)
+  return shards
+
+
+def withdraw(out: Path, work: Path) -> None:
+  """Undoes an earlier publication of OUT: its chunk shards go back under .work (a newer
+  staged one wins) and the files made from them (medgrit/, summary.json) are removed, so a
+  refused run leaves nothing train.py or eval.py would read."""
+  for side in (TRAIN, TEST):
+    folder = out / side
+    if not folder.is_dir():
+      continue
+    for p in folder.glob(f"{side}-c*.array_record"):
+      staged = staged_folder(work, side) / p.name
+      if staged.exists():
+        p.unlink()
+      else:
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(p, staged)
+    if not any(folder.iterdir()):
+      folder.rmdir()
+  shutil.rmtree(out / "medgrit", ignore_errors=True)
+  (out / "summary.json").unlink(missing_ok=True)
 
 
 def generate(cfg: GenConfig) -> dict[str, Any]:
   """Runs (or resumes) generation into ``cfg.out``; returns the summary, or, when chunks of
   other hosts are missing, ``{"status": "incomplete" | "host_done", ...}``."""
-  cfg.validate()
   t0 = time.time()
   out, work = Path(cfg.out), Path(cfg.out) / ".work"
-  check_backend_ready(cfg)
-  source = make_source(cfg)  # fails early (missing files) before anything is written
+  with refusing(ValueError, OSError):  # options, key and source files, before any write
+    cfg.validate()
+    check_backend_ready(cfg)
+    source = make_source(cfg)
   work.mkdir(parents=True, exist_ok=True)
   check_config(work, cfg)
   plan = make_plan(work, source, cfg)
@@ -249,15 +306,18 @@ def generate(cfg: GenConfig) -> dict[str, Any]:
 
   t = time.time()
   chunks, missing, stats = text_stage(cfg, source, work, kept, sides)
-  check_fallbacks(cfg, stats)
+  try:
+    check_fallbacks(cfg, stats)
+  except TooManyFallbacks:
+    withdraw(out, work)
+    raise
   if missing or cfg.host_index != 0:
     return {"status": "incomplete" if missing else "host_done", "stage": "text",
             "missing_chunks": missing}
   timings["text_s"] = time.time() - t
 
   t = time.time()
-  shards = {side: [chunk_shard(out / side, f"{side}-c{k:05d}") for k in chunks]
-            for side in (TRAIN, TEST)}
+  shards = publish(out, work, chunks)
   files = export_json_files(shards[TRAIN], shards[TEST], out / "medgrit")
   timings["export_s"] = time.time() - t
   timings["total_s"] = time.time() - t0

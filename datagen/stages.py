@@ -3,7 +3,9 @@
 - :func:`meta_chunk`: load each reference of a chunk and compute its meta (or why it is
   skipped);
 - :func:`text_chunk`: plan the turns, write the text, build and check the records, write
-  the chunk's train and test shards (and image files), and return the chunk's counts.
+  the chunk's train and test shards (staged under ``OUT/.work/shards/``; the run moves them
+  into ``OUT/train`` and ``OUT/test`` once it is accepted) and image files, and return the
+  chunk's counts.
 Their results depend only on their inputs, so the output is the same for any number of
 workers and any order in which chunks complete.
 """
@@ -22,6 +24,13 @@ from datagen.sources.base import ImageRef, SourceError
 from datagen.split import TEST, TRAIN
 from datagen.tasks import plan_turns
 from datagen.writer import build_record, write_chunk_shards
+
+STAGED = "shards"  # OUT/.work/shards/{train,test}: chunk shards not yet published
+
+
+def staged_folder(work_dir: str | Path, side: str) -> Path:
+  """Where a chunk's shards of `side` wait until the run publishes them."""
+  return Path(work_dir) / STAGED / side
 
 
 def meta_chunk(source, cfg: GenConfig, refs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -79,7 +88,7 @@ def text_chunk(source, cfg: GenConfig, work_dir: str, index: int,
     by_side[side].append(rec)
     _count(stats, m, specs, gen, side)
   for side, recs in by_side.items():
-    write_chunk_shards(recs, out / side, f"{side}-c{index:05d}")
+    write_chunk_shards(recs, staged_folder(work_dir, side), f"{side}-c{index:05d}")
   stats["backend"] = dict(backend.take_stats())
   return _plain(stats)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from bird_jax.boxes import parse_boxes, quantize_box
-from bird_jax.chat import image_prompt
+from bird_jax.chatml import image_prompt
 from bird_jax.data.medgrit import export_medgrit_json
 from bird_jax.data.records import Object, Provenance, Record, RecordError, Turn
 from bird_jax.vocabulary import TASKS

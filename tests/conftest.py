@@ -138,24 +138,51 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def fault_log(request):
   """record(recovered=None|bool, poisoned=0, lost=0, duplicated=0): one injected fault of this
-  test and what came of it (summed up after the run by pytest_terminal_summary)."""
+  test and what came of it (summed up after the run by pytest_terminal_summary). A fault that
+  poisoned a checkpoint, or lost or repeated a record, fails the test that records it."""
   def record(*, recovered: bool | None = None, poisoned: int = 0, lost: int = 0,
              duplicated: int = 0, what: str = "") -> None:
     FAULT_ROWS.append({"what": what or request.node.name, "recovered": recovered,
                        "poisoned": poisoned, "lost": lost, "duplicated": duplicated})
+    assert (poisoned, lost, duplicated) == (0, 0, 0), FAULT_ROWS[-1]
   return record
+
+
+# Under pytest-xdist each worker records its own rows: it hands them to the controller with
+# its results (workeroutput), and the controller, which prints the summary, collects them.
+FAULT_ROWS_KEY = "bird_jax_fault_rows"
+
+
+def pytest_sessionfinish(session):
+  workeroutput = getattr(session.config, "workeroutput", None)
+  if workeroutput is not None:  # an xdist worker
+    workeroutput[FAULT_ROWS_KEY] = list(FAULT_ROWS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+  """xdist controller: a worker is done; keep its fault rows."""
+  FAULT_ROWS.extend(getattr(node, "workeroutput", {}).get(FAULT_ROWS_KEY, []))
+
+
+def fault_summary(rows: list[dict]) -> list[str]:
+  """The fault-injection summary: a line per fault, then the totals."""
+  lines = []
+  for r in rows:
+    outcome = {None: "refused/reported", True: "recovered", False: "NOT RECOVERED"}[r["recovered"]]
+    lines.append(f"{r['what']} -> {outcome}; poisoned checkpoints {r['poisoned']}, "
+                 f"records lost {r['lost']}, duplicated {r['duplicated']}")
+  runs = [r for r in rows if r["recovered"] is not None]
+  lines.append(f"faults injected {len(rows)}, runs recovered "
+               f"{sum(bool(r['recovered']) for r in runs)}/{len(runs)}, checkpoints poisoned "
+               f"{sum(r['poisoned'] for r in rows)}, records lost {sum(r['lost'] for r in rows)}, "
+               f"duplicated {sum(r['duplicated'] for r in rows)}")
+  return lines
 
 
 def pytest_terminal_summary(terminalreporter):
   if not FAULT_ROWS:
     return
-  w = terminalreporter
-  w.section("fault injection")
-  for r in FAULT_ROWS:
-    outcome = {None: "refused/reported", True: "recovered", False: "NOT RECOVERED"}[r["recovered"]]
-    w.line(f"{r['what']} -> {outcome}; poisoned checkpoints {r['poisoned']}, "
-           f"records lost {r['lost']}, duplicated {r['duplicated']}")
-  runs = [r for r in FAULT_ROWS if r["recovered"] is not None]
-  w.line(f"faults injected {len(FAULT_ROWS)}, runs recovered {sum(bool(r['recovered']) for r in runs)}"
-         f"/{len(runs)}, checkpoints poisoned {sum(r['poisoned'] for r in FAULT_ROWS)}, records lost "
-         f"{sum(r['lost'] for r in FAULT_ROWS)}, duplicated {sum(r['duplicated'] for r in FAULT_ROWS)}")
+  terminalreporter.section("fault injection")
+  for line in fault_summary(FAULT_ROWS):
+    terminalreporter.line(line)

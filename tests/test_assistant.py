@@ -16,8 +16,8 @@ from conftest import write_hf_folder
 from scripted import ANSWER, png_bytes, scripted_weights
 from bird_jax import exit_codes
 from bird_jax.assistant import Assistant, Message, Refused, canonical_boxes
-from bird_jax.chat import encode_chat, encode_prompt, image_prompt
-from bird_jax.evaluation.gallery import PREDICTED, QUESTION
+from bird_jax.chatml import encode_chat, encode_prompt, image_prompt
+from bird_jax.draw import PREDICTED, QUESTION
 from bird_jax.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,9 +22,11 @@ from bird_jax import convert
 from bird_jax.checkpoint import hf
 from bird_jax.checkpoint import orbax as ckpt
 from bird_jax.checkpoint import safetensors_io as st
+from bird_jax.exit_codes import BadInput
 from bird_jax.model import abstract_model, model_from_params
 from bird_jax.tree_paths import flatten
 from bird_jax_testing.reference import QwenVLReference
+from bird_jax_testing.tools import exit_code
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 SHARD = 700_000  # bytes: the tiny bf16 checkpoint (4.1 MB) spans several files
@@ -221,7 +223,7 @@ def test_inconsistent_index_and_nonempty_output_are_errors(tmp_path, tiny_cfg, h
   (tmp_path / "hf" / st.INDEX_FILE).write_text(good)
   (tmp_path / "out").mkdir()
   (tmp_path / "out" / "notes.txt").write_text("")
-  with pytest.raises(FileExistsError, match="not empty"):
+  with pytest.raises(BadInput, match="not empty"):
     convert.hf_to_jax(tmp_path / "hf", tmp_path / "out", progress=False)
 
 
@@ -241,8 +243,8 @@ def test_cli_both_directions_and_inspect(tmp_path, tiny_cfg, hf_weights):
   assert (tmp_path / "cli" / st.SINGLE_FILE).exists()
   assert not (tmp_path / "cli" / st.INDEX_FILE).exists()
   assert_bitwise(tensors_of(tmp_path / "hf"), tensors_of(tmp_path / "cli"))
-  assert convert.main(["hf-to-jax", "--hf", str(tmp_path / "nowhere"),
-                       "--out", str(tmp_path / "x")]) == 2
+  assert exit_code(convert.main, ["hf-to-jax", "--hf", str(tmp_path / "nowhere"),
+                                  "--out", str(tmp_path / "x")]) == 2
   text, ok = convert.inspect(tmp_path / "jax")
   assert "llm.h.mlp.w1.kernel" in text and "transformer.h.{0..1}.mlp.w1.weight (linear1)" in text
   assert "hf_assets/: config.json, modeling_qwen.py, qwen.tiktoken" in text
@@ -294,8 +296,8 @@ def test_bad_config_json_is_named_with_what_is_wrong(tmp_path, tiny_cfg, hf_weig
   path.write_text(text)
   with pytest.raises(ValueError, match=match):
     convert.hf_to_jax(tmp_path / "hf", tmp_path / "out", progress=False)
-  assert convert.main(["hf-to-jax", "--hf", str(tmp_path / "hf"), "--out",
-                       str(tmp_path / "out")]) == 2
+  assert exit_code(convert.main, ["hf-to-jax", "--hf", str(tmp_path / "hf"), "--out",
+                                  str(tmp_path / "out")]) == 2
   assert str(path) in convert.inspect(tmp_path / "hf")[0]
   fault_log(what="hf-to-jax: broken config.json")
 
@@ -313,14 +315,35 @@ def test_non_finite_weights_are_refused_by_export_and_flagged_by_inspect(tmp_pat
                                                      r"holds 5 NaN/inf value"):
     convert.jax_to_hf(tmp_path / "run", out, progress=False)
   assert not out.exists()
-  assert convert.main(["jax-to-hf", "--ckpt", str(tmp_path / "run"), "--out", str(out)]) == 4
+  assert exit_code(convert.main, ["jax-to-hf", "--ckpt", str(tmp_path / "run"), "--out",
+                                  str(out)]) == 4
   assert convert.main(["jax-to-hf", "--ckpt", str(tmp_path / "run"), "--out", str(out),
                        "--allow-non-finite"]) == 0
   text, ok = convert.inspect(tmp_path / "run")
   assert not ok and "5 of" in text and "NaN/inf in 1 parameter(s) (most in llm.h.mlp.w1.kernel)" in text
-  assert convert.main(["inspect", str(tmp_path / "run")]) == 2
+  assert exit_code(convert.main, ["inspect", str(tmp_path / "run")]) == 2
   assert convert.main(["inspect", "--no-verify", str(tmp_path / "run")]) == 0
   fault_log(what="jax-to-hf / inspect on NaN weights")
+
+
+def test_a_training_workdir_stands_for_its_checkpoints(tmp_path, tiny_cfg, tiny_model, capsys):
+  """inspect WORKDIR and --ckpt WORKDIR read WORKDIR/checkpoints, as eval.py and chat do."""
+  params = {p: np.array(v) for p, v in flatten(nnx.state(tiny_model)).items()}
+  manager = ckpt.checkpoint_manager(tmp_path / "run" / "checkpoints")
+  ckpt.save(manager, 4, params=params, config=tiny_cfg)
+  manager.wait_until_finished()
+  (tmp_path / "run" / "config.json").write_text("{}")  # a workdir holds the run's config too
+  text, ok = convert.inspect(tmp_path / "run")
+  assert ok and f"Orbax checkpoint {tmp_path / 'run' / 'checkpoints'}: steps [4]" in text
+  assert exit_code(convert.main, ["inspect", "--no-verify", str(tmp_path / "run")]) == 0
+  assert exit_code(convert.main, ["jax-to-hf", "--ckpt", str(tmp_path / "run"), "--out",
+                                  str(tmp_path / "hf"), "--dtype", "fp32"]) == 0
+  assert (tmp_path / "hf" / "config.json").exists()
+  capsys.readouterr()
+  assert exit_code(convert.main, ["inspect", str(tmp_path / "nowhere")], convert.PROG) == 2
+  (line,) = capsys.readouterr().err.strip().splitlines()
+  assert line.startswith("python -m bird_jax.convert: error: ")
+  assert str(tmp_path / "nowhere") in line
 
 
 @pytest.mark.faults

@@ -23,7 +23,7 @@ import pytest
 
 from bird_jax.boxes import parse_boxes, quantize_box
 from bird_jax.data.shards import read_shards
-from datagen.config import GenConfig, LLMConfig
+from datagen.config import BackendConfig, GenConfig
 from datagen.llm.base import FatalAPIError
 from datagen.llm.openai_backend import OpenAIBackend, retry_after
 from datagen.meta import ImageMeta, MetaObject
@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 class FakeLLM:
   """A chat-completions server whose answers are computed from the prompt.
 
-  ``fault(request, first_time) -> None | "429" | "500" | "timeout" | "html" | "malformed" |
-  "hallucinate"``: transport faults are meant for the first time a request is seen;
+  ``fault(request, first_time) -> None | "429" | "500" | "timeout" | "html" | "html_page" |
+  "no_message" | "malformed" | "hallucinate"``: transport faults are meant for the first time a request is seen;
   content faults may depend on the request only, so reruns see the same answers.
   ``pause_after``: once that many answers were paid, further requests hang until released.
   """
@@ -73,11 +73,12 @@ class FakeLLM:
     self.httpd.shutdown()
     self.httpd.server_close()
 
-  def _send(self, h, status: int, body: dict | str, headers: dict | None = None):
+  def _send(self, h, status: int, body: dict | str, headers: dict | None = None,
+            content_type: str = "application/json"):
     data = (body if isinstance(body, str) else json.dumps(body)).encode()
     try:
       h.send_response(status)
-      h.send_header("Content-Type", "application/json")
+      h.send_header("Content-Type", content_type)
       h.send_header("Content-Length", str(len(data)))
       for k, v in (headers or {}).items():
         h.send_header(k, v)
@@ -113,6 +114,13 @@ class FakeLLM:
       return self._send(h, 500, {"error": {"message": "too late"}})
     if kind == "html":  # a proxy's page with status 200: not a chat completion
       return self._send(h, 200, "<html><body>502 Bad Gateway</body></html>")
+    if kind == "html_page":  # the same, said to be HTML: the client returns it as a string
+      return self._send(h, 200, "<html><body>502 Bad Gateway</body></html>",
+                        content_type="text/html; charset=utf-8")
+    if kind == "no_message":  # JSON, but its choice has no message
+      return self._send(h, 200, {"id": "chatcmpl-1", "object": "chat.completion", "created": 0,
+                                 "model": req["model"],
+                                 "choices": [{"index": 0, "finish_reason": "stop"}]})
     content = answer(req, kind)
     with self.lock:
       self.paid += 1
@@ -194,10 +202,10 @@ def server():
     s.close()
 
 
-def llm_cfg(url: str, **kw) -> LLMConfig:
+def llm_cfg(url: str, **kw) -> BackendConfig:
   base = dict(base_url=url, model="fake-model", concurrency=4, timeout=0.5, max_retries=4,
               backoff=0.01, max_backoff=2.0, price_in=1.0, price_out=2.0)
-  return LLMConfig(**{**base, **kw})
+  return BackendConfig(**{**base, **kw})
 
 
 def meta_fixture() -> ImageMeta:
@@ -402,10 +410,35 @@ def test_a_200_that_is_not_json_is_retried(server, tmp_path, monkeypatch, fault_
 
 
 @pytest.mark.faults
+@pytest.mark.parametrize("kind", ["html_page", "no_message"])
+def test_a_200_that_is_not_a_chat_completion_is_retried_then_falls_back(server, tmp_path,
+                                                                       monkeypatch, kind,
+                                                                       fault_log):
+  """A proxy's HTML page (Content-Type text/html) or a choice without a message: retried like
+  a 5xx, answered on a later try; an image whose requests keep getting such answers falls back
+  to template text and is counted."""
+  s = server(fault=lambda req, first: kind if first else None)
+  be = backend(s.url, tmp_path, monkeypatch)
+  assert be.generate(meta_fixture(), SPECS).backend == "openai"
+  stats = be.take_stats()
+  assert stats["bad_responses"] == 2 and stats["retries"] == 2 and stats["requests"] == 2
+  always = server(fault=lambda req, first: kind)
+  be = backend(always.url, tmp_path / "b", monkeypatch, max_retries=1)
+  gen = be.generate(meta_fixture(), SPECS)
+  stats = be.take_stats()
+  assert gen.backend == "template-fallback"
+  assert stats["bad_responses"] == 2 and stats["failed_requests"] == 1
+  assert stats["failed_images"] == 1 and stats["fallback_images"] == 1
+  assert not list((tmp_path / "b" / "cache").rglob("*.json"))  # nothing cached
+  fault_log(what=f"HTTP 200 that is not a chat completion ({kind})", recovered=True)
+
+
+@pytest.mark.faults
 def test_an_outage_fails_the_run_and_a_rerun_regenerates_the_fallbacks(server, tmp_path,
                                                                       monkeypatch, fault_log):
   """Every request fails (server down): the run stops with exit 7 naming the share, writes no
-  final files; the same command against a healthy server replaces every template record."""
+  final files and publishes no shards (train.py finds nothing to read); the same command
+  against a healthy server replaces every template record."""
   monkeypatch.setenv("OPENAI_API_KEY", KEY)
   down = server(fault=lambda req, first: "500")
   cfg = dataclasses.replace(run_cfg(tmp_path / "out", down.url),
@@ -416,6 +449,8 @@ def test_an_outage_fails_the_run_and_a_rerun_regenerates_the_fallbacks(server, t
     generate(cfg)
   assert not (tmp_path / "out" / "summary.json").exists()
   assert not (tmp_path / "out" / "medgrit").exists()
+  assert not (tmp_path / "out" / "train").exists() and not (tmp_path / "out" / "test").exists()
+  assert list((tmp_path / "out" / ".work" / "shards" / "train").glob("*.array_record"))
   up = server()
   summary = generate(dataclasses.replace(cfg, llm=llm_cfg(up.url)))
   assert summary["backend_stats"].get("fallback_images", 0) == 0

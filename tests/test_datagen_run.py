@@ -19,6 +19,7 @@ from bird_jax.data.records import ImageRoot
 from bird_jax.vocabulary import TASKS
 from bird_jax.data.shards import read_shards
 from bird_jax.vocabulary import MODALITIES
+from bird_jax_testing.tools import exit_code
 from datagen.cli import main
 from datagen.language import modality_name
 from datagen.config import GenConfig
@@ -199,8 +200,8 @@ def test_cli(tmp_path, capsys):
   assert "datagen: phantom -> " in printed and "test_VG.json" in printed
   summary = json.loads((out / "summary.json").read_text())
   assert summary["images"]["written"] == len(list((out / "images").iterdir()))
-  assert main(["--source", "phantom", "--out", str(out), "--num-images", "17", "--image-size",
-               "32", "--no-progress", "--test-fraction", "0.25"]) == 2
+  assert exit_code(main, ["--source", "phantom", "--out", str(out), "--num-images", "17",
+                          "--image-size", "32", "--no-progress", "--test-fraction", "0.25"]) == 2
   assert "other options (differing: num_images)" in capsys.readouterr().err
-  assert main(["--source", "samed2d", "--out", str(tmp_path / "x")]) == 2
+  assert exit_code(main, ["--source", "samed2d", "--out", str(tmp_path / "x")]) == 2
   assert "--root" in capsys.readouterr().err

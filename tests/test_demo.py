@@ -26,6 +26,7 @@ def test_demo_quick_runs_from_a_non_editable_install_anywhere(tmp_path):
                          capture_output=True, text=True, timeout=600)
   assert build.returncode == 0, build.stderr[-3000:]
   assert (site / "bird_jax_demo" / "config.py").exists() and not (site / "configs").exists()
+  assert not (site / "bird_jax_testing").exists()  # test-only code is not shipped
   out_dir, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
   elsewhere.mkdir()
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",

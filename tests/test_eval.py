@@ -20,8 +20,8 @@ from bird_jax.evaluation.gallery import pick_samples
 from bird_jax.evaluation.predictions import (Prediction, PredictionFileError, read_predictions,
                                              write_predictions)
 from bird_jax.evaluation.scoring import constant_answer, score_task
-from bird_jax.evaluation.testsets import (EvalDataError, find_test_files, read_test_file,
-                                          task_of_filename)
+from bird_jax.evaluation.testsets import (EvalDataError, ImageFinder, find_test_files,
+                                          read_test_file, task_of_filename)
 from bird_jax.metrics.postprocess import postprocess_response
 from bird_jax.metrics.text import caption_scores_by_modality
 from bird_jax.vocabulary import TASKS
@@ -246,6 +246,40 @@ def test_read_test_file_pairs_and_images(tmp_path):
                                                             {"from": "user", "value": "q"}]}]))
   with pytest.raises(EvalDataError, match=r"test_VG.json\[0\] \(id 'x'\): turns must alternate"):
     read_test_file(path)
+
+
+@pytest.mark.parametrize("image, why", [("../x.png", "must not contain '..'"),
+                                        ("/etc/x.png", "must be relative to the image root")])
+def test_a_test_record_whose_image_leaves_the_image_folders_is_refused(tmp_path, image, why):
+  path = tmp_path / "test_VG.json"
+  record = lambda rid, question: {"id": rid, "conversations": [
+      {"from": "user", "value": question}, {"from": "assistant", "value": "a"}]}
+  ok = record("ct_1", "Picture 1: <img>ct_1.png</img>\nQ")
+  path.write_text(json.dumps([ok, record("ct_2", f"Picture 1: <img>{image}</img>\nQ")]))
+  with pytest.raises(EvalDataError, match=rf"test_VG.json\[1\] \(id 'ct_2'\): image path "
+                                          rf"'{image}' {why}"):
+    read_test_file(path)
+  path.write_text(json.dumps([ok, record(image[:-4], "Q")]))  # no span: the image from the id
+  with pytest.raises(EvalDataError, match=rf"test_VG.json\[1\] .*: image path '{image}' {why}"):
+    read_test_file(path)
+
+
+def test_images_are_found_only_inside_the_image_folders(tmp_path):
+  root, outside = tmp_path / "images", tmp_path / "outside"
+  (root / "sub").mkdir(parents=True)
+  outside.mkdir()
+  for p in (root / "sub" / "ct_1.png", root / "ct_2.png", outside / "ct_3.png"):
+    p.write_bytes(b"png")
+  (root / "ct_3.png").symlink_to(outside / "ct_3.png")
+  find = ImageFinder([root])
+  assert find("sub/ct_1.png") == (root / "sub" / "ct_1.png").resolve()
+  assert find("elsewhere/ct_2.png") == (root / "ct_2.png").resolve()  # by base name
+  with pytest.raises(FileNotFoundError, match="ct_4.png"):
+    find("ct_4.png")
+  for image, why in ((str(outside / "ct_3.png"), "must be relative"),
+                     ("../outside/ct_3.png", "'..'"), ("ct_3.png", "outside the image root")):
+    with pytest.raises(ValueError, match=why):
+      find(image)
 
 
 def test_gallery_picks_every_modality():

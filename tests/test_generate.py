@@ -3,6 +3,8 @@ min_new_tokens, images at prefill, prompt buckets, sampling, and a sharded mesh.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +15,7 @@ from flax import nnx
 from conftest import forward, image_row
 from bird_jax.data.image import normalize
 from bird_jax.generate import (GenerationConfig, Generator, bucket_width, default_buckets,
-                               nucleus_mask)
+                               nucleus_mask, sampling_key)
 from bird_jax.sharding import make_mesh, param_specs
 
 EOS = 256  # <|endoftext|> of the byte tokenizer
@@ -133,18 +135,26 @@ def test_nucleus_mask_by_hand():
   assert nucleus_mask(logits, 0.8).tolist() == [[False, True, False, True]]
   assert nucleus_mask(logits, 0.81).tolist() == [[False, True, True, True]]
   assert nucleus_mask(logits, 1e-6).tolist() == [[False, True, False, False]]
+  # a top_p that float32 rounds to 0 still keeps the most probable id
+  for tiny in (1e-300, 0.0):
+    assert nucleus_mask(logits, tiny).tolist() == [[False, True, False, False]]
 
 
 def test_sampling(gen, prompts, greedy_out):
   tiny_p = GenerationConfig(max_new_tokens=NEW, stop_ids=(EOS,), pad_id=EOS, temperature=1.0,
                             top_p=1e-6)
   assert [o.tolist() for o in gen.generate(prompts, cfg=tiny_p)] == greedy_out  # nucleus = argmax
+  tinier = dataclasses.replace(tiny_p, top_p=1e-300)  # 0 in float32: the argmax still stays
+  assert [o.tolist() for o in gen.generate(prompts, cfg=tinier)] == greedy_out
   hot = GenerationConfig(max_new_tokens=NEW, stop_ids=(EOS,), pad_id=EOS, temperature=5.0,
                          top_p=0.99)
   a = [o.tolist() for o in gen.generate(prompts, cfg=hot, seed=1)]
   assert a == [o.tolist() for o in gen.generate(prompts, cfg=hot, seed=1)]  # seeded
   assert a != [o.tolist() for o in gen.generate(prompts, cfg=hot, seed=2)]
   assert a != greedy_out
+  # any int is a seed: taken modulo 2**32, the width of the key's seed
+  assert [o.tolist() for o in gen.generate(prompts, cfg=hot, seed=2**64 + 1)] == a
+  assert sampling_key(-1) == sampling_key(2**32 - 1) and sampling_key(2**63) == sampling_key(0)
 
 
 @pytest.mark.heavy
@@ -156,3 +166,27 @@ def test_sharded_generation_equals_single_device(tiny_model, prompts, greedy_out
   assert wte.sharding.spec == param_specs(nnx.state(tiny_model), mesh)["llm"]["wte"].get_value()
   assert any(axis is not None for axis in wte.sharding.spec)
   assert [o.tolist() for o in sharded.generate(prompts)] == greedy_out
+
+
+def test_a_replicated_parameter_on_a_sharding_mesh_is_warned_about(tiny_cfg):
+  """As training checks (bird_jax.sharding.replication_problem): a vocabulary of 1030 does not
+  divide by fsdp=4, so the 1 MiB embedding and head stay whole on every device; 1032 does."""
+  import dataclasses
+  import warnings
+
+  from bird_jax.model import abstract_model
+
+  mesh = make_mesh(data=2, fsdp=4, tensor=1)
+  for vocab, warned in ((1030, True), (1032, False)):
+    cfg = tiny_cfg.replace(llm=dataclasses.replace(tiny_cfg.llm, vocab_size=vocab))
+    graphdef, shapes = nnx.split(abstract_model(cfg))
+    model = nnx.merge(graphdef, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes))
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      Generator(model, GREEDY, batch_size=8, mesh=mesh)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    if warned:
+      assert len(messages) == 1 and "replicated on mesh" in messages[0]
+      assert "llm.wte" in messages[0] and "llm.lm_head" in messages[0]
+    else:
+      assert not messages

@@ -10,7 +10,7 @@ from flax import nnx
 from conftest import forward, image_row
 from bird_jax.model import model_from_params
 from bird_jax.model.lora import Adapter, LoRAConfig, add_adapters, merge, target_linears
-from bird_jax.tree_paths import flatten
+from bird_jax.tree_paths import dotted, flatten
 
 LORA = LoRAConfig(rank=4, alpha=8.0, targets=(r"^llm\.h\.(attn|mlp)\.", r"^visual\.attn_pool\."))
 
@@ -96,7 +96,7 @@ def test_a_lora_run_trains_only_adapters_and_exports_what_it_computes(tiny_cfg, 
   graphdef, state = nnx.split(model)
   flat = dict(nnx.to_flat_state(state))
   for key, var in flat.items():
-    var.set_value(jnp.asarray(reader.read(".".join(map(str, key))), var.dtype))
+    var.set_value(jnp.asarray(reader.read(dotted(key)), var.dtype))
   adapted_logits = np.asarray(forward(nnx.merge(graphdef, nnx.from_flat_state(flat)), *inputs))
 
   convert.jax_to_hf(tmp_path / "run" / "checkpoints", tmp_path / "hf_out", dtype="fp32",

@@ -173,3 +173,37 @@ def test_a_missing_compiler_is_said_once_with_its_cost(tmp_path, monkeypatch):
       assert meteor_native.library() is None
   finally:
     meteor_native.library.cache_clear()
+
+
+def test_a_tampered_or_stale_cached_library_is_rebuilt_never_loaded(tmp_path, monkeypatch):
+  import hashlib
+
+  monkeypatch.setenv("BIRD_JAX_CACHE", str(tmp_path))
+  monkeypatch.delenv("BIRD_JAX_NO_NATIVE", raising=False)
+  loaded = []
+  load = meteor_native._load
+  monkeypatch.setattr(meteor_native, "_load", lambda data, folder: loaded.append(data) or
+                      load(data, folder))
+  meteor_native.library.cache_clear()
+  try:
+    assert meteor_native.library() is not None, "no C compiler: METEOR would run in pure Python"
+    [so] = tmp_path.glob("meteor_align_*.so")
+    digest = so.with_name(so.name + ".sha256")
+    built = so.read_bytes()
+    assert digest.read_text() == hashlib.sha256(built).hexdigest() and loaded == [built]
+    flipped = built[:-1] + bytes([built[-1] ^ 1])  # still a loadable library, not the one built
+    for tamper in (lambda: so.write_bytes(b"\x7fELF not the aligner"),
+                   lambda: so.write_bytes(flipped),
+                   lambda: digest.unlink(),  # a cache from before digests: stale
+                   lambda: digest.write_text(hashlib.sha256(b"other").hexdigest())):
+      tamper()
+      meteor_native.library.cache_clear()
+      with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert meteor_native.library() is not None
+      now = so.read_bytes()
+      assert digest.read_text() == hashlib.sha256(now).hexdigest() and loaded[-1] == now
+    assert not [d for d in loaded if d in (b"\x7fELF not the aligner", flipped)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([so.name, digest.name])
+  finally:
+    meteor_native.library.cache_clear()

@@ -1,9 +1,9 @@
 """Multi-process training and evaluation on this machine: 2 local processes x 2 CPU devices
 (`jax.distributed` with a localhost coordinator, gloo collectives) against 1 process x 4
 devices, same config: train.py and eval.py themselves in child processes (the commands of
-docs/training.md). One process is killed with kill -9 mid-run; the other must end by itself,
-and the rerun of both must give the uninterrupted single-process run's losses, checkpoint and
-data position."""
+docs/training.md). One process is killed with kill -9 mid-run; the other must end by itself
+within the default heartbeat timeout, and the rerun of both must give the uninterrupted
+single-process run's losses, checkpoint and data position."""
 
 from __future__ import annotations
 
@@ -16,17 +16,22 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from bird_jax.train.checkpointing import DATA, TrainCheckpointer
+from bird_jax.train.config import default_config
 from test_faults_train import COMPILE_CACHE, RUN, losses, poisoned
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = str(ROOT / "tests" / "multihost_entry.py")
 STEPS = 6
-HEARTBEAT_S = 10  # a survivor ends within this (plus the time to notice) after its peer dies
+# a survivor ends within the heartbeat timeout (train.heartbeat_timeout_s, default 15 s) plus
+# the time the runtime takes to notice and abort
+HEARTBEAT_S = default_config().train.heartbeat_timeout_s
+NOTICE_S = 10
 TRAIN = {**RUN, "train.steps": STEPS, "data.streams": 2, "mesh.data": -1}
 
 
@@ -39,6 +44,26 @@ def test_a_launch_without_its_process_id_is_refused(monkeypatch):
   with pytest.raises(ValueError, match="JAX_NUM_PROCESSES=2 needs JAX_COORDINATOR_ADDRESS and "
                                        "JAX_PROCESS_ID too"):
     distributed.initialize()
+
+
+def test_the_heartbeat_timeout_comes_from_the_config(monkeypatch):
+  """train passes train.heartbeat_timeout_s; without a value the environment's, else 15 s
+  (JAX's own default, 100 s, would keep a dead peer's partner idle for minutes)."""
+  from bird_jax import distributed
+
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+  monkeypatch.setenv("JAX_PROCESS_ID", "0")
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1")
+  monkeypatch.delenv("JAX_HEARTBEAT_TIMEOUT_SECONDS", raising=False)
+  distributed.initialize()
+  distributed.initialize(heartbeat_timeout_s=7)
+  monkeypatch.setenv("JAX_HEARTBEAT_TIMEOUT_SECONDS", "30")
+  distributed.initialize()
+  assert [c["heartbeat_timeout_seconds"] for c in calls] == [15, 7, 30]
+  assert default_config().train.heartbeat_timeout_s == 15
 
 
 def free_port() -> int:
@@ -55,7 +80,8 @@ def launch(script: str, args: list[str], logs: Path, processes: int, devices: in
           "JAX_NUM_CPU_DEVICES": str(devices // processes), **env}
   if processes > 1:
     base.update(JAX_COORDINATOR_ADDRESS=f"localhost:{free_port()}",
-                JAX_NUM_PROCESSES=str(processes), JAX_HEARTBEAT_TIMEOUT_SECONDS=str(HEARTBEAT_S))
+                JAX_NUM_PROCESSES=str(processes))
+    base.pop("JAX_HEARTBEAT_TIMEOUT_SECONDS", None)  # the defaults are what is tested
   procs = []
   for i in range(processes):
     with open(f"{logs}.{i}", "w") as log:
@@ -136,6 +162,7 @@ def test_two_processes_train_as_one_and_resume_after_one_is_killed(single, shard
   procs[1].wait()
   assert survivor == -signal.SIGABRT, Path(f"{logs}.0").read_text()[-3000:]
   assert "another task died" in Path(f"{logs}.0").read_text()
+  assert ended_after <= HEARTBEAT_S + NOTICE_S, ended_after
 
   wait(launch("train.py", args, tmp_path / "rerun", 2, RECORDS_LOG=str(reads)),
        tmp_path / "rerun")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from array_record.python import array_record_module
 
-from bird_jax.chat import encode_chat
+from bird_jax.chatml import encode_chat
 from bird_jax.config import get_preset
 from bird_jax.data.image import load_pixels
 from bird_jax.data.image import png_bytes

@@ -6,10 +6,16 @@ import jax
 import pytest
 from flax import nnx
 
-from bird_jax import plan
+from bird_jax import plan, sharding
 from bird_jax.model import abstract_model
 from bird_jax.train.config import default_config, model_config
 from bird_jax.train.optimizer import BIRD_FREEZE, trainable_filter
+
+
+def test_rows_per_device_follow_the_batch_rule():
+  assert sharding.LOGICAL_RULES["batch"] == ("data", "fsdp")
+  assert sharding.batch_shards({"data": 2, "fsdp": 3, "tensor": 4}) == 6
+  assert sharding.batch_shards({"data": 1, "fsdp": 1, "tensor": 8}) == 1
 
 
 @pytest.mark.heavy
@@ -47,4 +53,5 @@ def test_plan_command_takes_config_overrides_and_refuses_a_bad_mesh():
   bad = subprocess.run(cmd + ["--mesh=fsdp=2,pipeline=2"], capture_output=True, text=True)
   assert bad.returncode == 2 and "unknown axis 'pipeline'" in bad.stderr
   typo = subprocess.run(cmd + ["--config.optim.learning_rate=1"], capture_output=True, text=True)
-  assert typo.returncode != 0 and "learning_rate" in typo.stderr
+  assert typo.returncode == 2 and typo.stderr.strip() == (
+      "python -m bird_jax.plan: error: --config.optim.learning_rate: no such config field")

@@ -1,6 +1,8 @@
 """The server (`python -m bird_jax.serve`) on loopback: the OpenAI client against it, bad input
 -> 4xx with a clear message while it keeps serving, concurrent clients batched without
-recompiling, and the command itself."""
+recompiling, failures (a generation error, a stopped worker, a request over the time limit,
+equal prompts in the queue) answered instead of hanging, and the command itself, SIGTERM
+included."""
 
 from __future__ import annotations
 
@@ -8,13 +10,19 @@ import base64
 import concurrent.futures
 import http.client
 import json
+import contextlib
 import os
+import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
+import types
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +33,9 @@ from conftest import write_hf_folder
 from scripted import (ANSWER, ANSWER_BOXES, png_bytes, running_server, scripted_model,
                       scripted_weights)
 from bird_jax import exit_codes
-from bird_jax.assistant import Assistant
+from bird_jax.assistant import Answer, Assistant, Message, Prompt
 from bird_jax.serve.app import create_app
-from bird_jax.serve.batcher import Batcher
+from bird_jax.serve.batcher import Batcher, Sampling, Unavailable
 from bird_jax.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.heavy
@@ -82,13 +90,15 @@ def test_the_openai_client_gets_answers_with_their_boxes(client, server):
   assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
 
 
-def post(url: str, body: bytes, key: str | None = KEY) -> tuple[int, dict]:
+def post(url: str, body: bytes | None, key: str | None = KEY, timeout: float = 120,
+         path: str = "/v1/chat/completions") -> tuple[int, dict]:
+  """(status, JSON reply) of a POST of `body` (a GET when None)."""
   headers = {"Content-Type": "application/json"}
   if key:
     headers["Authorization"] = f"Bearer {key}"
-  req = urllib.request.Request(f"{url}/v1/chat/completions", data=body, headers=headers)
+  req = urllib.request.Request(f"{url}{path}", data=body, headers=headers)
   try:
-    with urllib.request.urlopen(req, timeout=120) as r:
+    with urllib.request.urlopen(req, timeout=timeout) as r:
       return r.status, json.loads(r.read())
   except urllib.error.HTTPError as e:
     body = e.read()
@@ -100,6 +110,16 @@ def request(*messages, **kw) -> bytes:
   return json.dumps({"model": "tiny", "messages": list(messages), **kw}).encode()
 
 
+def png_header(width: int, height: int) -> bytes:
+  """A PNG whose header declares width x height RGB pixels, with one tiny IDAT chunk."""
+  def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
+          + chunk(b"IEND", b""))
+
+
 def test_bad_input_gets_a_4xx_with_a_clear_message_and_the_server_keeps_serving(server, client):
   ok = image_message("Where is the lung?")  # the prompt bucket compiled above
   cases = {
@@ -107,6 +127,8 @@ def test_bad_input_gets_a_4xx_with_a_clear_message_and_the_server_keeps_serving(
       "not an image": (request(image_message("?", b"hello")), KEY, 400, "cannot decode image"),
       "a huge image": (request(image_message("?", png_bytes(200, 100))), KEY, 400,
                        "200x100 = 20,000 pixels, more than the limit 16,384"),
+      "a decompression bomb": (request(image_message("?", png_header(20000, 20000))), KEY, 400,
+                               "header declares 400,000,000 pixels, more than the limit 16,384"),
       "not base64": (request(image_message("?", url="data:image/png;base64,%%%")), KEY, 400,
                      "base64 does not decode"),
       "a web URL": (request(image_message("?", url="http://127.0.0.1/x.png")), KEY, 400,
@@ -131,6 +153,8 @@ def test_bad_input_gets_a_4xx_with_a_clear_message_and_the_server_keeps_serving(
     got, reply = post(server.url, body, key)
     assert (got, message in reply["error"]["message"]) == (status, True), (what, got, reply)
     assert reply["error"]["type"], what
+  _, reply = post(server.url, request(image_message("?", png_header(20000, 20000))))
+  assert reply["error"]["code"] == "image_too_large"
   # a body over the limit is refused from its Content-Length, before it is read (Starlette)
   conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=60)
   conn.putrequest("POST", "/v1/chat/completions")
@@ -181,6 +205,174 @@ def test_concurrent_clients_are_batched_without_recompiling(server, client, caps
           f"p95 {p95 * 1000:.0f} ms; {used} generation calls ({n / used:.1f} requests each)")
 
 
+def test_any_seed_and_the_smallest_top_p_are_answered(server):
+  first = image_message("Where is the lung?")  # the programs of the first test, if it ran
+  history = [first, {"role": "assistant", "content": ANSWER},
+             {"role": "user", "content": "And what is at (500,500),(900,900)?"}]
+  for messages, kw in (([first], {"seed": -3}),
+                       (history, {"temperature": 1.0, "top_p": 1e-300, "seed": 7}),
+                       (history, {"temperature": 0.7, "top_p": 0.9, "seed": 2**64 + 5}),
+                       (history, {"temperature": 0.7, "top_p": 0.9, "seed": 2**63})):
+    status, reply = post(server.url, request(*messages, **kw))
+    assert status == 200 and reply["choices"][0]["message"]["content"] == ANSWER, (kw, reply)
+
+
+# ---- failures: answered, never a hang (a stand-in assistant: no model, answers on cue) ------
+
+class StandIn:
+  """Answers a batch without a model: each answer names its prompt's length and the batch's
+  temperature. `gate` holds every call until set; `raises` are raised by the next calls."""
+
+  def __init__(self, batch_size: int = 4):
+    self.gen = types.SimpleNamespace(batch_size=batch_size)
+    self.calls: list[tuple[float, int]] = []  # (temperature, prompts) of each call
+    self.started, self.gate = threading.Event(), threading.Event()
+    self.gate.set()
+    self.raises: list[BaseException] = []
+
+  def answer(self, prompts, *, temperature, top_p, seed):
+    self.calls.append((temperature, len(prompts)))
+    self.started.set()
+    assert self.gate.wait(60)
+    if self.raises:
+      raise self.raises.pop(0)
+    return [Answer(f"{len(p.ids)} tokens at temperature {temperature}", "stop", len(p.ids), 1)
+            for p in prompts]
+
+
+@contextlib.contextmanager
+def stand_in_server(bot, stand_in, **kw):
+  """The app over `bot` (prompts) and a batcher over `stand_in` (answers): (url, batcher)."""
+  batcher = Batcher(stand_in, max_wait_s=0.05)
+  try:
+    with running_server(create_app(bot, batcher, api_key=KEY, **kw)) as url:
+      yield url, batcher
+  finally:
+    stand_in.gate.set()
+    batcher.close()
+
+
+def wait_until(condition, timeout_s: float = 30) -> None:
+  deadline = time.monotonic() + timeout_s
+  while not condition():
+    assert time.monotonic() < deadline, "timed out"
+    time.sleep(0.01)
+
+
+def answer_of(reply: tuple[int, dict]) -> tuple[int, str]:
+  status, body = reply
+  return status, (body["choices"][0]["message"]["content"] if status == 200
+                  else body["error"]["code"])
+
+
+def prompt_tokens(bot, question: str) -> int:
+  """The length of a one-image question's prompt."""
+  s = bot.cfg.vision.image_size
+  return len(bot.prompt([Message("user", question, (np.zeros((s, s, 3), np.uint8),))]).ids)
+
+
+def test_equal_prompts_in_the_queue_are_told_apart(server):
+  """A (greedy, image X, Q1), B (sampled, image Y, Q2), C (greedy, image Y, Q2) wait together:
+  A and C make one batch, B the next; taking C out of the queue compares nothing of B's."""
+  stand_in = StandIn()
+  stand_in.gate.clear()
+  x, y = png_bytes(seed=1), png_bytes(seed=2)
+  hold = request(image_message("Where is it?", x))
+  a, b, c = (request(image_message("Where is it?", x)),
+             request(image_message("Where is the lung?", y), temperature=0.7),
+             request(image_message("Where is the lung?", y)))
+  with stand_in_server(server.bot, stand_in) as (url, batcher), \
+       concurrent.futures.ThreadPoolExecutor(4) as pool:
+    held = pool.submit(post, url, hold, timeout=30)
+    assert stand_in.started.wait(30)
+    queued = []
+    for k, body in enumerate((a, b, c)):  # queued in this order
+      queued.append(pool.submit(post, url, body, timeout=30))
+      wait_until(lambda: batcher.waiting == k + 1)
+    stand_in.gate.set()
+    replies = [answer_of(f.result()) for f in (held, *queued)]
+    assert batcher.healthy and post(url, None, path="/v1/models")[0] == 200
+  q1, q2 = (prompt_tokens(server.bot, q) for q in ("Where is it?", "Where is the lung?"))
+  assert replies == [(200, f"{q1} tokens at temperature 0.0"),
+                     (200, f"{q1} tokens at temperature 0.0"),
+                     (200, f"{q2} tokens at temperature 0.7"),
+                     (200, f"{q2} tokens at temperature 0.0")]
+  assert stand_in.calls == [(0.0, 1), (0.0, 2), (0.7, 1)]
+
+
+def test_a_failed_generation_answers_500_and_the_next_request_is_served(server):
+  stand_in = StandIn()
+  stand_in.raises.append(RuntimeError("the device went away"))
+  body = request(image_message("Where is it?"))
+  with stand_in_server(server.bot, stand_in) as (url, batcher):
+    status, reply = post(url, body, timeout=30)
+    assert (status, reply["error"]["code"], reply["error"]["type"]) == (
+        500, "generation_failed", "server_error")
+    assert "RuntimeError: the device went away" in reply["error"]["message"]
+    assert answer_of(post(url, body, timeout=30))[0] == 200
+    assert batcher.healthy and post(url, None, path="/v1/models")[0] == 200
+
+
+def test_a_stopped_worker_answers_503_to_every_request_and_to_health_checks(server):
+  stand_in = StandIn()
+  stand_in.gate.clear()
+  stand_in.raises.append(SystemExit(3))  # not an Exception: the worker cannot go on
+  greedy, sampled = (request(image_message("Where is it?")),
+                     request(image_message("Where is it?"), temperature=0.5))
+  with stand_in_server(server.bot, stand_in) as (url, batcher), \
+       concurrent.futures.ThreadPoolExecutor(2) as pool:
+    assert post(url, None, path="/health") == (200, {"status": "ok"})
+    held = pool.submit(post, url, greedy, timeout=30)
+    assert stand_in.started.wait(30)
+    queued = pool.submit(post, url, sampled, timeout=30)
+    wait_until(lambda: batcher.waiting == 1)
+    stand_in.gate.set()
+    for reply in (held.result(), queued.result(), post(url, greedy, timeout=30),
+                  post(url, None, path="/v1/models"), post(url, None, key=None, path="/health")):
+      status, body = reply
+      assert (status, body["error"]["code"]) == (503, "unavailable"), reply
+      assert "the generation worker stopped (SystemExit: 3)" in body["error"]["message"]
+    assert not batcher.healthy and stand_in.calls == [(0.0, 1)]
+
+
+def test_a_request_over_the_time_limit_answers_504_and_is_withdrawn(server):
+  stand_in = StandIn()
+  stand_in.gate.clear()
+  body = request(image_message("Where is it?"))
+  with stand_in_server(server.bot, stand_in, request_timeout_s=0.5) as (url, batcher), \
+       concurrent.futures.ThreadPoolExecutor(2) as pool:
+    t0 = time.monotonic()
+    held = pool.submit(post, url, body, timeout=30)  # being answered when its time is up
+    assert stand_in.started.wait(30)
+    queued = pool.submit(post, url, body, timeout=30)  # still queued when its time is up
+    for status, reply in (held.result(), queued.result()):
+      assert (status, reply["error"]["code"]) == (504, "timeout"), reply
+      assert "time limit of 0.5 s (--request-timeout-s)" in reply["error"]["message"]
+    assert time.monotonic() - t0 < 10 and batcher.waiting == 0
+    stand_in.gate.set()  # the held answer comes now, for nobody
+    assert answer_of(post(url, body, timeout=30))[0] == 200
+  assert stand_in.calls == [(0.0, 1), (0.0, 1)]  # the withdrawn request was never generated
+
+
+def test_close_fails_queued_and_in_flight_requests_at_once():
+  stand_in = StandIn()
+  stand_in.gate.clear()  # the batch in flight never ends by itself
+  batcher = Batcher(stand_in, max_wait_s=0.01)
+  prompt = Prompt([1, 2, 3], np.zeros((1, 4, 4, 3), np.uint8), 4)
+  held = batcher.submit(prompt)
+  assert stand_in.started.wait(30)
+  queued = batcher.submit(prompt, Sampling(temperature=0.5))
+  t0 = time.monotonic()
+  batcher.close(timeout_s=0.2)
+  assert time.monotonic() - t0 < 2
+  for future in (held, queued):
+    assert isinstance(future.exception(timeout=1), Unavailable)
+  with pytest.raises(Unavailable, match="shutting down"):
+    batcher.submit(prompt)
+  assert not batcher.healthy
+  stand_in.gate.set()
+
+
 @pytest.mark.e2e
 def test_the_command_serves_a_checkpoint_and_never_prints_the_key(tmp_path, tiny_cfg):
   tok = load_tokenizer(tiny_cfg)
@@ -214,3 +406,54 @@ def test_the_command_serves_a_checkpoint_and_never_prints_the_key(tmp_path, tiny
     out = proc.communicate(timeout=30)[0]
   assert f"http://127.0.0.1:{port}/ (page)" in out and "API key required" in out
   assert KEY not in out
+
+
+@pytest.mark.e2e
+def test_sigterm_stops_the_command_within_seconds(tmp_path, tiny_cfg):
+  """Equal prompts in the queue are answered by the command too; then SIGTERM while a sampled
+  request is being answered (its program compiling): the process ends within seconds and that
+  request gets its 503 (or its answer, had it come first)."""
+  tok = load_tokenizer(tiny_cfg)
+  write_hf_folder(tmp_path / "hf", tiny_cfg, scripted_weights(tiny_cfg, tok))
+  env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+         "JAX_PLATFORMS": "cpu", "BIRD_JAX_API_KEY": KEY}
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  proc = subprocess.Popen([sys.executable, "-m", "bird_jax.serve", "--ckpt", str(tmp_path / "hf"),
+                           "--port", str(port), "--max-new-tokens", "32", "--max-wait-ms", "500"],
+                          cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  url, stopped = f"http://127.0.0.1:{port}", None
+  x, y = png_bytes(seed=1), png_bytes(seed=2)
+  bodies = [json.dumps({"model": "hf", "messages": [image_message(q, image)], **kw}).encode()
+            for q, image, kw in (("Where is it?", x, {}),
+                                 ("Where is the lung?", y, {"temperature": 0.7}),
+                                 ("Where is the lung?", y, {}))]
+  try:
+    deadline = time.monotonic() + 240
+    while True:
+      try:
+        if post(url, None, path="/v1/models", timeout=5)[0] == 200:
+          break
+      except (urllib.error.URLError, ConnectionError):
+        pass
+      assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+      time.sleep(0.5)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+      replies = []
+      for body in bodies:  # queued in this order, within the first one's 500 ms wait
+        replies.append(pool.submit(post, url, body, timeout=90))
+        time.sleep(0.1)
+      assert [answer_of(replies[k].result()) for k in (0, 2)] == [(200, ANSWER)] * 2
+      t0 = time.monotonic()
+      proc.send_signal(signal.SIGTERM)
+      proc.wait(timeout=60)
+      stopped = time.monotonic() - t0
+      assert answer_of(replies[1].result())[0] in (200, 503)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    out = proc.communicate(timeout=30)[0]
+  assert stopped is not None and stopped < 10, out
+  assert proc.returncode == -signal.SIGTERM, out  # uvicorn ends the process as signalled

@@ -18,7 +18,7 @@ from PIL import Image
 from scripted import ANSWER, ANSWER_BOXES, running_server, scripted_model
 from bird_jax.assistant import Assistant
 from bird_jax.boxes import parse_boxes
-from bird_jax.evaluation.gallery import PREDICTED, QUESTION
+from bird_jax.draw import PREDICTED, QUESTION
 from bird_jax.serve.app import create_app
 from bird_jax.serve.batcher import Batcher
 from bird_jax.tokenizer import load_tokenizer

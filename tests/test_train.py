@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,6 +120,7 @@ def test_nan_loss_stops_with_step_and_batch(shards, tmp_path, monkeypatch):
     return batch
 
   monkeypatch.setattr(loop, "global_batch", poisoned)
+  spies = closing_spies(monkeypatch)
   c = run_config(shards, str(tmp_path))
   c.mesh.update(data=4, fsdp=1, tensor=2)  # this process has 8 (host) devices
   with pytest.raises(loop.NonFiniteLoss, match=r"step 3: loss is nan.*data-iterator state.*"
@@ -125,6 +128,9 @@ def test_nan_loss_stops_with_step_and_batch(shards, tmp_path, monkeypatch):
     loop.train(c)
   steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
   assert max(steps) == 2
+  # the checkpointer's manager (its background saves), the data iterator and the logger closed
+  # (the NaN message's read-back opens and closes no other manager)
+  assert {k: s.calls for k, s in spies.items()} == {k: 1 for k in spies}
 
 
 @pytest.mark.heavy
@@ -240,7 +246,7 @@ def test_overfitting_a_few_records_reproduces_their_answers(tiny_cfg, tmp_path):
   exact training answers, boxes included."""
   from flax import nnx
 
-  from bird_jax import chat
+  from bird_jax import chatml
   from bird_jax.data.image import load_pixels
   from bird_jax.data.pipeline import DataConfig, make_dataset
   from bird_jax.generate import GenerationConfig, Generator
@@ -266,9 +272,9 @@ def test_overfitting_a_few_records_reproduces_their_answers(tiny_cfg, tmp_path):
 
   model = nnx.merge(layout.graphdef, state["params"], frozen)
   tok = load_tokenizer(tiny_cfg)
-  prompts = [chat.encode_chat(tok, [{"from": "user", "value": r.conversations[0].value}],
-                              n_image_tokens=tiny_cfg.vision.n_queries,
-                              add_generation_prompt=True).ids for r in records]
+  prompts = [chatml.encode_chat(tok, [{"from": "user", "value": r.conversations[0].value}],
+                                n_image_tokens=tiny_cfg.vision.n_queries,
+                                add_generation_prompt=True).ids for r in records]
   pixels = np.stack([load_pixels(r.image_bytes, 56)[None] for r in records])
   outputs = Generator(model, GenerationConfig.chat(tok, 64)).generate(prompts, pixels)
   for record, out in zip(records, outputs):
@@ -296,3 +302,262 @@ def test_init_from_an_orbax_params_checkpoint(tiny_cfg, hf_weights, tiny_model, 
   want = flatten(nnx.state(tiny_model))
   assert got.keys() == want.keys()
   assert all(np.array_equal(got[k], np.asarray(want[k])) for k in want)
+
+
+# ---- resume: evidence, read errors, set-aside steps; closing on failure; FLOPs ---------------
+
+def small_checkpoints(workdir: Path, steps=(2, 4), nan_at=()):
+  """A TrainCheckpointer whose steps hold small params and optimizer arrays (NaN in the params
+  of the steps in `nan_at`)."""
+  import orbax.checkpoint as ocp
+
+  from bird_jax.checkpoint import orbax as ockpt
+  from bird_jax.train.checkpointing import DATA, OPT, TrainCheckpointer
+
+  c = TrainCheckpointer(str(workdir), keep=10, async_save=False)
+  for s in steps:
+    w = np.full((4, 8), np.nan if s in nan_at else 1.0, np.float32)
+    ockpt.save(c.manager, s, params={"llm": {"w": w}, "visual": {"b": np.zeros(3, np.float32)}},
+               extra={OPT: ocp.args.StandardSave({"mu": np.zeros(5, np.float32)}),
+                      DATA: ocp.args.JsonSave({"streams": {}})})
+  return c
+
+
+def failing_reads(monkeypatch, code: int, array: str = "llm.w") -> None:
+  """Every read of `array` fails with OS error `code`, as a filesystem refusing it would."""
+  from bird_jax.checkpoint import orbax as ockpt
+
+  read = ockpt.ParamReader.read
+
+  def read_or_fail(self, path, layer=None):
+    if path == array:
+      raise ValueError(f"reading {path} failed") from OSError(
+          code, os.strerror(code), f"{self.arrays[path].directory}/d/0123")
+    return read(self, path, layer)
+
+  monkeypatch.setattr(ockpt.ParamReader, "read", read_or_fail)
+
+
+@pytest.mark.parametrize("code", ["EIO", "EACCES", "ESTALE", "ETIMEDOUT"])
+def test_a_read_error_moves_no_checkpoint_aside(tmp_path, monkeypatch, code):
+  from bird_jax.train.checkpointing import CheckpointUnreadable
+
+  n = getattr(errno, code)
+  c = small_checkpoints(tmp_path)
+  failing_reads(monkeypatch, n)
+  with pytest.raises(CheckpointUnreadable, match=(
+      rf"checkpoint step 4 in {tmp_path}/checkpoints could not be read: params llm.w: "
+      rf"{tmp_path}/checkpoints/4/params/d/0123: \[Errno {n}\] {os.strerror(n)}\. "
+      r".*nothing was moved aside")) as e:
+    c.restore_usable(layout=None)
+  assert e.value.exit_code == 2
+  assert c.manager.all_steps() == [2, 4] and not (tmp_path / "rejected").exists()
+
+
+def test_damage_still_moves_a_step_aside(tmp_path, monkeypatch):
+  """NaN in step 4: moved to rejected/ and step 2 restored (restore itself stubbed)."""
+  c = small_checkpoints(tmp_path, nan_at=(4,))
+  monkeypatch.setattr(c, "restore", lambda layout, step: step)
+  notes = []
+  assert c.restore_usable(layout=None, note=notes.append) == 2
+  assert "values are NaN/inf" in notes[0] and c.manager.all_steps() == [2]
+  assert [p.name.split("-")[1] for p in (tmp_path / "rejected").iterdir()] == ["4"]
+
+
+def test_read_errors_and_damage_as_tensorstore_reports_them():
+  """Messages as tensorstore words them: the errno it appends decides, then its status."""
+  from bird_jax.checkpoint import verify as V
+
+  spec = " [tensorstore_spec='{\\\"path\\\":\\\"/ck/1/params/\\\"}']"
+  denied = ValueError('PERMISSION_DENIED: Error opening "zarr" driver: Error reading "b/.zarray"'
+                      ' in OCDBT database at local file "/ck/1/params/": Error reading Byte '
+                      'range [0, 243) of local file "/ck/1/params/d/5550": Failed to open: '
+                      '"/ck/1/params/d/5550": Permission denied' + spec + " [os_error_code='13']")
+  truncated = ValueError('OUT_OF_RANGE: Error reading "llm.w/0.0.0": Requested byte range '
+                         '[0, 5000) is not valid for value of size 1000' + spec)
+  deleted = ValueError('NOT_FOUND: Error opening "zarr" driver: Metadata at "a.w/.zarray" in '
+                       'OCDBT database at local file "/ck/1/params/" does not exist' + spec)
+  garbage = ValueError('DATA_LOSS: Error decoding local file "/ck/1/params/manifest.ocdbt": '
+                       'Error decoding manifest' + spec)
+  assert not V.is_damage(denied)
+  assert V.read_error(denied) == "/ck/1/params/d/5550: [Errno 13] Permission denied"
+  assert all(V.is_damage(e) for e in (truncated, deleted, garbage))
+  assert not V.is_damage(RuntimeError("something else"))  # unknown: no evidence
+  assert V.is_damage(FileNotFoundError("no params item"))
+  assert V.is_damage(_chained(ValueError("restore failed"), truncated))  # the cause tells
+  stale = OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+  assert not V.is_damage(_chained(truncated, stale))  # an OS error behind it decides
+
+
+def _chained(outer: BaseException, cause: BaseException) -> BaseException:
+  outer.__cause__ = cause
+  return outer
+
+
+def test_a_read_the_filesystem_denies_is_a_read_error(tmp_path):
+  """A real permission error from tensorstore (chmod 000; as root, in a child without the
+  capabilities that let root read anything)."""
+  import shutil as sh
+
+  from bird_jax.checkpoint import orbax as ockpt
+
+  mngr = ockpt.checkpoint_manager(tmp_path / "ck")
+  ockpt.save(mngr, 1, params={"a": np.ones((4, 8), np.float32)})
+  mngr.wait_until_finished()
+  for f in (tmp_path / "ck" / "1" / "params").rglob("d/*"):
+    f.chmod(0)
+  prefix = []
+  if os.geteuid() == 0:
+    if not sh.which("setpriv"):
+      pytest.skip("running as root without setpriv: reads cannot be denied")
+    prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+  code = ("import json, sys; from bird_jax.checkpoint import orbax as o, verify as v; "
+          "r = v.verify_params(o.checkpoint_manager(sys.argv[1], read_only=True), 1); "
+          "print(json.dumps([r.damaged, r.read_errors]))")
+  out = subprocess.run([*prefix, sys.executable, "-c", code, str(tmp_path / "ck")],
+                       capture_output=True, text=True, timeout=120)
+  if out.returncode and "setpriv" in out.stderr:
+    pytest.skip(f"setpriv cannot drop capabilities here: {out.stderr[-300:]}")
+  damaged, errors = json.loads(out.stdout.strip().splitlines()[-1])
+  assert not damaged and errors, out.stdout
+  (error,) = errors.values()
+  assert error.startswith(f"{tmp_path}/ck/1/params/") and "[Errno 13] Permission denied" in error
+
+
+def test_a_start_from_step_0_is_refused_behind_set_aside_steps(tmp_path):
+  from bird_jax.train import workdir as W
+
+  (tmp_path / "rejected" / "step-8-20261203-081200").mkdir(parents=True)
+  with pytest.raises(W.WorkdirError, match=r"would start from step 0, but 1 later checkpoint "
+                                           r"step\(s\) were set aside, up to step 8 .*"
+                                           r"train.allow_rollback=true"):
+    W.refuse_rollback(tmp_path, 0, allow=False)
+  W.refuse_rollback(tmp_path, 0, allow=True)
+  W.refuse_rollback(tmp_path, 8, allow=False)  # not behind step 8
+  # resume=false overwrite=true a second time: the first overwrite's run is in previous/
+  (tmp_path / "checkpoints" / "4").mkdir(parents=True)
+  (tmp_path / "metrics.jsonl").write_text('{"step": 4}\n')
+  shutil.rmtree(tmp_path / "rejected")
+  moved = W.start_fresh(tmp_path, overwrite=True)
+  assert (moved / "checkpoints" / "4").is_dir()
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+  with pytest.raises(W.WorkdirError, match="up to step 4"):
+    W.start_fresh(tmp_path, overwrite=True)
+  assert W.start_fresh(tmp_path, overwrite=True, allow_rollback=True) is not None
+  assert W.set_aside_steps(tmp_path).keys() == {4}
+
+
+def test_a_failed_save_removes_its_temporary_folder(tmp_path):
+  from bird_jax.train.checkpointing import SaveFailed, TrainCheckpointer
+
+  c = TrainCheckpointer(str(tmp_path), keep=3)
+  partial = tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp" / "params"
+  partial.mkdir(parents=True)
+  (partial / "d").write_bytes(b"\0" * 1000)
+  other = tmp_path / "checkpoints" / "1"
+  other.mkdir()
+  c.last_started = 2
+  with pytest.raises(SaveFailed, match=r"step 2 could not be written .*\[Errno 28\] No space "
+                                       r"left on device \(out of disk space"):
+    with c._save_errors():
+      raise ValueError("write failed") from OSError(28, os.strerror(28))
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+  c.close()
+
+
+class _Spy:
+  """Counts calls of a method (wrapping it) on a class."""
+
+  def __init__(self, monkeypatch, cls, name: str):
+    self.calls = 0
+    real = getattr(cls, name)
+
+    def wrapped(obj, *a, **k):
+      self.calls += 1
+      return real(obj, *a, **k)
+
+    monkeypatch.setattr(cls, name, wrapped)
+
+
+def closing_spies(monkeypatch) -> dict[str, _Spy]:
+  import orbax.checkpoint as ocp
+
+  from bird_jax.data.streams import StreamsIterator
+  from bird_jax.train.logger import MetricLogger
+
+  return {"checkpoint manager": _Spy(monkeypatch, ocp.CheckpointManager, "close"),
+          "data iterator": _Spy(monkeypatch, StreamsIterator, "close"),
+          "logger": _Spy(monkeypatch, MetricLogger, "close")}
+
+
+def test_a_run_that_fails_closes_its_checkpointer_and_data_iterator(shards, tmp_path, monkeypatch):
+  spies = closing_spies(monkeypatch)
+
+  def fails(*args, **kwargs):
+    raise RuntimeError("a step failed")
+
+  monkeypatch.setattr(loop, "_run", fails)
+  c = run_config(shards, str(tmp_path))
+  c.mesh.update(data=4, fsdp=1, tensor=2)  # this process has 8 (host) devices
+  with pytest.raises(RuntimeError, match="a step failed"):
+    loop.train(c)
+  assert {k: s.calls for k, s in spies.items()} == {k: 1 for k in spies}
+
+
+def test_lora_step_flops_follow_the_trained_parameters(tiny_cfg):
+  """A LoRA run on the LLM: the frozen base costs forward + activation gradients, only the
+  adapters get weight gradients; counted by hand here."""
+  from bird_jax.model.lora import LoRAConfig
+  from bird_jax.train.flops import run_flops, step_flops
+
+  c = default_config()
+  c.model.preset = "tiny"
+  c.freeze = []
+  c.lora.rank, c.lora.targets = 4, [r"^llm\.h\.(attn|mlp)\."]
+  c.data.batch_size, c.data.max_len, c.data.max_images_per_row = 4, 192, 2
+  c.optim.grad_accum = 2
+  tx, _ = O.make_optimizer(O.OptimConfig(), 10)
+  mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  with jax.set_mesh(mesh):
+    lora = LoRAConfig(rank=4, targets=(r"^llm\.h\.(attn|mlp)\.",))
+    layout = S.make_layout(tiny_cfg, [], tx, mesh, lora=lora)
+    got = run_flops(c, tiny_cfg, layout)
+
+  m, v, r = tiny_cfg.llm, tiny_cfg.vision, 4
+  rows, length, images = 4 * 2, 192, 4 * 2 * 2
+  tokens = rows * length
+  h, f, L = m.hidden, m.mlp_dim, m.layers
+  base = L * (h * 3 * h + h * h + 2 * h * f + f * h) + h * m.vocab_size  # lm_head included
+  adapters = L * ((h * r + r * 3 * h) + (h * r + r * h) + 2 * (h * r + r * f) + (f * r + r * h))
+  scores = L * rows * 2 * 2 * length * length * h
+  llm = (2 * tokens * (base + adapters) + scores          # forward
+         + 2 * tokens * (base + adapters) + 2 * scores    # activation gradients, all layers
+         + 2 * tokens * adapters)                         # weight gradients: adapters only
+  p, q, w, e = v.num_patches, v.n_queries, v.width, v.output_dim
+  vit = v.layers * (2 * p * (3 * w * w + w * w + 2 * w * v.mlp_dim) + 4 * p * p * w) \
+      + 2 * p * 3 * v.patch_size ** 2 * w
+  resampler = 2 * p * w * e + 2 * q * e * e + 2 * 2 * p * e * e + 4 * q * p * e + 2 * q * e * e
+  vision = images * (vit + resampler + 2 * q * e * e)  # all frozen, nothing before: forward
+  assert got.llm == pytest.approx(llm, rel=1e-12)
+  assert got.vision == pytest.approx(vision, rel=1e-12)
+  full = step_flops(tiny_cfg, rows=rows, length=length, images=images)  # LLM fully trained
+  assert full.llm / got.llm == pytest.approx(6 / 4, rel=0.15)  # 6 per parameter, not 4
+  assert full.llm == pytest.approx(6 * tokens * base + 3 * scores, rel=1e-12)
+
+
+def test_bird_step_flops_follow_the_freeze_patterns(tiny_cfg):
+  """BiRD's freeze: the ViT forward only; the resampler 3x; `proj` (frozen, after the trained
+  resampler) forward + activation gradients; the LLM 3x."""
+  from bird_jax.train.flops import block_forward, param_shapes, step_flops
+
+  tx, _ = O.make_optimizer(O.OptimConfig(), 10)
+  mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  with jax.set_mesh(mesh):
+    layout = S.make_layout(tiny_cfg, O.BIRD_FREEZE, tx, mesh)
+  kw = dict(rows=4, length=64, images=4)
+  got = step_flops(tiny_cfg, trained=param_shapes(layout.abstract_params),
+                   frozen=param_shapes(layout.abstract_frozen), **kw)
+  fwd = block_forward(tiny_cfg, **kw)
+  assert got.vision == pytest.approx(sum(fwd["vit"]) + 3 * sum(fwd["resampler"])
+                                     + 2 * fwd["proj"][0], rel=1e-12)
+  assert got.llm == pytest.approx(3 * sum(fwd["llm"]), rel=1e-12)

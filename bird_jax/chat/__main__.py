@@ -8,16 +8,21 @@ Each line typed is a question; `/reset` starts a new conversation about the same
 with the answer's boxes (red, its <ref> phrase written beside) and the question's (yellow); the
 path is printed (images under 448 px are enlarged first). Without --ckpt the demo's trained
 model (runs/demo/train) is used. Decoding is BiRD's evaluation setting (greedy, at most 80 new
-tokens) unless --temperature is set.
+tokens) unless --temperature is set. Exit codes: 0 left, 2 refused input (one line: a flag,
+the image, the checkpoint), 4 the weights hold NaN/inf, 1 anything unexpected (with its
+traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from bird_jax import exit_codes
+from bird_jax.cli import ToolParser, run_tool
+from bird_jax.exit_codes import refusing
+from bird_jax.exit_codes import BadInput
+
+PROG = "python -m bird_jax.chat"
 
 MIN_SIDE = 448  # smaller images are enlarged (whole multiples) so that boxes and text can be read
 
@@ -28,7 +33,7 @@ def draw_answer(image, question: str, answer):
   from PIL import Image, ImageDraw
 
   from bird_jax.boxes import SCALE, parse_boxes
-  from bird_jax.evaluation.gallery import PREDICTED, QUESTION, draw_box
+  from bird_jax.draw import PREDICTED, QUESTION, draw_box
 
   k = -(-MIN_SIDE // min(image.size))
   im = image.resize((image.width * k, image.height * k), Image.NEAREST) if k > 1 else image.copy()
@@ -44,11 +49,11 @@ def draw_answer(image, question: str, answer):
 
 
 def main(argv: list[str] | None = None) -> None:
-  from bird_jax.assistant import DEFAULT_MAX_PIXELS, Message, NoModel, Refused, resolve_checkpoint
-  from bird_jax.chat import DEFAULT_SYSTEM
+  from bird_jax.assistant import DEFAULT_MAX_PIXELS, Message, Refused, resolve_checkpoint
+  from bird_jax.chatml import DEFAULT_SYSTEM
 
-  ap = argparse.ArgumentParser(prog="python -m bird_jax.chat", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = ToolParser(prog=PROG, description=__doc__,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--image", required=True, help="the image to talk about")
   ap.add_argument("--ckpt", default="", help="a training workdir, Orbax checkpoint or HF Qwen-VL "
                   "folder (default: the demo's model, runs/demo/train)")
@@ -61,33 +66,19 @@ def main(argv: list[str] | None = None) -> None:
   ap.add_argument("--dtype", default="", help="compute dtype, e.g. bfloat16 (default: the model's)")
   ap.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS)
   args = ap.parse_args(argv)
-
-  def fail(message: str, code: int = exit_codes.BAD_INPUT):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
-
   if args.temperature < 0 or not 0 < args.top_p <= 1 or args.max_new_tokens < 1:
-    fail("--temperature must be >= 0, --top-p in (0, 1] and --max-new-tokens >= 1")
-  try:
-    ckpt = resolve_checkpoint(args.ckpt)
+    raise BadInput("--temperature must be >= 0, --top-p in (0, 1] and --max-new-tokens >= 1")
+  ckpt = resolve_checkpoint(args.ckpt)  # NoModel: exit 2
+  with refusing(OSError, where="--image"):
     data = Path(args.image).read_bytes()
-  except (NoModel, OSError) as e:
-    fail(str(e))
   print(f"loading {ckpt} ...", flush=True)
   from bird_jax.assistant import Assistant
-  from bird_jax.checkpoint.verify import NonFiniteWeights
 
-  try:
+  with refusing(OSError, ValueError, where=f"cannot load {ckpt}"):  # NaN/inf weights: exit 4
     bot = Assistant.load(ckpt, dtype=args.dtype or None, max_new_tokens=args.max_new_tokens,
                          max_image_pixels=args.max_image_pixels)
-  except NonFiniteWeights as e:
-    fail(str(e), exit_codes.NON_FINITE)
-  except (OSError, ValueError) as e:
-    fail(f"cannot load {ckpt}: {e}")
-  try:
+  with refusing(Refused, where="--image"):
     image = bot.read_image(data, args.image)
-  except Refused as e:
-    fail(str(e))
   pixels = bot.pixels(image)
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -128,4 +119,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  run_tool(PROG, main)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from bird_jax import exit_codes
 from bird_jax.config import QwenVLConfig
 from bird_jax.tree_paths import flatten
 
@@ -232,6 +233,8 @@ FLOAT_DTYPES = ("BF16", "F16", "F32")
 
 class CheckpointMismatch(ValueError):
   """The tensors of a checkpoint do not match the model; the message lists every problem."""
+
+  exit_code = exit_codes.BAD_INPUT  # a tool refuses the checkpoint
 
 
 def tensor_problems(found: Mapping[str, tuple[Shape, str]], expected: Mapping[str, Entry]

@@ -23,7 +23,9 @@ parameter, or one layer of it, back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import os
 from typing import Any, Callable, Mapping
 
@@ -156,17 +158,39 @@ def checkpoint_manager(directory: str | os.PathLike, *, max_to_keep: int | None 
   `extra_handlers` (e.g. {"opt_state": ocp.StandardCheckpointHandler(),
   "data_iter": grain.checkpoint.CheckpointHandler(),
   "train_config": ocp.JsonCheckpointHandler()}). compress: params written with zstd (about
-  22% smaller for bf16 weights, half the write speed; readers take either)."""
+  22% smaller for bf16 weights, half the write speed; readers take either). A read-only
+  manager (for loading) is opened without Orbax's warnings about being read-only."""
   handlers = {PARAMS: ocp.PyTreeCheckpointHandler(type_handler_registry=type_handler_registry(),
                                                   use_compression=compress),
               MODEL_CONFIG: ocp.JsonCheckpointHandler(), HF_SOURCE: ocp.JsonCheckpointHandler(),
               RUN_CONFIG: ocp.JsonCheckpointHandler(),
               **(extra_handlers or {})}
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
+      max_to_keep=None if read_only else max_to_keep,
+      save_interval_steps=0 if read_only else save_interval_steps,  # else Orbax warns of it
       enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
-  return ocp.CheckpointManager(epath.Path(directory).absolute(), options=options,
-                               item_handlers=handlers)
+  with _without_orbax_warning("Given directory is read only"):  # what read_only asks for
+    return ocp.CheckpointManager(epath.Path(directory).absolute(), options=options,
+                                 item_handlers=handlers)
+
+
+@contextlib.contextmanager
+def _without_orbax_warning(prefix: str):
+  """Drops the absl log records whose message starts with `prefix` while the block runs:
+  Orbax's warnings about what a reader asked for on purpose, not every warning."""
+
+  class Drop(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+      return not str(record.msg).startswith(prefix)
+
+  from absl import logging as absl_logging
+
+  logger, drop = absl_logging.get_absl_logger(), Drop()
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
 
 
 def _save_args(leaf: Any) -> ocp.SaveArgs:
@@ -276,6 +300,19 @@ def config_from_dict(d: Mapping[str, Any]) -> QwenVLConfig:
                       **d).validate()
 
 
+def item_metadata(manager: ocp.CheckpointManager, step: int, item: str = PARAMS) -> Any:
+  """The saved metadata of one item of a step (None when the step has no such item). The
+  params item is read by its own handler: the manager's `item_metadata` reads every item of
+  the step and warns about each one it has no handler for (a trainer's optimizer and data
+  state, when a checkpoint is opened for inference)."""
+  if item != PARAMS:
+    return manager.item_metadata(step)[item]
+  path = epath.Path(manager.directory) / str(step) / item
+  if not path.exists():
+    return None
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=type_handler_registry()).metadata(path)
+
+
 class ParamReader:
   """Reads one saved parameter, or one layer of a stacked one, at a time (tensorstore on the
   Orbax files): `read(path)`, `read(path, layer)`. Nothing else is loaded. `item` names
@@ -284,7 +321,7 @@ class ParamReader:
   def __init__(self, manager: ocp.CheckpointManager, step: int | None = None,
                item: str = PARAMS):
     self.step = _latest(manager, step)
-    meta = manager.item_metadata(self.step)[item]
+    meta = item_metadata(manager, self.step, item)
     if meta is None:
       raise FileNotFoundError(f"{manager.directory}: step {self.step} has no {item} item")
     self.use_zarr3 = bool(getattr(meta, "use_zarr3", False))

@@ -24,6 +24,8 @@ import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 
+from bird_jax import exit_codes
+
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -53,6 +55,8 @@ PICKLE_HELP = (
 
 class CheckpointFormatError(ValueError):
   """A checkpoint folder or file that cannot be read as an HF safetensors checkpoint."""
+
+  exit_code = exit_codes.BAD_INPUT  # a tool refuses the checkpoint
 
 
 @dataclasses.dataclass(frozen=True)

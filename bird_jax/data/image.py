@@ -21,6 +21,7 @@ image becomes 0), then replicated to RGB. 16-bit RGB PNGs are delivered by PIL a
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 from PIL import Image
@@ -63,9 +64,25 @@ class ImageTooLarge(ImageDecodeError):
   """An image with more pixels than the caller allows (read from its header, not decoded)."""
 
 
+def _too_large(name: str, e: Exception, max_pixels: int | None) -> ImageTooLarge:
+  """ImageTooLarge for PIL's decompression-bomb refusal, which comes from the header alone (its
+  message holds the declared pixel count). The limit named is the lower of ``max_pixels`` and
+  PIL's (twice ``Image.MAX_IMAGE_PIXELS`` for the error; once for the warning, raised where
+  warnings are errors)."""
+  found = re.search(r"\((\d+) pixels\)", str(e))
+  declared = f"{int(found[1]):,} pixels" if found else "more pixels than PIL decodes"
+  pil = (Image.MAX_IMAGE_PIXELS or 0) * (2 if isinstance(e, Image.DecompressionBombError) else 1)
+  limit = min((v for v in (pil, max_pixels) if v), default=None)
+  return ImageTooLarge(f"{name}: the image's header declares {declared}"
+                       + (f", more than the limit {limit:,}" if limit else ""))
+
+
 def decode(data: bytes, name: str = "image", max_pixels: int | None = None) -> Image.Image:
   """Encoded bytes -> RGB PIL image; ImageDecodeError names ``name`` on corrupt data.
-  ``max_pixels``: width x height above it raises ImageTooLarge before the pixels are decoded."""
+  ``max_pixels``: width x height above it raises ImageTooLarge before the pixels are decoded,
+  from the header's size. A header declaring more than twice PIL's ``Image.MAX_IMAGE_PIXELS``
+  (PIL's decompression-bomb limit, about 179 million pixels) is ImageTooLarge whatever
+  ``max_pixels`` says."""
   try:
     im = Image.open(io.BytesIO(data))
     if max_pixels is not None and im.width * im.height > max_pixels:
@@ -74,6 +91,8 @@ def decode(data: bytes, name: str = "image", max_pixels: int | None = None) -> I
     im.load()
   except ImageTooLarge:
     raise
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise _too_large(name, e, max_pixels) from None
   except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad data
     raise ImageDecodeError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
   return to_rgb(im)

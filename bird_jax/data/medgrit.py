@@ -12,6 +12,9 @@ Build shards from a released file (images are read from ``--image-root`` and emb
     python -m bird_jax.data.medgrit import --json Med-GRIT-train.json \\
         --image-root SAMed2Dv1/images --out data/medgrit_train --num-shards 64
     python -m bird_jax.data.medgrit export --shards data/medgrit_train --json roundtrip.json
+
+Exit codes: 0 written, 2 refused input before anything is written (one line naming the file
+and the entry), 1 anything unexpected (with its traceback).
 """
 
 from __future__ import annotations
@@ -140,9 +143,17 @@ def export_medgrit_json(records: Iterable[Record], path: str | os.PathLike) -> i
   return len(entries)
 
 
+PROG = "python -m bird_jax.data.medgrit"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-  p = argparse.ArgumentParser(prog="python -m bird_jax.data.medgrit", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  """import / export; input is read and checked before anything is written (BadInput)."""
+  from bird_jax.cli import ToolParser
+  from bird_jax.exit_codes import refusing
+  from bird_jax.data.shards import check_shards
+
+  p = ToolParser(prog=PROG, description=__doc__,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = p.add_subparsers(dest="cmd", required=True)
   imp = sub.add_parser("import", help="Med-GRIT JSON -> self-contained ArrayRecord shards")
   imp.add_argument("--json", required=True)
@@ -158,16 +169,21 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   if args.cmd == "import":
-    root = ImageRoot(args.image_root)
-    records = import_medgrit_json(args.json, task=args.task, image_root=root,
-                                  skip_invalid=args.skip_invalid)
+    with refusing(ValueError, OSError):
+      root = ImageRoot(args.image_root)
+      records = import_medgrit_json(args.json, task=args.task, image_root=root,
+                                    skip_invalid=args.skip_invalid)
     paths = write_shards(records, args.out, name=args.name, num_shards=args.num_shards,
                          image_root=root)
     print(f"wrote {len(records)} records to {len(paths)} shards in {args.out}")
   else:
+    with refusing(ValueError, OSError):
+      check_shards(args.shards, name="--shards")
     n = export_medgrit_json(read_shards(args.shards), args.json)
     print(f"wrote {n} entries to {args.json}")
 
 
 if __name__ == "__main__":
-  main()
+  from bird_jax.cli import run_tool
+
+  run_tool(PROG, main)

@@ -33,8 +33,9 @@ import dataclasses
 
 import numpy as np
 
+from bird_jax.vocabulary import IGNORE_ID
+
 PACKING_MODES = ("segments", "bird", "none")
-IGNORE = -100
 
 
 @dataclasses.dataclass
@@ -83,7 +84,7 @@ class BatchPacker:
     b, length, m = self.batch_size, self.max_len, self.max_images
     out = {
         "tokens": np.full((b, length), self.pad_id, np.int32),
-        "labels": np.full((b, length), IGNORE, np.int32),
+        "labels": np.full((b, length), IGNORE_ID, np.int32),
         "positions": np.zeros((b, length), np.int32),
         "segment_ids": np.zeros((b, length), np.int32),
         "images": np.zeros((b, m, *self.image_shape), np.uint8),
@@ -95,7 +96,7 @@ class BatchPacker:
         end = start + len(tok)
         out["tokens"][r, start:end] = tok
         out["labels"][r, start:end] = lab
-        out["labels"][r, start] = IGNORE
+        out["labels"][r, start] = IGNORE_ID
         out["segment_ids"][r, start:end] = 1 if self.mode == "bird" else s + 1
         out["positions"][r, start:end] = np.arange(len(tok), dtype=np.int32)
         start = end

@@ -12,7 +12,7 @@ Stages, in each of this process's data streams (:mod:`bird_jax.data.streams`):
    (reshuffled every epoch), repeated ``num_epochs`` times (0 = forever).
 2. one-to-one map (in ``worker_count`` processes): decode and validate the record, load
    its image (embedded, or from ``image_root``) to uint8 ``[S, S, 3]``, encode the chat with
-   labels (:func:`bird_jax.chat.encode_chat`). A bad record becomes a marker instead of
+   labels (:func:`bird_jax.chatml.encode_chat`). A bad record becomes a marker instead of
    raising, so the map stays one-to-one.
 3. in the main process: skip markers (counted, a warning names each record; past
    ``max_bad_records`` the loader stops with :class:`DataError`), pack and batch
@@ -35,7 +35,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from bird_jax.chat import DEFAULT_SYSTEM, LABEL_MODES, ChatTooLong, encode_chat
+from bird_jax.chatml import DEFAULT_SYSTEM, LABEL_MODES, ChatTooLong, encode_chat
 from bird_jax.config import QwenVLConfig
 from bird_jax.data.image import ImageDecodeError, load_pixels
 from bird_jax.data.packing import PACKING_MODES, BatchPacker
@@ -59,7 +59,7 @@ class DataConfig:
   max_len: int = 2048  # tokens per row
   max_images_per_row: int = 8  # image slots per row (M)
   packing: str = "segments"  # "segments" | "bird" | "none", see bird_jax.data.packing
-  label_mode: str = "qwen_vl"  # "qwen_vl" | "assistant_only", see bird_jax.chat
+  label_mode: str = "qwen_vl"  # "qwen_vl" | "assistant_only", see bird_jax.chatml
   system_prompt: str = DEFAULT_SYSTEM
   streams: int = 0  # independent record streams (0 = one per process); fixing it keeps
   #                  the batches the same for any process count dividing it

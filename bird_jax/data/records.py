@@ -28,10 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from bird_jax import boxes as boxes_lib
-from bird_jax.chat import find_image_paths
+from bird_jax.chatml import CONVERSATION_ROLES, find_image_paths
 from bird_jax.vocabulary import MODALITIES, TASKS
-
-ROLES: tuple[str, ...] = ("user", "assistant")
 
 # Shard entry layout: MAGIC, uint32 little-endian header length, UTF-8 JSON header, image bytes.
 MAGIC = b"BJREC1\n"
@@ -178,7 +176,7 @@ def _validate_conversations(r: Record, fail) -> None:
   if not turns:
     fail("conversations", "empty")
   for i, t in enumerate(turns):
-    want = ROLES[i % 2]
+    want = CONVERSATION_ROLES[i % 2]
     if t.role != want:
       fail(f"conversations[{i}].from", f"{t.role!r}: turns must alternate user/assistant "
            f"starting with user (expected {want!r})")

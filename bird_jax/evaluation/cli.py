@@ -5,6 +5,8 @@
 
 Both write to `--out` (default `config.out`): predictions/<task>.jsonl (model mode),
 report.md, report.json, plots/<task>.png and gallery/index.html, and print the Markdown table.
+Input is checked before anything is written: flags, config fields, prediction and test files,
+their images, the mesh and the checkpoint; what is refused raises BadInput naming it (exit 2).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from typing import Any
 
 import ml_collections
 
+from bird_jax.chatml import find_image_paths
 from bird_jax.evaluation.predictions import Prediction, read_predictions, write_predictions
 from bird_jax.evaluation.scoring import ScoringOptions, TaskScores, score_task
-from bird_jax.evaluation.testsets import ImageFinder, find_test_files, read_test_file
+from bird_jax.evaluation.testsets import (ImageFinder, find_test_files, image_exists,
+                                          read_test_file)
 from bird_jax.evaluation.report import load_paper_table, markdown, write_report
+from bird_jax.exit_codes import BadInput, refusing
 from bird_jax.vocabulary import TASKS
 
 
@@ -39,9 +44,9 @@ def config_tuple(c: ml_collections.ConfigDict, field: str, allowed: Sequence[str
   items = (value,) if isinstance(value, (str, int)) else tuple(value)
   for item in items:
     if allowed and item not in allowed:
-      raise ValueError(f"config.{field}: {item!r} is not one of {tuple(allowed)} (a tuple "
-                       f"field takes the flag once per item: --config.{field}={allowed[0]} "
-                       f"--config.{field}={allowed[-1]})")
+      raise BadInput(f"config.{field}: {item!r} is not one of {tuple(allowed)} (a tuple "
+                     f"field takes the flag once per item: --config.{field}={allowed[0]} "
+                     f"--config.{field}={allowed[-1]})")
   return items
 
 
@@ -84,13 +89,17 @@ def audit(c: ml_collections.ConfigDict, files: Sequence[str], tasks: Sequence[st
           ) -> EvalResult:
   """Scores existing prediction files, each paired with its task."""
   if len(files) != len(tasks):
-    raise ValueError(f"--predictions names {len(files)} file(s) but --task {len(tasks)} task(s); "
-                     "give one task per file")
-  results = {}
-  for path, t in zip(files, tasks):
+    raise BadInput(f"--predictions names {len(files)} file(s) but --task {len(tasks)} task(s); "
+                   "give one task per file")
+  for t in tasks:
     if t not in TASKS:
-      raise ValueError(f"--task {t!r}: tasks are {TASKS}")
-    pf = read_predictions(path)
+      raise BadInput(f"--task {t!r}: tasks are {TASKS}")
+  read = []
+  for path in files:
+    with refusing(ValueError, OSError):  # the messages name the file (and the line)
+      read.append(read_predictions(path))
+  results = {}
+  for path, t, pf in zip(files, tasks, read):
     s = score_task(t, pf.predictions, scoring_options(c))
     s.notes += [f"{path}: {n} line(s) with {problem}" for problem, n in pf.repaired.items()]
     results[t] = (pf.predictions, s)
@@ -107,6 +116,17 @@ def spread_subset(items: list, n: int) -> list:
   return [items[i * len(items) // n] for i in range(n)]
 
 
+def check_images(samples: dict[str, list], find_image: ImageFinder) -> None:
+  """Every image of every sample's question is found (BadInput naming the missing ones),
+  before any work."""
+  for t, items in samples.items():
+    paths = {p for s in items for p in find_image_paths(s.question) or [s.image]}
+    missing = sorted(p for p in paths if not image_exists(find_image, p))
+    if missing:
+      raise BadInput(f"{t}: {len(missing)} image(s) not found, e.g. {missing[:5]} (searched "
+                     f"{[str(r) for r in find_image.roots]}; --config.images adds a folder)")
+
+
 def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> EvalResult:
   """Generates predictions for the test files of `data` with the checkpoint, then scores them."""
   import jax
@@ -119,22 +139,26 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   from bird_jax.tokenizer import load_tokenizer
 
   tasks = config_tuple(c, "tasks", TASKS)
-  files = find_test_files(data, tasks)
-  samples = {t: read_test_file(f) for t, f in files.items()}
+  with refusing(ValueError, OSError):  # the messages name the folder or file
+    files = find_test_files(data, tasks)
+    samples = {t: read_test_file(f) for t, f in files.items()}
   if c.limit > 0:
     samples = {t: spread_subset(s, c.limit) for t, s in samples.items()}
+  find_image = image_finder(c, data)
+  check_images(samples, find_image)
   distributed.initialize()
   mesh = make_mesh(**c.mesh.to_dict())
-  override = get_preset(c.model_preset) if c.model_preset else None
-  step = checkpoint_step(ckpt, None if c.step < 0 else c.step)
-  with jax.set_mesh(mesh):
-    cfg, model = load_model(ckpt, mesh, step=step, cfg=override, dtype=c.dtype or None)
-  tok = load_tokenizer(cfg)
+  with refusing(KeyError, where="config.model_preset"):
+    override = get_preset(c.model_preset) if c.model_preset else None
+  with refusing(ValueError, OSError):  # named by the messages; NaN/inf weights keep exit 4
+    step = checkpoint_step(ckpt, None if c.step < 0 else c.step)
+    with jax.set_mesh(mesh):
+      cfg, model = load_model(ckpt, mesh, step=step, cfg=override, dtype=c.dtype or None)
+    tok = load_tokenizer(cfg)
   opts = RunOptions(batch_size=c.batch_size, max_new_tokens=dict(c.max_new_tokens.to_dict()),
                     min_new_tokens=c.min_new_tokens, temperature=c.temperature, top_p=c.top_p,
                     seed=c.seed, buckets=tuple(int(b) for b in config_tuple(c, "buckets")))
   gen = make_generator(model, cfg, tok, opts, mesh)
-  find_image = image_finder(c, data)
   results, written = {}, {}
   lead = distributed.is_lead()  # every process generates (each device its rows of a batch)
   for t in tasks:
@@ -159,29 +183,25 @@ def run(c: ml_collections.ConfigDict, *, ckpt: str = "", data: str = "",
   out = out or c.out
   if predictions:
     if ckpt or data:
-      raise ValueError("give either --predictions/--task (audit mode) or --ckpt/--data "
-                       "(model mode), not both")
+      raise BadInput("give either --predictions/--task (audit mode) or --ckpt/--data "
+                     "(model mode), not both")
     if not task:
-      raise ValueError("audit mode needs --task (vg, roc, rc or mia) for --predictions")
+      raise BadInput("audit mode needs --task (vg, roc, rc or mia) for --predictions")
     return audit(c, predictions, task, out)
   if not ckpt or not data:
-    raise ValueError("model mode needs --ckpt (an Orbax checkpoint folder) and --data (the "
-                     "folder of per-task test files); audit mode needs --predictions and --task")
+    raise BadInput("model mode needs --ckpt (an Orbax checkpoint folder) and --data (the "
+                   "folder of per-task test files); audit mode needs --predictions and --task")
   return model_eval(c, ckpt, data, out)
 
 
 def main(config: ml_collections.ConfigDict, flags: Any) -> int:
   """Exit codes (bird_jax/exit_codes.py): 0 scored, 6 some task had nothing to score (the
-  report says why), 4 the checkpoint's weights are not finite."""
+  report says why); what it raises carries its own (2 refused input, 4 the checkpoint's
+  weights are not finite; bird_jax/cli.py reports them)."""
   from bird_jax import exit_codes
-  from bird_jax.checkpoint.verify import NonFiniteWeights
 
-  try:
-    result = run(config, ckpt=flags.ckpt, data=flags.data, predictions=flags.predictions,
-                 task=flags.task, out=flags.out)
-  except NonFiniteWeights as e:
-    print(f"eval.py: error: {e}", file=sys.stderr)
-    return exit_codes.NON_FINITE
+  result = run(config, ckpt=flags.ckpt, data=flags.data, predictions=flags.predictions,
+               task=flags.task, out=flags.out)
   print(result.markdown)
   print("written: " + ", ".join(f"{k}={v}" for k, v in result.paths.items()))
   unscorable = {t: s.unscorable for t, s in result.scores.items() if s.unscorable}

@@ -5,6 +5,9 @@
 
 import ml_collections
 
+# BiRD's inference settings: the most new tokens per task (greedy, min_new_tokens 1)
+MAX_NEW_TOKENS = {"vg": 80, "roc": 80, "rc": 80, "mia": 100}
+
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -15,7 +18,7 @@ def default_config() -> ml_collections.ConfigDict:
   #                --data/images and --data/../images: datagen's OUT/medgrit + OUT/images)
   # generation
   c.batch_size = 8
-  c.max_new_tokens = ml_collections.ConfigDict({"vg": 80, "roc": 80, "rc": 80, "mia": 100})
+  c.max_new_tokens = ml_collections.ConfigDict(dict(MAX_NEW_TOKENS))
   c.min_new_tokens = 1
   c.temperature = 0.0  # 0 = greedy (BiRD); > 0 samples
   c.top_p = 1.0

@@ -1,9 +1,9 @@
 """An HTML gallery of evaluated samples: the image with its boxes drawn, and the Q/A text.
 
-Colours: green = reference boxes (from the annotation), red = predicted boxes (from the
-post-processed response, with BiRD's extraction rules: what VG scored), yellow = the region a
-question refers to (ROC/RC). Box text coordinates (0..1000) map to pixels as ``v / 1000 * size``;
-absurd boxes are clipped to the canvas and non-finite ones skipped. A missing image is drawn as
+Colours (bird_jax/draw.py): green = reference boxes (from the annotation), red = predicted boxes
+(from the post-processed response, with BiRD's extraction rules: what VG scored), yellow = the
+region a question refers to (ROC/RC). Box text coordinates (0..1000) map to pixels as
+``v / 1000 * size``; absurd boxes are clipped to the canvas and non-finite ones skipped. A missing image is drawn as
 a grey canvas saying so: the gallery never fails on one sample.
 
 Samples are picked per task round-robin over the modalities, in file order, so every modality
@@ -13,21 +13,20 @@ present shows up.
 from __future__ import annotations
 
 import html
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from bird_jax.boxes import SCALE, bird_extract_boxes, parse_boxes
-from bird_jax.chat import find_image_paths
+from bird_jax.boxes import bird_extract_boxes, parse_boxes
+from bird_jax.chatml import find_image_paths
+from bird_jax.draw import PREDICTED, QUESTION, REFERENCE, css, draw_box
 from bird_jax.evaluation.predictions import Prediction
 from bird_jax.evaluation.scoring import TaskScores
 from bird_jax.vocabulary import MODALITIES, modality_of
 from bird_jax.vocabulary import TASK_NAMES
 
-REFERENCE, PREDICTED, QUESTION = (46, 204, 64), (240, 52, 52), (250, 210, 40)
 THUMB = 320
 
 
@@ -58,19 +57,6 @@ def _canvas(image_path: Path | None, missing: str) -> tuple[Image.Image, str | N
   return im, problem
 
 
-def draw_box(draw: ImageDraw.ImageDraw, coords: Sequence[float], color: tuple[int, int, int],
-             width: int, size: tuple[int, int] = (THUMB, THUMB)) -> bool:
-  """Draws a box given in text coordinates (0..1000) on a canvas of `size` (w, h) pixels,
-  clipped to just outside the canvas; False (nothing drawn) when it is not 4 finite numbers."""
-  if len(coords) != 4 or not all(math.isfinite(v) for v in coords):
-    return False
-  w, h = size
-  x1, y1, x2, y2 = (min(1.05 * n, max(-0.05 * n, v / SCALE * n))
-                    for v, n in zip(coords, (w, h, w, h)))
-  draw.rectangle([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)], outline=color, width=width)
-  return True
-
-
 def render(pred: Prediction, processed: str, image_path: Path | None,
            missing: str = "image not found") -> tuple[Image.Image, str | None]:
   """The thumbnail with question (yellow), reference (green) and predicted (red) boxes;
@@ -78,13 +64,13 @@ def render(pred: Prediction, processed: str, image_path: Path | None,
   im, problem = _canvas(image_path, missing)
   draw = ImageDraw.Draw(im)
   for b in parse_boxes(pred.question).boxes:
-    draw_box(draw, b.coords, QUESTION, 2)
+    draw_box(draw, b.coords, QUESTION, 2, im.size)
   for b in bird_extract_boxes(pred.annotation, fallback=False):
     if b is not None:
-      draw_box(draw, b, REFERENCE, 3)
+      draw_box(draw, b, REFERENCE, 3, im.size)
   for b in bird_extract_boxes(processed, fallback=True)[:50]:
     if b is not None:
-      draw_box(draw, b, PREDICTED, 2)
+      draw_box(draw, b, PREDICTED, 2, im.size)
   return im, problem
 
 
@@ -109,8 +95,8 @@ def write_gallery(out_dir: str | os.PathLike,
   out.mkdir(parents=True, exist_ok=True)
   parts = ["<!doctype html><html><head><meta charset='utf-8'><title>bird_jax gallery</title>",
            f"<style>{_STYLE}</style></head><body><h1>Evaluation gallery</h1>",
-           "<p>Boxes: <b style='color:rgb(46,204,64)'>reference</b>, "
-           "<b style='color:rgb(240,52,52)'>predicted</b> (post-processed response, BiRD's "
+           f"<p>Boxes: <b style='color:{css(REFERENCE)}'>reference</b>, "
+           f"<b style='color:{css(PREDICTED)}'>predicted</b> (post-processed response, BiRD's "
            "extraction), <b style='color:rgb(200,160,0)'>region in the question</b>.</p>"]
   for task, (preds, scores) in tasks.items():
     parts.append(f"<h2>{TASK_NAMES[task]} ({len(preds)} predictions)</h2>")
@@ -122,6 +108,8 @@ def write_gallery(out_dir: str | os.PathLike,
           path = find_image(p.image)
         except FileNotFoundError:
           missing = "image not found"
+        except ValueError:  # absolute, `..` or leaving its folder: never read
+          missing = "image path refused"
       im, problem = render(p, scores.processed[i], path, missing)
       name = f"{task}_{i:06d}.png"
       im.save(out / name)

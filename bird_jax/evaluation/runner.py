@@ -1,7 +1,7 @@
 """Model mode: test samples -> prompts + pixels -> batched greedy generation -> predictions.
 
 Each sample's question (with its `<img>` span) becomes the reference's chat prompt
-(`chat.encode_prompt`: system turn, user turn, `<|im_start|>assistant\\n`); its images are read
+(`chatml.encode_prompt`: system turn, user turn, `<|im_start|>assistant\\n`); its images are read
 with the reference preprocessing (`data.image.load_pixels`, normalised on device). Samples are
 sorted by prompt length and cut into fixed-size batches, so each batch is padded to a nearby
 prompt bucket and the whole test set compiles a few programs (per bucket and max_new_tokens).
@@ -20,11 +20,12 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from bird_jax.chat import ChatTooLong, encode_prompt
+from bird_jax.chatml import ChatTooLong, encode_prompt
 from bird_jax.config import QwenVLConfig
 from bird_jax.data.image import load_pixels
+from bird_jax.evaluation.config import MAX_NEW_TOKENS
 from bird_jax.evaluation.predictions import Prediction
-from bird_jax.evaluation.testsets import MAX_NEW_TOKENS, EvalSample
+from bird_jax.evaluation.testsets import EvalSample, image_exists
 from bird_jax.generate import GenerationConfig, Generator, default_buckets
 from bird_jax.tokenizer import Tokenizer
 
@@ -91,7 +92,7 @@ def predict(task: str, samples: Sequence[EvalSample], gen: Generator, tok: Token
                                top_p=opts.top_p)
   gcfg = dataclasses.replace(gcfg, min_new_tokens=opts.min_new_tokens)
   prompts = build_prompts(samples, tok, cfg, gen.buckets[-1])
-  missing = sorted({p for pr in prompts for p in pr.images if not _exists(find_image, p)})
+  missing = sorted({p for pr in prompts for p in pr.images if not image_exists(find_image, p)})
   if missing:
     raise FileNotFoundError(f"{task}: {len(missing)} image(s) not found, e.g. {missing[:5]}")
   prompts.sort(key=lambda p: len(p.ids))
@@ -113,14 +114,6 @@ def predict(task: str, samples: Sequence[EvalSample], gen: Generator, tok: Token
   bar.close()
   return [Prediction(s.id, s.image, s.question, s.annotation, r)
           for s, r in zip(samples, responses)]
-
-
-def _exists(find_image: Callable[[str], Path], path: str) -> bool:
-  try:
-    find_image(path)
-    return True
-  except FileNotFoundError:
-    return False
 
 
 def make_generator(model, cfg: QwenVLConfig, tok: Tokenizer, opts: RunOptions,

@@ -6,7 +6,9 @@ A test file is the released Med-GRIT format (docs/data.md): a list of ``{"id", "
 as written (a later turn without an image span gets ``Picture 1: <img>IMAGE</img>\\n`` put in
 front, so each sample is answered on its own, single-turn, as BiRD evaluates), its annotation
 the assistant text. The sample's image is the first ``<img>`` path of the question, else
-``id + ".png"``; its file-name prefix is the modality.
+``id + ".png"``; its file-name prefix is the modality. Image paths are relative to the image
+folders and confined to them as training's are (``bird_jax.data.records.ImageRoot``): a test
+record with an absolute path or a ``..`` component is refused, naming the file and record.
 
 File names: the task is read from the name's words (split on non-alphanumerics,
 case-insensitive): ``vg``; ``roc`` or ``ro``; ``rc`` or ``gc``; ``mia`` or ``mii`` (BiRD's
@@ -19,15 +21,15 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bird_jax.chat import find_image_paths, image_prompt
+from bird_jax.chatml import find_image_paths, image_prompt
+from bird_jax.data.records import ImageRoot, check_relative_path
 from bird_jax.vocabulary import TASKS
 
 TASK_WORDS = {"vg": "vg", "roc": "roc", "ro": "roc", "rc": "rc", "gc": "rc", "mia": "mia",
               "mii": "mia"}
-MAX_NEW_TOKENS = {"vg": 80, "roc": 80, "rc": 80, "mia": 100}  # BiRD's inference settings
 
 
 class EvalDataError(ValueError):
@@ -115,6 +117,11 @@ def read_test_file(path: str | os.PathLike) -> list[EvalSample]:
       else:
         image = image or entry["id"] + ".png"
         question = image_prompt([image]) + question
+      for p in paths or [image]:
+        try:
+          check_relative_path(p)
+        except ValueError as e:
+          raise EvalDataError(f"{where} (id {entry['id']!r}): {e}") from None
       sid = entry["id"] if len(pairs) == 1 else f"{entry['id']}#{k}"
       samples.append(EvalSample(sid, paths[0] if paths else image, question, a["value"]))
   return samples
@@ -122,16 +129,26 @@ def read_test_file(path: str | os.PathLike) -> list[EvalSample]:
 
 class ImageFinder:
   """Finds an image path from a question under one of several roots (as written, then by
-  base name)."""
+  base name), each root an ``ImageRoot``: an absolute path, a ``..`` component or a symlink
+  leaving the root raises ValueError."""
 
   def __init__(self, roots: Sequence[str | os.PathLike]):
     self.roots = [Path(r) for r in roots if r]
 
   def __call__(self, image: str) -> Path:
+    check_relative_path(image)
     for root in self.roots:
-      for candidate in (root / image, root / Path(image).name):
-        if candidate.is_file():
-          return candidate
-    if Path(image).is_absolute() and Path(image).is_file():
-      return Path(image)
+      for candidate in (image, Path(image).name):
+        path = ImageRoot(str(root)).resolve(candidate)
+        if path.is_file():
+          return path
     raise FileNotFoundError(f"image {image!r} not found under {[str(r) for r in self.roots]}")
+
+
+def image_exists(find_image: Callable[[str], Path], path: str) -> bool:
+  """Whether `find_image` finds `path`."""
+  try:
+    find_image(path)
+    return True
+  except FileNotFoundError:
+    return False

@@ -5,6 +5,10 @@ use, into the cache folder (``$BIRD_JAX_CACHE`` or ``~/.cache/bird_jax``) and ca
 ctypes; otherwise the pure Python code runs, with a one-line warning saying why and what it
 costs. Both give identical statistics (tested).
 
+The build writes the library's SHA-256 beside it (``.so.sha256``). A cached library is loaded
+only when its bytes hash to that digest, and the bytes loaded are the bytes hashed (a private
+copy); a library that does not match, or has no digest, is rebuilt, never loaded.
+
 - ``resolve``: the beam search of one ``meteor.Problem``;
 - ``batch_stats``: whole segments (normalised words), mapped to word ids whose features (Java
   hash, hash of the stem, function word, synsets) and the paraphrase trie over them are kept on
@@ -16,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import hmac
 import itertools
 import os
 import pathlib
@@ -47,6 +52,43 @@ def _fallback(why: str) -> None:
   return None
 
 
+def _digest_path(so: pathlib.Path) -> pathlib.Path:
+  return so.with_name(so.name + ".sha256")
+
+
+def _verified(so: pathlib.Path) -> bytes | None:
+  """The cached library's bytes when they hash to the digest written by its build, else None."""
+  try:
+    data = so.read_bytes()
+    want = _digest_path(so).read_text().strip()
+  except (OSError, UnicodeDecodeError):
+    return None
+  return data if hmac.compare_digest(hashlib.sha256(data).hexdigest(), want) else None
+
+
+def _write_atomic(path: pathlib.Path, data: bytes) -> None:
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def _load(data: bytes, folder: pathlib.Path) -> ctypes.CDLL:
+  """Loads the library from a private copy of `data` (the file opened is the one verified;
+  the copy is removed once loaded)."""
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix="meteor_align_load_", suffix=".so")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    return ctypes.CDLL(tmp)
+  finally:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
   """The compiled aligner, or None when no C compiler is available."""
@@ -54,7 +96,8 @@ def library() -> ctypes.CDLL | None:
     return None
   tag = hashlib.sha1(_SOURCE.encode()).hexdigest()[:12]
   so = _cache_dir() / f"meteor_align_{tag}.so"
-  if not so.exists():
+  data = _verified(so)
+  if data is None:  # not built yet, or tampered with / stale: (re)build, never load it
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
       return _fallback("no C compiler (cc, gcc or $CC) on PATH")
@@ -66,12 +109,17 @@ def library() -> ctypes.CDLL | None:
         out = pathlib.Path(tmp) / so.name
         subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(src)], check=True,
                        capture_output=True)
-        os.replace(out, so)
+        data = out.read_bytes()
+      _write_atomic(so, data)
+      _write_atomic(_digest_path(so), hashlib.sha256(data).hexdigest().encode())
     except (OSError, subprocess.CalledProcessError) as e:
       detail = getattr(e, "stderr", b"") or str(e).encode()
       return _fallback(f"{cc} could not build it into {so.parent} "
                        f"({detail.decode(errors='replace').strip().splitlines()[-1][:200]})")
-  lib = ctypes.CDLL(str(so))
+  try:
+    lib = _load(data, so.parent)
+  except OSError as e:
+    return _fallback(f"{so} could not be loaded ({str(e)[:200]})")
   lib.meteor_resolve.restype = ctypes.c_int
   lib.meteor_resolve.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 14
   lib.meteor_batch.restype = ctypes.c_int

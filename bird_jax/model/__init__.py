@@ -14,6 +14,7 @@ from flax import nnx
 
 from bird_jax.config import QwenVLConfig
 from bird_jax.model.qwen_vl import QwenVL, check_inputs, splice_image_features
+from bird_jax.tree_paths import dotted
 
 __all__ = ["QwenVL", "abstract_model", "model_from_params", "check_inputs",
            "splice_image_features"]
@@ -30,12 +31,12 @@ def model_from_params(cfg: QwenVLConfig, params: Mapping[str, Any]) -> QwenVL:
   model = abstract_model(cfg)
   graphdef, state = nnx.split(model)
   flat = dict(nnx.to_flat_state(state))
-  want = {".".join(map(str, k)) for k in flat}
+  want = {dotted(k) for k in flat}
   missing, extra = sorted(want - set(params)), sorted(set(params) - want)
   if missing or extra:
     raise KeyError(f"parameters do not match the model: missing {missing}, unexpected {extra}")
   for key, var in flat.items():
-    path = ".".join(map(str, key))
+    path = dotted(key)
     value = params[path]
     if tuple(value.shape) != tuple(var.shape):
       raise ValueError(f"{path}: shape {tuple(value.shape)}, the model expects {tuple(var.shape)}")

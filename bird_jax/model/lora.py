@@ -154,14 +154,14 @@ def attach(model: nnx.Module, cfg: LoRAConfig, values: Mapping[str, Any]) -> nnx
   add_adapters(model, cfg)
   state = nnx.state(model, Adapter)
   flat = dict(nnx.to_flat_state(state))
-  want = {".".join(map(str, k)) for k in flat}
+  want = {dotted(k) for k in flat}
   if want != set(values):
     raise ValueError(f"adapters do not match the model's targets: missing "
                      f"{sorted(want - set(values))[:3]}, unexpected {sorted(set(values) - want)[:3]}")
   for key, var in flat.items():
-    value = values[".".join(map(str, key))]
+    value = values[dotted(key)]
     if tuple(value.shape) != tuple(var.shape):
-      raise ValueError(f"{'.'.join(map(str, key))}: adapter shape {tuple(value.shape)}, the model "
+      raise ValueError(f"{dotted(key)}: adapter shape {tuple(value.shape)}, the model "
                        f"expects {tuple(var.shape)}")
     var.set_value(jnp.asarray(value, var.dtype))
   nnx.update(model, nnx.from_flat_state(flat))

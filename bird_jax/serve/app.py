@@ -3,7 +3,8 @@
     GET  /                      the page (static/index.html)
     GET  /static/...            its script and style (served from the package folder only)
     GET  /ui/config             what the page needs: model name, box colours, limits
-    GET  /v1/models             the one model served
+    GET  /v1/models             the one model served (503 while nothing can be answered)
+    GET  /health                200 {"status": "ok"} while requests are answered, else 503
     POST /v1/chat/completions   OpenAI's request and response; images as data: URLs
 
 The response's message carries, beside `content`, `boxes`: every box of the answer as read by
@@ -12,7 +13,11 @@ With ``stream: true`` the answer comes as server-sent chunks in OpenAI's format;
 arrives in one chunk once decoded (decoding runs on the device in one loop).
 
 Errors are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, with a 4xx
-status for anything wrong in the request; the server goes on serving.
+status for anything wrong in the request; the server goes on serving. A generation that fails
+answers 500 (``generation_failed``) and the next request is served as usual; a request without
+an answer after `request_timeout_s` answers 504 (``timeout``; its answer, if it comes later, is
+dropped); once the batcher answers nothing more (closed, its worker stopped) every request
+answers 503 (``unavailable``), and so do /v1/models and /health, for a health check to see.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import hmac
 import json
 import time
@@ -38,11 +44,12 @@ from starlette.staticfiles import StaticFiles
 
 from bird_jax.assistant import Answer, Assistant, Message, Refused
 from bird_jax.boxes import SCALE
-from bird_jax.evaluation.gallery import PREDICTED, QUESTION
-from bird_jax.serve.batcher import Batcher, Busy, Sampling
+from bird_jax.draw import PREDICTED, QUESTION, css
+from bird_jax.serve.batcher import Batcher, Busy, Sampling, Unavailable
 
 STATIC = Path(__file__).parent / "static"
 API_KEY_ENV = "BIRD_JAX_API_KEY"
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
 
 
 # ---- the request schema (the part of OpenAI's that this server honours) ---------------------
@@ -171,14 +178,31 @@ def _chunks(answer: Answer, model: str, usage: bool):
   yield "data: [DONE]\n\n"
 
 
-def _rgb(c: tuple[int, int, int]) -> str:
-  return f"rgb({c[0]},{c[1]},{c[2]})"
+async def _wait(future: concurrent.futures.Future, timeout_s: float) -> Answer:
+  """The answer of a submitted request, as an ApiError when there is none within `timeout_s`
+  (504; the request is withdrawn) or when generating it failed (500). Unavailable passes."""
+  waiter = asyncio.wrap_future(future)
+  try:
+    done, _ = await asyncio.wait({waiter}, timeout=timeout_s)
+    if not done:
+      raise ApiError(504, f"no answer within the server's time limit of {timeout_s:g} s "
+                     "(--request-timeout-s)", "timeout", kind="server_error")
+    return waiter.result()
+  except (ApiError, Unavailable):
+    raise
+  except Exception as e:  # noqa: BLE001 -- the batch's error, for every request of it
+    raise ApiError(500, f"generating the answer failed ({type(e).__name__}: {e})",
+                   "generation_failed", kind="server_error") from e
+  finally:
+    waiter.cancel()  # withdraws a request still queued; a finished one is unaffected
 
 
 def create_app(bot: Assistant, batcher: Batcher, *, api_key: str | None = None,
-               max_body_bytes: int = 20 * 2**20) -> Starlette:
+               max_body_bytes: int = 20 * 2**20,
+               request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> Starlette:
   """The ASGI app over `batcher` (which answers with `bot`); `api_key`: required as
-  ``Authorization: Bearer KEY`` on /v1/ routes when given."""
+  ``Authorization: Bearer KEY`` on /v1/ routes when given; `request_timeout_s`: the longest a
+  chat request waits for its answer (queue and generation) before a 504."""
 
   def check_key(request: Request) -> None:
     if api_key is None:
@@ -193,12 +217,21 @@ def create_app(bot: Assistant, batcher: Batcher, *, api_key: str | None = None,
 
   async def ui_config(request: Request) -> Response:
     return JSONResponse({"model": bot.name, "grid": SCALE, "api_key_required": api_key is not None,
-                         "colors": {"answer": _rgb(PREDICTED), "question": _rgb(QUESTION)},
+                         "colors": {"answer": css(PREDICTED), "question": css(QUESTION)},
                          "max_image_pixels": bot.max_image_pixels, "max_body_bytes": max_body_bytes,
                          "max_new_tokens": bot.max_new_tokens})
 
+  def check_serving() -> None:
+    if not batcher.healthy:
+      raise Unavailable(batcher.status)
+
+  async def health(request: Request) -> Response:
+    check_serving()
+    return JSONResponse({"status": "ok"})
+
   async def models(request: Request) -> Response:
     check_key(request)
+    check_serving()
     return JSONResponse({"object": "list", "data": [
         {"id": bot.name, "object": "model", "created": 0, "owned_by": "bird_jax"}]})
 
@@ -218,7 +251,7 @@ def create_app(bot: Assistant, batcher: Batcher, *, api_key: str | None = None,
     messages = await run_in_threadpool(_messages, req, bot)
     prompt = bot.prompt(messages, req.max_completion_tokens or req.max_tokens)
     sampling = Sampling(req.temperature or 0.0, req.top_p or 1.0, req.seed)
-    answer = await asyncio.wrap_future(batcher.submit(prompt, sampling))
+    answer = await _wait(batcher.submit(prompt, sampling), request_timeout_s)
     if req.stream:
       usage = bool(req.stream_options and req.stream_options.include_usage)
       return StreamingResponse(_chunks(answer, bot.name, usage), media_type="text/event-stream")
@@ -235,15 +268,20 @@ def create_app(bot: Assistant, batcher: Batcher, *, api_key: str | None = None,
     r.headers["Retry-After"] = "1"
     return r
 
+  async def unavailable(request: Request, e: Unavailable) -> Response:
+    return ApiError(503, f"the server cannot answer: {e}", "unavailable",
+                    kind="server_error").response()
+
   async def http_error(request: Request, e: HTTPException) -> Response:
     message = (f"the request body is larger than the limit of {max_body_bytes:,} bytes"
                if e.status_code == 413 else str(e.detail))
     return ApiError(e.status_code, message).response()
 
   return Starlette(
-      routes=[Route("/", index), Route("/ui/config", ui_config), Route("/v1/models", models),
+      routes=[Route("/", index), Route("/ui/config", ui_config), Route("/health", health),
+              Route("/v1/models", models),
               Route("/v1/chat/completions", chat_completions, methods=["POST"]),
               Mount("/static", StaticFiles(directory=STATIC), name="static")],
       exception_handlers={ApiError: api_error, Refused: refused, Busy: busy,
-                          HTTPException: http_error},
+                          Unavailable: unavailable, HTTPException: http_error},
       max_body_size=max_body_bytes)

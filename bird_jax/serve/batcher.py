@@ -4,6 +4,12 @@ Requests wait in a queue; the worker takes the oldest, then waits up to `max_wai
 requests with the same sampling settings (temperature, top_p, seed), up to the generator's
 batch_size, and answers them in one `Assistant.answer` call. Requests with other settings wait
 for a later batch. A full queue refuses new requests (Busy) instead of growing without bound.
+
+Requests are told apart by identity, never by comparing their prompts. An error while answering
+a batch fails the requests of that batch and the worker goes on. Should the worker stop anyway
+(an exception that is not an Exception, such as SystemExit, or a fault of the batcher itself), or
+once close() is called, every request it holds or is given fails with Unavailable and `healthy`
+turns False. A request cancelled while it waits (its caller gave up) is never answered.
 """
 
 from __future__ import annotations
@@ -12,14 +18,22 @@ import collections
 import concurrent.futures
 import dataclasses
 import itertools
+import logging
 import threading
 import time
 
 from bird_jax.assistant import Answer, Assistant, Prompt
 
+log = logging.getLogger(__name__)
+
 
 class Busy(RuntimeError):
   """The queue is full; the caller should retry later."""
+
+
+class Unavailable(RuntimeError):
+  """The batcher answers nothing more: it was closed or its worker stopped (the message says
+  which)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,77 +43,155 @@ class Sampling:
   seed: int | None = None  # None: a different seed per batch
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # compared by identity: a prompt holds numpy pixels
 class _Request:
   prompt: Prompt
   sampling: Sampling
   future: concurrent.futures.Future
 
 
+def _settle(future: concurrent.futures.Future, answer: Answer | None = None,
+            error: BaseException | None = None) -> None:
+  """Gives `future` its outcome unless it already has one (failed by close(), cancelled)."""
+  try:
+    if error is not None:
+      future.set_exception(error)
+    else:
+      future.set_result(answer)
+  except concurrent.futures.InvalidStateError:
+    pass
+
+
 class Batcher:
-  """submit(prompt, sampling) -> Future[Answer]; close() stops the worker."""
+  """submit(prompt, sampling) -> Future[Answer]; close() stops the worker.
+
+  healthy: the worker runs and the batcher is open; otherwise submit() raises Unavailable.
+  """
 
   def __init__(self, assistant: Assistant, *, max_wait_s: float = 0.01, max_queue: int = 256):
     self.assistant, self.max_wait_s, self.max_queue = assistant, max_wait_s, max_queue
     self.batch_size = assistant.gen.batch_size or 1
     self._queue: collections.deque[_Request] = collections.deque()
+    self._in_flight: list[_Request] = []  # the batch being answered
     self._cond = threading.Condition()
-    self._closed = False
+    self._stopped: str | None = None  # why nothing more is answered (None: serving)
     self._seeds = itertools.count()
     self.batches = 0  # generation calls so far
     self.answered = 0  # requests answered so far
     self._worker = threading.Thread(target=self._run, name="bird_jax-batcher", daemon=True)
     self._worker.start()
 
+  @property
+  def healthy(self) -> bool:
+    return self._stopped is None and self._worker.is_alive()
+
+  @property
+  def status(self) -> str:
+    """'ok' while serving, else why requests are refused."""
+    if self._stopped is not None:
+      return self._stopped
+    return "ok" if self._worker.is_alive() else "the generation worker stopped"
+
+  @property
+  def waiting(self) -> int:
+    """Requests in the queue (not counting the batch being answered)."""
+    with self._cond:
+      self._prune()
+      return len(self._queue)
+
   def submit(self, prompt: Prompt, sampling: Sampling = Sampling()) -> concurrent.futures.Future:
+    """Queues a request; Unavailable when the batcher no longer answers, Busy when full.
+    Cancelling the future withdraws a request that has not been taken into a batch."""
     future: concurrent.futures.Future = concurrent.futures.Future()
     with self._cond:
-      if self._closed:
-        raise RuntimeError("the batcher is closed")
+      if not self.healthy:
+        raise Unavailable(self.status)
+      self._prune()
       if len(self._queue) >= self.max_queue:
         raise Busy(f"{len(self._queue)} requests are waiting (the limit); retry later")
       self._queue.append(_Request(prompt, sampling, future))
       self._cond.notify()
     return future
 
-  def close(self) -> None:
-    with self._cond:
-      self._closed = True
-      self._cond.notify()
-    self._worker.join()
+  def close(self, timeout_s: float = 5.0) -> None:
+    """Stops: queued requests and the batch being answered fail with Unavailable at once; the
+    worker is given `timeout_s` to finish (a daemon thread: it never holds the process)."""
+    self._stop("the server is shutting down")
+    if self._worker is not threading.current_thread():
+      self._worker.join(timeout_s)
 
-  def _take(self) -> list[_Request]:
-    """The next batch (oldest request first), or [] once closed."""
+  def _stop(self, reason: str) -> None:
+    """From now on nothing is answered: every request held fails with Unavailable(reason)."""
     with self._cond:
-      while not self._queue and not self._closed:
+      if self._stopped is None:
+        self._stopped = reason
+      held = [*self._in_flight, *self._queue]
+      self._queue.clear()
+      self._cond.notify_all()
+    for r in held:
+      _settle(r.future, error=Unavailable(self._stopped))
+
+  def _prune(self) -> None:
+    """Drops the requests whose callers gave up (caller holds the lock)."""
+    if any(r.future.cancelled() for r in self._queue):
+      self._queue = collections.deque(r for r in self._queue if not r.future.cancelled())
+
+  def _take(self) -> list[_Request] | None:
+    """The next batch (oldest request first; may be empty), or None once stopped."""
+    with self._cond:
+      while not self._queue and self._stopped is None:
         self._cond.wait()
+      if self._stopped is not None:
+        return None
+      self._prune()
       if not self._queue:
         return []
       key = self._queue[0].sampling
       deadline = time.monotonic() + self.max_wait_s
-      while (sum(r.sampling == key for r in self._queue) < self.batch_size
-             and not self._closed and (left := deadline - time.monotonic()) > 0):
+      while (sum(r.sampling == key and not r.future.cancelled() for r in self._queue)
+             < self.batch_size and self._stopped is None
+             and (left := deadline - time.monotonic()) > 0):
         self._cond.wait(left)
+      if self._stopped is not None:
+        return None
       batch = [r for r in self._queue if r.sampling == key][:self.batch_size]
-      for r in batch:
-        self._queue.remove(r)
-      return batch
+      taken = {id(r) for r in batch}
+      self._queue = collections.deque(r for r in self._queue if id(r) not in taken)
+      self._in_flight = [r for r in batch if r.future.set_running_or_notify_cancel()]
+      return list(self._in_flight)
 
   def _run(self) -> None:
-    while batch := self._take():
-      batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
-      if not batch:
-        continue
-      s = batch[0].sampling
-      seed = s.seed if s.seed is not None else next(self._seeds)
-      try:
-        answers: list[Answer] = self.assistant.answer(
-            [r.prompt for r in batch], temperature=s.temperature, top_p=s.top_p, seed=seed)
-      except Exception as e:  # handed to every waiting request; the worker keeps serving
-        for r in batch:
-          r.future.set_exception(e)
-        continue
-      self.batches += 1
-      self.answered += len(batch)
-      for r, a in zip(batch, answers):
-        r.future.set_result(a)
+    reason = "the generation worker stopped"
+    try:
+      while (batch := self._take()) is not None:
+        if batch:
+          self._answer(batch)
+    except BaseException as e:  # noqa: BLE001 -- reported, then every request fails with it
+      reason = f"the generation worker stopped ({type(e).__name__}: {e})"
+      log.critical("%s; requests are refused from now on", reason, exc_info=True)
+    finally:
+      self._stop(reason)
+
+  def _answer(self, batch: list[_Request]) -> None:
+    """Answers one batch; an Exception fails its requests and the worker goes on."""
+    s = batch[0].sampling
+    seed = s.seed if s.seed is not None else next(self._seeds)
+    try:
+      answers: list[Answer] = self.assistant.answer(
+          [r.prompt for r in batch], temperature=s.temperature, top_p=s.top_p, seed=seed)
+      if len(answers) != len(batch):
+        raise RuntimeError(f"{len(answers)} answers to {len(batch)} prompts")
+    except Exception as e:  # noqa: BLE001 -- handed to every request of the batch
+      log.error("generation failed for %d request(s)", len(batch), exc_info=True)
+      self._finish(batch, [None] * len(batch), e)
+      return
+    self.batches += 1
+    self.answered += len(batch)
+    self._finish(batch, answers)
+
+  def _finish(self, batch: list[_Request], answers: list[Answer | None],
+              error: Exception | None = None) -> None:
+    with self._cond:
+      self._in_flight = []
+    for r, a in zip(batch, answers):
+      _settle(r.future, a, error)

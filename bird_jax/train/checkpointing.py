@@ -5,6 +5,11 @@ is also a params checkpoint for `eval.py` and `convert jax-to-hf`), the model co
 optimizer state, the data-iterator state of every data stream and the resolved run config.
 With several processes every one of them calls `save` and writes its shards of the arrays;
 process 0 writes the JSON items and commits the step.
+
+A save that fails leaves nothing behind: its temporary folder (`<step>.orbax-checkpoint-tmp*`)
+is removed by process 0, and any left by a run that died mid-save is removed when the next
+run opens the checkpoints. Resume moves a step aside only on evidence that it is bad
+(`bird_jax.checkpoint.verify`); a step that merely could not be read stops the start instead.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -23,9 +30,9 @@ from flax import nnx
 from bird_jax import distributed, exit_codes
 from bird_jax.checkpoint import orbax as ckpt
 from bird_jax.tree_paths import flatten, unflatten
-from bird_jax.checkpoint.verify import first_line, verify_params
+from bird_jax.checkpoint.verify import first_line, own_errno, verify_params
 from bird_jax.config import QwenVLConfig
-from bird_jax.exit_codes import ToolError
+from bird_jax.exit_codes import BadInput, ToolError
 from bird_jax.train.state import Layout, place_params
 from bird_jax.train.workdir import reject_step
 
@@ -43,13 +50,34 @@ class NoUsableCheckpoint(ValueError):
   """Resume found no checkpoint step it could read (or not the one asked for)."""
 
 
+class CheckpointUnreadable(BadInput):
+  """A checkpoint step could not be read for a reason that says nothing about its bytes
+  (permission denied, an I/O error, a network filesystem): resume stops and moves nothing."""
+
+
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax writes step N under N.orbax-checkpoint-tmp*
+
+
 class TrainCheckpointer:
+  """The run's checkpoints. A context manager: leaving the `with` normally waits for the last
+  save (raising SaveFailed if it failed); leaving it on an exception still waits for a save in
+  flight and closes the manager, without raising over that exception."""
+
   def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
     self.directory = os.path.join(workdir, "checkpoints")
     self.manager = ckpt.checkpoint_manager(
         self.directory, max_to_keep=keep, async_save=async_save,
         extra_handlers={OPT: ocp.StandardCheckpointHandler(), DATA: ocp.JsonCheckpointHandler()})
     self.last_started: int | None = None  # the newest save's step (errors belong to it)
+
+  def __enter__(self) -> "TrainCheckpointer":
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    if exc_type is None:
+      self.close()
+    else:
+      self.abandon()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -79,10 +107,31 @@ class TrainCheckpointer:
     self.wait()
     self.manager.close()
 
+  def abandon(self) -> None:
+    """Closes after a failure elsewhere: waits for a save in flight (a good step stays good),
+    and never raises (a failed save has already been reported or cleaned up)."""
+    with contextlib.suppress(Exception):
+      self.wait()
+    with contextlib.suppress(Exception):
+      self.manager.close()
+
+  def remove_partial_saves(self, step: int | None = None) -> list[str]:
+    """Removes the temporary folders of saves that did not complete (of `step`, or of every
+    step), on process 0; returns them. Only while no save of that step is in flight: after a
+    failed save, or before the run's first one."""
+    if not distributed.is_lead():
+      return []
+    pattern = f"{'*' if step is None else step}{TMP_SUFFIX}*"
+    gone = [str(p) for p in sorted(Path(self.directory).glob(pattern)) if p.is_dir()]
+    for p in gone:
+      shutil.rmtree(p, ignore_errors=True)
+    return gone
+
   @contextlib.contextmanager
   def _save_errors(self):
     """Any error raised while saving (or checking a background save) becomes SaveFailed, naming
-    the newest save's step, its path and the OS error."""
+    the newest save's step, its path and the OS error; the failed save's temporary folder is
+    removed (it may hold most of a checkpoint's bytes on a disk that is full)."""
     try:
       yield
     except SaveFailed:
@@ -93,6 +142,10 @@ class TrainCheckpointer:
       if any(os.strerror(n) in why for n in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)):
         why += " (out of disk space, quota or file-size limit)"
       where = self.directory if step is None else os.path.join(self.directory, str(step))
+      if step is not None:
+        with contextlib.suppress(Exception):  # the background writes end before it is removed
+          self.manager.wait_until_finished()
+        self.remove_partial_saves(step)
       raise SaveFailed(f"checkpoint step {step} could not be written to {where}: {why}") from e
 
   def restore(self, layout: Layout, step: int | None = None
@@ -113,24 +166,38 @@ class TrainCheckpointer:
   def why_unusable(self, step: int) -> str:
     """Why a step cannot be resumed from ("" if it can): every array of its parameters and
     optimizer state is read back (streamed, host memory only) and must be finite. Checking
-    before Orbax's restore keeps a failure to one clear line. Process 0 reads; every process
-    gets its answer, so all decide alike."""
-    return distributed.on_lead(lambda: self._why_unusable(step))
+    before Orbax's restore keeps a failure to one clear line. Raises CheckpointUnreadable when
+    reading failed without evidence against the step (verify.is_damage). Process 0 reads;
+    every process gets its answer (or the error), so all decide alike."""
+    return distributed.on_lead(lambda: self._why_unusable(step), errors=(CheckpointUnreadable,))
 
   def _why_unusable(self, step: int) -> str:
+    undecided = None
     for item in (ckpt.PARAMS, OPT):
       report = verify_params(self.manager, step, item)
-      if not report.ok:
+      if report.damaged:
         return f"{item}: {report.summary().split(': ', 1)[1]}"
-    return ""
+      if report.read_errors and undecided is None:
+        undecided = (item, report)
+    if undecided is None:
+      return ""
+    item, report = undecided
+    path, err = next(iter(report.read_errors.items()))
+    raise CheckpointUnreadable(
+        f"checkpoint step {step} in {self.directory} could not be read: {item} {path}: {err}"
+        f"{f' (and {len(report.read_errors) - 1} more)' if len(report.read_errors) > 1 else ''}"
+        ". A permission or I/O error says nothing about the checkpoint, so nothing was moved "
+        "aside; fix the access (or wait for the filesystem) and rerun")
 
   def restore_usable(self, layout: Layout, step: int | None = None,
                      note: Callable[[str], None] = print
                      ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     """Restores the newest step that reads back completely with finite values, or exactly
-    `step`. Steps newer than the one restored (unusable ones, or all newer than `step`) are
+    `step`. Steps newer than the one restored (damaged ones, or all newer than `step`) are
     moved to `<workdir>/rejected/` with a note saying why: the run continues from the step it
-    restored and never mixes in the later ones (their numbers are saved again)."""
+    restored and never mixes in the later ones (their numbers are saved again). A step that
+    could not be read (CheckpointUnreadable: permissions, I/O) stops it before anything is
+    moved."""
     steps = sorted(self.manager.all_steps(), reverse=True)
     if step is not None:
       if step not in steps:
@@ -151,9 +218,10 @@ class TrainCheckpointer:
           note(f"resume: continuing from step {s}, the newest usable checkpoint")
         return self.restore(layout, s)
       note(f"resume: checkpoint step {s} is not usable ({why}); moved to {self._reject(s)}")
-    raise NoUsableCheckpoint(f"{self.directory}: no usable checkpoint (steps {sorted(steps)} "
-                             f"moved to {os.path.join(os.path.dirname(self.directory), 'rejected')}"
-                             "); a rerun starts from step 0")
+    raise NoUsableCheckpoint(
+        f"{self.directory}: no usable checkpoint (steps {sorted(steps)} moved to "
+        f"{os.path.join(os.path.dirname(self.directory), 'rejected')}); a rerun would start "
+        "from step 0 and is refused unless --config.train.allow_rollback=true")
 
   def _reject(self, step: int) -> str:
     """Moves `step` to rejected/ (process 0, once every process is done with it) and returns
@@ -170,15 +238,16 @@ _SAVE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACC
 
 def _os_reason(e: BaseException) -> str:
   """'[Errno N] text' of the OS error behind an exception ('' if none is found): an OSError in
-  its chain, or the OS's message inside the text tensorstore reports it with."""
+  its chain, or the code or the OS's message inside the text tensorstore reports it with."""
   seen, todo = set(), [e]
   while todo:
     x = todo.pop()
     if x is None or id(x) in seen:
       continue
     seen.add(id(x))
-    if isinstance(x, OSError) and x.errno is not None:
-      return f"[Errno {x.errno}] {os.strerror(x.errno)}"
+    n = own_errno(x)
+    if n is not None:
+      return f"[Errno {n}] {os.strerror(n)}"
     text = str(x)
     for n in _SAVE_ERRNOS:
       if os.strerror(n) in text:

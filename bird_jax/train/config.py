@@ -14,7 +14,9 @@ from typing import Any
 
 import ml_collections
 
+from bird_jax.exit_codes import refusing
 from bird_jax.config import QwenVLConfig, get_preset
+from bird_jax.exit_codes import BadInput
 from bird_jax.data.pipeline import DataConfig
 from bird_jax.model.lora import LoRAConfig
 from bird_jax.train.optimizer import BIRD_FREEZE, OptimConfig
@@ -75,6 +77,10 @@ def default_config() -> ml_collections.ConfigDict:
       "resume": True,  # continue from the newest usable checkpoint in workdir (docs/faults.md)
       "resume_step": -1,  # resume from exactly this step (-1: the newest usable one)
       "overwrite": False,  # with resume=false: move an earlier run in workdir to previous/
+      # start from step 0 although rejected/ or previous/ hold later checkpoint steps
+      "allow_rollback": False,
+      # several processes: a process silent this long is dead and the others stop (seconds)
+      "heartbeat_timeout_s": 15,
       "peak_tflops": 0.0,  # per device, for MFU (0 = do not report MFU)
       "replication_tolerance": 0.02,
       "tensorboard": True,
@@ -83,11 +89,22 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def model_config(c: ml_collections.ConfigDict) -> QwenVLConfig:
-  base = get_preset(c.model.preset)
+  """The preset with the overrides applied; an unknown preset or override field, or a value
+  the model refuses, is BadInput naming model.preset / model.overrides."""
+  with refusing(KeyError, where="model.preset"):
+    base = get_preset(c.model.preset)
   over = c.model.overrides.to_dict() if hasattr(c.model.overrides, "to_dict") else dict(c.model.overrides)
-  sub = {k: dataclasses.replace(getattr(base, k), **over.pop(k)) for k in ("vision", "llm")
-         if k in over}
-  return base.replace(**over, **sub).validate()
+  with refusing(TypeError, ValueError, where="model.overrides"):
+    sub = {k: dataclasses.replace(getattr(base, k), **over.pop(k)) for k in ("vision", "llm")
+           if k in over}
+    return base.replace(**over, **sub).validate()
+
+
+def check_init(c: ml_collections.ConfigDict) -> None:
+  """A run starts from init.hf, init.ckpt or random weights: at most one of the two is set."""
+  if c.init.hf and c.init.ckpt:
+    raise BadInput(f"init.hf ({c.init.hf}) and init.ckpt ({c.init.ckpt}) are both set; a run "
+                   "starts from one of them (or from random weights: neither)")
 
 
 def data_config(c: ml_collections.ConfigDict, validate: bool = True) -> DataConfig:

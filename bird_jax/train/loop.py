@@ -5,9 +5,12 @@
 - checks the data and takes the workdir's lock before building the model;
 - resumes from the newest usable checkpoint in `<workdir>/checkpoints` (params, optimizer,
   step and the data iterator, so the batches continue exactly where they stopped); a step
-  that does not read back, or holds NaN/inf, is moved aside and the one before is used;
-  `train.resume_step` picks a step; `train.resume=false` refuses a workdir holding a run
-  unless `train.overwrite=true` moves that run aside;
+  that is damaged (missing, truncated or undecodable files) or holds NaN/inf is moved aside
+  and the one before is used; a step that cannot be read (permissions, I/O) stops the start
+  with nothing moved; `train.resume_step` picks a step; `train.resume=false` refuses a
+  workdir holding a run unless `train.overwrite=true` moves that run aside; a start from
+  step 0 is refused while `rejected/` or `previous/` hold later steps, unless
+  `train.allow_rollback=true`;
 - saves every `train.ckpt_every` steps, at the end, and on SIGTERM/SIGINT or after
   `train.max_minutes` (then exits); a save that fails stops the run at once, naming the step,
   the path and the OS error; after each regular save an optional probe scores the model
@@ -35,14 +38,15 @@ import numpy as np
 from flax import nnx
 
 from bird_jax import distributed, exit_codes, sharding
+from bird_jax.exit_codes import refusing
 from bird_jax.data.pipeline import make_dataset
 from bird_jax.data.shards import check_shards
 from bird_jax.data.streams import merge_states
 from bird_jax.exit_codes import BadInput, ToolError
 from bird_jax.train import config as C
 from bird_jax.train import workdir as W
-from bird_jax.train.checkpointing import TrainCheckpointer, restore_params_on
-from bird_jax.train.flops import mfu, step_flops
+from bird_jax.train.checkpointing import CheckpointUnreadable, TrainCheckpointer, restore_params_on
+from bird_jax.train.flops import StepFlops, mfu, run_flops
 from bird_jax.train.logger import MetricLogger
 from bird_jax.train.optimizer import make_optimizer
 from bird_jax.train.state import (fresh_adapters, hf_param_source, initial_state, loaded_params,
@@ -110,8 +114,7 @@ def initial_params(c: ml_collections.ConfigDict, model_cfg, layout, freeze, lora
   run adds fresh adapters to the base weights."""
   from bird_jax.checkpoint.orbax import ParamReader, checkpoint_manager
 
-  if c.init.hf and c.init.ckpt:
-    raise ValueError("set at most one of init.hf and init.ckpt")
+  C.check_init(c)
   if not c.init.hf and not c.init.ckpt:
     return random_params(model_cfg, freeze, layout, c.init.seed, lora, c.init.keep_positions,
                          c.init.vit_positions)
@@ -129,12 +132,12 @@ def train(c: ml_collections.ConfigDict, probe: Probe | None = None) -> TrainResu
   """Runs (or resumes) the run `c` describes. `probe(step, model)`, when given, is called on
   every process after each checkpoint is saved, with the model at that step; the numbers it
   returns are logged with the step (metrics.jsonl, TensorBoard)."""
-  distributed.initialize()
-  try:
+  distributed.initialize(heartbeat_timeout_s=int(c.train.heartbeat_timeout_s))
+  with refusing(ValueError, OSError, KeyError):  # the config, the mesh and the data, first
     model_cfg, data_cfg, optim_cfg = C.model_config(c), C.data_config(c), C.optim_config(c)
+    C.check_init(c)
+    sharding.mesh_shape(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
     check_shards(c.data.shards, min_records=data_cfg.streams or jax.process_count())
-  except (ValueError, FileNotFoundError) as e:
-    raise BadInput(str(e)) from None
   workdir = c.train.workdir
   lead = distributed.is_lead()
   with contextlib.ExitStack() as stack:
@@ -142,9 +145,12 @@ def train(c: ml_collections.ConfigDict, probe: Probe | None = None) -> TrainResu
     def claim_workdir() -> None:  # process 0 holds the lock for the run
       stack.enter_context(W.WorkdirLock(workdir))
       if not c.train.resume:
-        moved = W.start_fresh(workdir, overwrite=c.train.overwrite)
+        moved = W.start_fresh(workdir, overwrite=c.train.overwrite,
+                              allow_rollback=c.train.allow_rollback)
         if moved is not None:
           print(f"train.overwrite: the earlier run in {workdir} was moved to {moved}")
+      elif c.train.resume_step < 0 and not W.checkpoint_steps(workdir):  # a start from step 0
+        W.refuse_rollback(workdir, 0, allow=c.train.allow_rollback)
 
     try:
       distributed.on_lead(claim_workdir, errors=(W.WorkdirError,))
@@ -158,8 +164,11 @@ def _train(c, model_cfg, data_cfg, optim_cfg, workdir: str, lead: bool, probe: P
   freeze, accum, steps = list(c.freeze), int(c.optim.grad_accum), int(c.train.steps)
   mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
   tx, lr = make_optimizer(optim_cfg, steps)
-  checkpointer = TrainCheckpointer(workdir, keep=c.train.keep)
-  with jax.set_mesh(mesh):
+  # Whatever way the run ends, the checkpointer (a save in flight), the data iterator (its
+  # worker processes) and the logger are closed, last opened first.
+  with contextlib.ExitStack() as stack, jax.set_mesh(mesh):
+    checkpointer = stack.enter_context(TrainCheckpointer(workdir, keep=c.train.keep))
+    checkpointer.remove_partial_saves()  # of a run that died mid-save
     lora = C.lora_config(c)
     layout = make_layout(model_cfg, freeze, tx, mesh, c.train.replication_tolerance, lora)
     data_state = None
@@ -178,6 +187,7 @@ def _train(c, model_cfg, data_cfg, optim_cfg, workdir: str, lead: bool, probe: P
       W.trim_metrics(workdir, start)
     dataset = make_dataset(data_cfg, model_cfg, tokenizer_dir=c.init.hf or None)
     it = iter(dataset)
+    stack.callback(it.close)
     if data_state is not None:
       try:
         it.set_state(data_state)
@@ -187,29 +197,22 @@ def _train(c, model_cfg, data_cfg, optim_cfg, workdir: str, lead: bool, probe: P
                        layout.state_shardings, layout.frozen_shardings, mesh)
     logger = MetricLogger(workdir, total_steps=steps, start_step=start,
                           tensorboard=c.train.tensorboard)
+    stack.callback(logger.close)
     _write_run_config(workdir, c)
 
     def after_save(step: int, state: dict[str, Any]) -> None:
       if probe is not None:
         logger.step(step, probe(step, nnx.merge(layout.graphdef, state["params"], frozen)))
 
-    try:
-      result = _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, start,
-                    steps, accum, after_save)
-      checkpointer.close()
-    finally:
-      logger.close()
-  return result
+    return _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, start,
+                steps, accum, after_save, run_flops(c, model_cfg, layout))
 
 
 def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, start, steps,
-         accum, after_save: Callable[[int, dict[str, Any]], None]) -> TrainResult:
+         accum, after_save: Callable[[int, dict[str, Any]], None], flops: StepFlops
+         ) -> TrainResult:
   preempt = _Preemption()
   run_config = json.loads(c.to_json_best_effort())
-  data_cfg = C.data_config(c)
-  flops = step_flops(model_cfg, rows=data_cfg.batch_size * accum, length=data_cfg.max_len,
-                     images=data_cfg.batch_size * accum * data_cfg.max_images_per_row,
-                     vit_trained=not any("visual" in f for f in c.freeze))
   peak = float(c.train.peak_tflops) * 1e12
 
   def save(step: int, data_state: dict[str, Any]) -> None:
@@ -275,7 +278,10 @@ def _last_good(checkpointer: TrainCheckpointer, step: int) -> str:
   checkpointer.wait()
   if step not in checkpointer.manager.all_steps():
     return "no checkpoint of this run was saved yet (rerun from scratch with other settings)"
-  why = checkpointer.why_unusable(step)
+  try:
+    why = checkpointer.why_unusable(step)
+  except CheckpointUnreadable as e:
+    return f"the newest checkpoint could not be read back to check it ({e})"
   if not why:
     return (f"the last good checkpoint is step {step} (verified: its parameters and optimizer "
             "state read back, all finite)")

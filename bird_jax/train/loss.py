@@ -1,4 +1,4 @@
-"""Next-token cross entropy over supervised tokens (labels -100 are ignored).
+"""Next-token cross entropy over supervised tokens (labels IGNORE_ID = -100 are ignored).
 
 The loss is computed from the final hidden states in chunks along the sequence, each chunk's
 fp32 logits recomputed in the backward pass: full [B, L, vocab] logits never exist at once
@@ -10,18 +10,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IGNORE = -100
+from bird_jax.vocabulary import IGNORE_ID
 
 
 def shifted_targets(labels: jax.Array) -> jax.Array:
   """Position t predicts labels[t + 1]; the last position predicts nothing."""
-  pad = jnp.full(labels.shape[:-1] + (1,), IGNORE, labels.dtype)
+  pad = jnp.full(labels.shape[:-1] + (1,), IGNORE_ID, labels.dtype)
   return jnp.concatenate([labels[..., 1:], pad], axis=-1)
 
 
 def token_stats(logits: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
   """Sums over supervised positions: nll, correct (argmax == target), count."""
-  mask = targets != IGNORE
+  mask = targets != IGNORE_ID
   logits = logits.astype(jnp.float32)
   logz = jax.nn.logsumexp(logits, axis=-1)
   picked = jnp.take_along_axis(logits, jnp.where(mask, targets, 0)[..., None], axis=-1)[..., 0]
@@ -44,7 +44,7 @@ def lm_loss_stats(hidden: jax.Array, logits_fn, labels: jax.Array,
   pad = (-n) % chunk
   if pad:
     hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-    targets = jnp.pad(targets, ((0, 0), (0, pad)), constant_values=IGNORE)
+    targets = jnp.pad(targets, ((0, 0), (0, pad)), constant_values=IGNORE_ID)
   b = hidden.shape[0]
   hs = hidden.reshape(b, -1, chunk, hidden.shape[-1]).swapaxes(0, 1)
   ts = targets.reshape(b, -1, chunk).swapaxes(0, 1)

@@ -107,7 +107,7 @@ def place_params(abstract: Any, shardings: Any, get: Callable[[str], Any]) -> An
   flat = dict(nnx.to_flat_state(abstract))
   sh = dict(nnx.to_flat_state(shardings))
   for key, var in flat.items():
-    path = ".".join(map(str, key))
+    path = dotted(key)
     value = get(path)
     if tuple(value.shape) != tuple(var.shape):
       raise ValueError(f"{path}: shape {tuple(value.shape)}, the model expects {tuple(var.shape)}")

@@ -22,6 +22,7 @@ from bird_jax.data.image import normalize
 from bird_jax.sharding import logical_to_spec
 from bird_jax.train.loss import lm_loss_stats
 from bird_jax.tree_paths import dotted
+from bird_jax.vocabulary import IGNORE_ID
 
 BATCH_KEYS = ("tokens", "labels", "positions", "segment_ids", "images")
 
@@ -64,7 +65,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
   def train_step(state: dict[str, Any], frozen: Any, batch: dict[str, jax.Array]):
     batch = {k: batch[k] for k in BATCH_KEYS}
-    total = jnp.maximum((batch["labels"][..., 1:] != -100).sum(), 1).astype(jnp.float32)
+    total = jnp.maximum((batch["labels"][..., 1:] != IGNORE_ID).sum(), 1).astype(jnp.float32)
     grad_fn = jax.grad(loss_fn, argnums=1, has_aux=True)
     params = compute_copy(state["params"], compute_dtype)
 

@@ -5,7 +5,10 @@
     <workdir>/metrics.jsonl    one row per logged step, each step once
     <workdir>/config.json      the resolved run config
     <workdir>/previous/<time>/ an earlier run, moved aside by train.overwrite
-    <workdir>/rejected/        checkpoint steps that resume could not use, kept for inspection
+    <workdir>/rejected/        checkpoint steps that resume found damaged, kept for inspection
+
+A run never starts from step 0 behind steps set aside in `rejected/` or `previous/` unless
+asked (`refuse_rollback`, train.allow_rollback).
 
 The lock is an advisory `flock`: the kernel drops it when its process dies (kill -9
 included), so a crashed run never leaves a stale lock behind.
@@ -74,18 +77,66 @@ def holds_run(workdir: str | os.PathLike) -> bool:
   return (ckpts.is_dir() and any(ckpts.iterdir())) or (w / "metrics.jsonl").exists()
 
 
-def start_fresh(workdir: str | os.PathLike, *, overwrite: bool) -> Path | None:
-  """Prepares a workdir for a run from step 0. A workdir that holds a run is refused unless
-  `overwrite`, which moves that run to `previous/<time>/` (nothing is deleted). Returns where
-  the old run went (None when there was none)."""
+def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
+  """The committed checkpoint steps in `<workdir>/checkpoints` (Orbax names a step by its
+  number once it is complete; partial saves carry a suffix)."""
+  ckpts = Path(workdir) / "checkpoints"
+  if not ckpts.is_dir():
+    return []
+  return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def set_aside_steps(workdir: str | os.PathLike) -> dict[int, Path]:
+  """{step: where} of the checkpoint steps moved out of the way: `rejected/step-N-<time>` and
+  the checkpoints and rejected steps of earlier runs in `previous/<time>/`."""
   w = Path(workdir)
-  if not holds_run(w):
-    return None
-  if not overwrite:
+  found: dict[int, Path] = {}
+
+  def rejected(d: Path) -> None:
+    for p in sorted(d.glob("step-*")) if d.is_dir() else []:
+      n = p.name.split("-")[1]
+      if n.isdigit():
+        found[int(n)] = p
+
+  rejected(w / "rejected")
+  for run in sorted((w / "previous").iterdir()) if (w / "previous").is_dir() else []:
+    found.update({s: run / "checkpoints" / str(s) for s in checkpoint_steps(run)})
+    rejected(run / "rejected")
+  return found
+
+
+def refuse_rollback(workdir: str | os.PathLike, start: int, *, allow: bool) -> None:
+  """Raises WorkdirError when a run about to start from step `start` would silently go back
+  behind steps kept in `rejected/` or `previous/` (unless `allow`: train.allow_rollback)."""
+  later = {s: p for s, p in set_aside_steps(workdir).items() if s > start}
+  if not later or allow:
+    return
+  newest = max(later)
+  raise WorkdirError(
+      f"{workdir}: this run would start from step {start}, but {len(later)} later checkpoint "
+      f"step(s) were set aside, up to step {newest} ({later[newest]}). Move a step you trust "
+      f"back into {Path(workdir) / 'checkpoints'}/ to resume from it, or set "
+      f"--config.train.allow_rollback=true to start from step {start} anyway")
+
+
+def start_fresh(workdir: str | os.PathLike, *, overwrite: bool, allow_rollback: bool = False
+                ) -> Path | None:
+  """Prepares a workdir for a run from step 0. A workdir that holds a run is refused unless
+  `overwrite`, which moves that run to `previous/<time>/` (nothing is deleted); a workdir
+  whose `rejected/` or `previous/` already hold checkpoint steps is refused unless
+  `allow_rollback` (refuse_rollback: e.g. a job that passes overwrite=true on every requeue
+  would otherwise restart from 0 each time). Returns where the old run went (None when there
+  was none)."""
+  w = Path(workdir)
+  running = holds_run(w)
+  if running and not overwrite:
     raise WorkdirError(
         f"{w} holds an earlier run (checkpoints or metrics.jsonl) and train.resume is false; "
         "set --config.train.overwrite=true to move that run to "
         f"{w / 'previous'}/ and start anew, or choose another train.workdir")
+  refuse_rollback(w, 0, allow=allow_rollback)
+  if not running:
+    return None
   dest = w / "previous" / time.strftime("%Y%m%d-%H%M%S")
   while dest.exists():
     dest = dest.with_name(dest.name + "-1")

@@ -7,12 +7,15 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
+from bird_jax import exit_codes
 from datagen.meta import ImageMeta
 from datagen.tasks import TurnSpec
 
 
 class FatalAPIError(RuntimeError):
   """The server refuses the requests (bad key, model, URL) or too many images failed."""
+
+  exit_code = exit_codes.BAD_INPUT
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ KEY_ENV = "OPENAI_API_KEY"  # the only place the openai backend reads its key fr
 
 
 @dataclasses.dataclass(frozen=True)
-class LLMConfig:
+class BackendConfig:
   """The openai backend (see datagen.llm.openai_backend)."""
 
   base_url: str = "https://api.openai.com/v1"

@@ -9,8 +9,9 @@ answers per stage, after which the template backend writes that stage for the im
 
 Transport: the ``openai`` client (its own retries off) with ``base_url`` and a per-request
 ``timeout``; the key is read from ``OPENAI_API_KEY`` only and never written anywhere.
-429 and 5xx answers, timeouts, connection errors and HTTP 200 answers whose body is not a
-chat completion are retried up to ``max_retries`` times, waiting what ``Retry-After`` /
+429 and 5xx answers, timeouts, connection errors and HTTP 200 answers that are not a
+well-formed chat completion (a proxy's HTML error page, a body that is not JSON, a choice
+without a message) are retried up to ``max_retries`` times, waiting what ``Retry-After`` /
 ``retry-after-ms`` says or else an exponential backoff (with jitter, capped at
 ``max_backoff``). Other 4xx errors (bad key, unknown model) stop the run. An image whose
 requests keep failing falls back to the template backend; past ``max_failures`` such images
@@ -35,7 +36,7 @@ from typing import Any
 
 import openai
 
-from datagen.llm.config import LLMConfig, api_key
+from datagen.llm.config import BackendConfig, api_key
 from datagen.llm import template
 from datagen.llm.base import QA, FatalAPIError, Generation, Item
 from datagen.llm.cache import ResponseCache, request_key
@@ -48,6 +49,22 @@ from datagen.tasks import TurnSpec
 
 class RequestFailed(RuntimeError):
   """One request still failed after all retries."""
+
+
+def completion_text(resp: Any) -> str | None:
+  """The answer text of a well-formed chat completion ("" when its message has no content);
+  None for anything else the client returns for an HTTP 200: the body as a string (a proxy's
+  HTML page), no choices, a choice without a message."""
+  choices = getattr(resp, "choices", None)
+  if not isinstance(choices, list) or not choices:
+    return None
+  message = getattr(choices[0], "message", None)
+  if message is None:
+    return None
+  content = getattr(message, "content", None)
+  if content is not None and not isinstance(content, str):
+    return None
+  return content or ""
 
 
 def retry_after(response: Any) -> float | None:
@@ -75,7 +92,7 @@ def retry_after(response: Any) -> float | None:
 class OpenAIBackend:
   name = "openai"
 
-  def __init__(self, cfg: LLMConfig, *, seed: int, cache_dir: str, client: Any = None):
+  def __init__(self, cfg: BackendConfig, *, seed: int, cache_dir: str, client: Any = None):
     self.cfg, self.seed = cfg, seed
     self.model = cfg.model
     self.prompts = load_prompts(cfg.prompt_version)
@@ -161,12 +178,17 @@ class OpenAIBackend:
         self._abort = (f"{self.cfg.base_url} answered HTTP {e.status_code} for model "
                        f"{self.cfg.model!r}: {str(e.message)[:300]}")
         raise FatalAPIError(self._abort) from None
-      content = resp.choices[0].message.content if resp.choices else None
-      usage = {"prompt_tokens": getattr(resp.usage, "prompt_tokens", 0) or 0,
-               "completion_tokens": getattr(resp.usage, "completion_tokens", 0) or 0}
+      content = completion_text(resp)
+      if content is None:  # an HTTP 200 that is not a chat completion: like a 5xx
+        self._count(bad_responses=1)
+        wait = self._wait(attempt, None)
+        continue
+      used = getattr(resp, "usage", None)
+      usage = {"prompt_tokens": getattr(used, "prompt_tokens", 0) or 0,
+               "completion_tokens": getattr(used, "completion_tokens", 0) or 0}
       self._count(requests=1, **usage)
-      content = content or ""
-      self.cache.put(key, req, {"content": content, "usage": usage, "model": resp.model})
+      self.cache.put(key, req, {"content": content, "usage": usage,
+                                "model": getattr(resp, "model", None)})
       return content
     self._count(failed_requests=1)
     raise RequestFailed(f"no answer after {self.cfg.max_retries + 1} tries")

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bird_jax.boxes import REF_END, REF_START, box_span, ref_span
+from bird_jax.boxes import box_span, ref_span
+from bird_jax.vocabulary import REF, REF_END
 from datagen import language as lang
 from datagen.llm.base import QA, Generation, Item
 from datagen.meta import ImageMeta
@@ -159,7 +160,7 @@ class Phraser:
     if self.concise:  # instances left to right (then top to bottom): one answer per image
       return QA("vg", q, ref_span(spec.label, sorted(boxes, key=_left_to_right)))
     spans = [box_span(b) for b in boxes]
-    ref = REF_START + spec.label + REF_END
+    ref = REF + spec.label + REF_END
     template = self.pick(VG_A1 if len(boxes) == 1 else VG_AN)
     a = template.format(R=ref, B=lang.join(spans), RS=ref_span(spec.label, boxes),
                         pos=lang.position(boxes[0]), n=lang.number(len(boxes)))

@@ -19,9 +19,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bird_jax import exit_codes
+
 
 class SourceError(RuntimeError):
   """A source that cannot be read (missing files, unexpected layout); the message says why."""
+
+  exit_code = exit_codes.BAD_INPUT
 
 
 @dataclasses.dataclass(frozen=True)
