@@ -33,4 +33,4 @@ if __name__ == "__main__":
   from bird_jax.cli import run_absl
 
   flags.mark_flags_as_required(["config"])
-  run_absl("train.py", main, configs=[_CONFIG])
+  run_absl("train.py", main, configs=[_CONFIG], resumable=True)

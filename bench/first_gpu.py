@@ -26,7 +26,7 @@ recorded and the next one runs; no step depends on an earlier one having worked)
                  is older (a run stopped by train.max_minutes does not probe its last step)
 
 The phases' training minutes are fitted to the time left when each starts (at most
---minutes). The output folder (--out, else $OUT, else runs/first_gpu/out) holds at most 8
+--minutes). The output folder (--out, else $OUT, else runs/first_gpu/out) holds seven small
 files, rewritten as results come in: summary.md, results.json, device_suite.json, logs.txt,
 metrics.jsonl (both phases' rows, probe_* fields included, each with its phase),
 probe_curve.png and base.tar.gz (the newest exported base, HF layout, bfloat16).
@@ -64,7 +64,7 @@ PHASE_ARGS = {1: ("--config.base.max_labels=1", "--config.base.probe.min_objects
                   "--config.base.scenes.vg=1", "--config.base.scenes.roc=0"),
               2: ("--config.base.max_labels=4",)}
 SUITE_SLACK_S = 55  # past --budget-s: the section under way finishes, or is cut
-LOG_LIMIT = 12 * 2**20  # logs.txt keeps its last 12 MiB (16 MiB is what comes back per file)
+LOG_LIMIT = 12 * 2**20  # logs.txt keeps its last 12 MiB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -504,7 +504,7 @@ def final_probes(runs: list[Path]) -> int:
   return failed
 
 
-# ---- what comes back ---------------------------------------------------------------------------
+# ---- the output folder --------------------------------------------------------------------------
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
   if not path.exists():

@@ -29,12 +29,14 @@ from PIL import Image
 
 from bird_jax.boxes import TextBox, box_span, parse_boxes
 from bird_jax.chatml import DEFAULT_SYSTEM, ROLES, ChatTooLong, encode_chat, image_prompt
+from bird_jax import exit_codes
 from bird_jax.data.image import ImageDecodeError, ImageTooLarge, decode, resize
 from bird_jax.generate import GenerationConfig, Generator, default_buckets
 from bird_jax.vocabulary import IMG, IMG_END, IMGPAD
 
 DEFAULT_CKPT = "runs/demo/train"  # where `python -m bird_jax_demo` leaves its trained model
 DEFAULT_MAX_PIXELS = 4096 * 4096  # an image's width x height
+DEFAULT_MAX_NEW_TOKENS = 80  # the longest answer: BiRD's evaluation setting
 _PATH_TAGS = (IMG, IMG_END, IMGPAD)
 
 
@@ -49,7 +51,7 @@ class Refused(ValueError):
 class NoModel(FileNotFoundError):
   """No checkpoint was given and the default one does not exist (yet)."""
 
-  exit_code = 2  # bird_jax.exit_codes.BAD_INPUT: the tools refuse it in one line
+  exit_code = exit_codes.BAD_INPUT  # the tools refuse it in one line
 
 
 def resolve_checkpoint(ckpt: str | None) -> Path:
@@ -129,7 +131,7 @@ class Assistant:
   """
 
   def __init__(self, model, tok, cfg, *, name: str = "bird_jax", batch_size: int = 1,
-               max_new_tokens: int = 80, max_images: int = 1,
+               max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, max_images: int = 1,
                max_image_pixels: int = DEFAULT_MAX_PIXELS):
     if max_images < 1:
       raise ValueError(f"max_images must be >= 1, got {max_images}")

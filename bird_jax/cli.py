@@ -49,22 +49,24 @@ class ToolParser(argparse.ArgumentParser):
 
 
 def run_tool(prog: str, main: Callable[[Sequence[str] | None], int | None],
-             argv: Sequence[str] | None = None) -> NoReturn:
-  """Runs `main(argv)` and exits with its code (or the code of what it raised)."""
+             argv: Sequence[str] | None = None, *, resumable: bool = False) -> NoReturn:
+  """Runs `main(argv)` and exits with its code (or the code of what it raised). Ctrl-C exits
+  75 (PREEMPTED: rerun to resume) for a `resumable` tool, else 130 (INTERRUPTED)."""
   try:
     code = main(argv)
   except SystemExit:
     raise  # argparse's usage errors (exit 2) and explicit exits
   except KeyboardInterrupt:
-    print(f"{prog}: interrupted", file=sys.stderr)
-    code = exit_codes.PREEMPTED
+    print(f"{prog}: interrupted" + (" (rerun the same command to resume)" if resumable else ""),
+          file=sys.stderr)
+    code = exit_codes.PREEMPTED if resumable else exit_codes.INTERRUPTED
   except Exception as e:  # noqa: BLE001 -- the one place exceptions become exit codes
     code = report(prog, e)
   sys.exit(exit_codes.OK if code is None else code)
 
 
 def run_absl(prog: str, main: Callable[[list[str]], int | None],
-             configs: Sequence = ()) -> NoReturn:
+             configs: Sequence = (), *, resumable: bool = False) -> NoReturn:
   """`absl.app.run(main)` with the same rules, plus: a flag or config file that does not parse
   (an unknown --config.field, a bad value, a config file that is missing or raises) exits 2 in
   one line. `configs`: the tool's config flag holders (ml_collections defers a config file's
@@ -86,7 +88,7 @@ def run_absl(prog: str, main: Callable[[list[str]], int | None],
       sys.exit(_refuse(prog, _no_such_field(e, argv)))
 
   def wrapped(argv: list[str]) -> NoReturn:
-    run_tool(prog, lambda _: main(argv))
+    run_tool(prog, lambda _: main(argv), resumable=resumable)
 
   app.run(wrapped, flags_parser=parse)
   raise AssertionError("unreachable")  # app.run exits

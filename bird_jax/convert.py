@@ -37,13 +37,12 @@ from tqdm import tqdm
 
 from bird_jax import exit_codes
 from bird_jax.cli import ToolParser, run_tool
-from bird_jax.exit_codes import refusing
 from bird_jax.checkpoint import hf
 from bird_jax.checkpoint import orbax as ckpt
 from bird_jax.checkpoint import safetensors_io as st
 from bird_jax.checkpoint.verify import NonFiniteWeights, nonfinite_count, verify_params
 from bird_jax.config import HF_CONFIG_FILE, QwenVLConfig, read_hf_config
-from bird_jax.exit_codes import BadInput
+from bird_jax.exit_codes import BadInput, refusing
 from bird_jax.model import lora
 
 ASSETS_DIR = "hf_assets"

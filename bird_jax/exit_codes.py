@@ -21,6 +21,7 @@ NOTHING_SCORED = 6  # eval: no sample of some task could be scored (report.json 
 TOO_MANY_FALLBACKS = 7  # datagen: more images fell back to template text than allowed
 PREEMPTED = 75  # SIGTERM / SIGINT or train.max_minutes: the state is saved, rerun to resume
 #                (EX_TEMPFAIL)
+INTERRUPTED = 130  # Ctrl-C (SIGINT) in a tool with nothing to resume from (128 + SIGINT)
 
 DESCRIPTIONS = {
     OK: "finished",
@@ -32,6 +33,7 @@ DESCRIPTIONS = {
     NOTHING_SCORED: "nothing could be scored",
     TOO_MANY_FALLBACKS: "too many LLM fallbacks",
     PREEMPTED: "preempted or out of time: state saved, rerun to resume",
+    INTERRUPTED: "interrupted",
 }
 
 # How a training run ended (TrainResult.stopped_by) -> the process's exit code.
@@ -72,9 +74,11 @@ def refusing(*types: type[BaseException], where: str = ""):
 
 def _message(e: BaseException) -> str:
   """An exception's message for one line: a KeyError without its quotes, an OS error as
-  `FILE: REASON`."""
+  `FILE: REASON`, whitespace collapsed and tensorstore's spec dump left out."""
   if isinstance(e, KeyError):
-    return str(e.args[0] if e.args else e)
-  if isinstance(e, OSError) and e.strerror and e.filename is not None:
-    return f"{e.filename}: {e.strerror}"
-  return str(e)
+    text = str(e.args[0] if e.args else e)
+  elif isinstance(e, OSError) and e.strerror and e.filename is not None:
+    text = f"{e.filename}: {e.strerror}"
+  else:
+    text = str(e).split(" [tensorstore_spec=")[0]
+  return " ".join(text.split())

@@ -195,7 +195,7 @@ def main() -> None:
     del argv
     return run(config.value, Path(out.value), Path(dest.value or Path(out.value) / "base"))
 
-  run_absl("python -m bird_jax_demo.base", _main, configs=[config])
+  run_absl("python -m bird_jax_demo.base", _main, configs=[config], resumable=True)
 
 
 if __name__ == "__main__":

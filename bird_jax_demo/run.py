@@ -195,4 +195,4 @@ def main() -> None:
       name = "the demo config" + (f" ({variant} variant)" if variant else "")
     return run(config.value, Path(out.value), name)
 
-  run_absl(PROG, _main, configs=[config])
+  run_absl(PROG, _main, configs=[config], resumable=True)

@@ -1,3 +1,3 @@
-"""What the tests and benchmarks share: synthetic records and captions, and an independent
-PyTorch implementation of Qwen-VL to compare against. Not part of the library: `bird_jax` never
-imports it."""
+"""What the tests and benchmarks share: synthetic records and captions, crafted image files,
+and an independent PyTorch implementation of Qwen-VL to compare against. Not part of the
+library: `bird_jax` never imports it."""

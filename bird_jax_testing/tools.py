@@ -9,10 +9,12 @@ from bird_jax.cli import run_tool
 
 
 def exit_code(main: Callable[[Sequence[str] | None], int | None],
-              argv: Sequence[str] | None = None, prog: str = "tool") -> int:
-  """The exit code of `run_tool(prog, main, argv)` (what it prints goes to stdout/stderr)."""
+              argv: Sequence[str] | None = None, prog: str = "tool", *,
+              resumable: bool = False) -> int:
+  """The exit code of `run_tool(prog, main, argv, resumable=...)` (what it prints goes to
+  stdout/stderr)."""
   try:
-    run_tool(prog, main, argv)
+    run_tool(prog, main, argv, resumable=resumable)
   except SystemExit as e:
     if e.code is None:
       return 0

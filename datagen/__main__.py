@@ -4,4 +4,4 @@ from bird_jax.cli import run_tool
 from datagen.cli import PROG, main
 
 if __name__ == "__main__":
-  run_tool(PROG, main)
+  run_tool(PROG, main, resumable=True)

@@ -11,10 +11,14 @@ Output folder ``OUT``:
     .work/                                           resume state (plan, chunks, LLM cache,
                                                      the chunks' shards until published)
 
-Publication: chunk shards are written under ``.work/shards/{train,test}`` and moved into
+Publication: chunk shards are written under ``.work/shards/{train,test}`` and published as
 ``train/`` and ``test/`` only when every chunk is done and the run is accepted (not too many
-template fallbacks), so ``train.py`` never reads a partial or refused run. A refused run
-(TooManyFallbacks) also withdraws what an earlier accepted run of OUT had published.
+template fallbacks), so ``train.py`` never reads a partial or refused run. Each side is put in
+place by one rename of a folder assembled beside it (:func:`publish`), so ``train/`` is at
+every moment the previous complete set, the new complete set, or absent, never a part of one;
+a publication interrupted by a crash is finished or undone by the next run
+(:func:`recover_publication`). A refused run (TooManyFallbacks) also withdraws what an earlier
+accepted run of OUT had published. Only host 0 publishes, withdraws or recovers.
 
 Resume: every stage saves its results per chunk of ``chunk_size`` images (atomically) under
 ``.work``; a rerun with the same options skips what exists, so a killed run continues
@@ -49,10 +53,17 @@ from datagen.sources.base import stable_seed
 from datagen.split import TEST, TRAIN, split_cases, split_counts
 from datagen.stages import merge_counts, meta_chunk, staged_folder, text_chunk
 from datagen.summary import build_summary
-from datagen.writer import chunk_shard, export_json_files
+from datagen.writer import chunk_name, chunk_shard, export_json_files
 
 log = logging.getLogger(__name__)
-OUTPUT_ENTRIES = ("train", "test", "medgrit", "images", "summary.json", ".work")
+
+# Folders of OUT beside train/ and test/ while a side changes: the new set is assembled under
+# PUBLISHING, the previous one waits under REPLACED while the new one is renamed in, and a
+# withdrawn one is taken apart under WITHDRAWN. Each exists only until that step is done.
+PUBLISHING, REPLACED, WITHDRAWN = ".{side}.publishing", ".{side}.replaced", ".{side}.withdrawn"
+OUTPUT_ENTRIES = ("train", "test", *(f.format(side=side) for f in (PUBLISHING, REPLACED, WITHDRAWN)
+                                     for side in (TRAIN, TEST)),
+                  "medgrit", "images", "summary.json", ".work")
 
 
 class ConfigMismatch(RuntimeError):
@@ -173,8 +184,7 @@ def text_stage(cfg: GenConfig, source, work: Path, kept: Sequence[ImageMeta],
   """Stage 2 (text, records, shards, per chunk of the kept images): (chunk indices, chunks
   still missing, merged counts of the chunks done)."""
   out = Path(cfg.out)
-  for folder in (out / TRAIN, out / TEST, out / "images", staged_folder(work, TRAIN),
-                 staged_folder(work, TEST)):
+  for folder in (out / "images", staged_folder(work, TRAIN), staged_folder(work, TEST)):
     remove_temp_files(folder)
   chunks = list(iter_chunks(kept, cfg.chunk_size))
   done = lambda k: work / "text" / f"chunk-{k:05d}.json"  # noqa: E731
@@ -239,44 +249,98 @@ def check_fallbacks(cfg: GenConfig, stats: dict[str, Any]) -> None:
       "answers come from the cache")
 
 
-def chunk_names(side: str, chunks: Sequence[int]) -> list[str]:
-  return [f"{side}-c{k:05d}" for k in chunks]
+def _folder(out: Path, pattern: str, side: str) -> Path:
+  return out / pattern.format(side=side)
+
+
+def _place_shard(src: Path, dst: Path) -> None:
+  """`dst` becomes a file with `src`'s content, `src` staying: a hard link (shards are never
+  written in place: a new shard is a new file), or a copy where the file system has none."""
+  try:
+    os.link(src, dst)
+  except OSError:
+    shutil.copyfile(src, dst)
+
+
+def _take_back(folder: Path, staged: Path) -> None:
+  """Moves the shards of a withdrawn `folder` back to `staged` (a staged one, newer, wins),
+  then deletes `folder`."""
+  for p in sorted(folder.iterdir()):
+    if p.is_file() and not (staged / p.name).exists():
+      staged.mkdir(parents=True, exist_ok=True)
+      os.replace(p, staged / p.name)
+  shutil.rmtree(folder)
+
+
+def recover_publication(out: Path, work: Path) -> None:
+  """Finishes or undoes what an interrupted :func:`publish` or :func:`withdraw` left in OUT, so
+  that train/ and test/ each hold a complete set (or nothing): a new set assembled completely
+  (the previous one already renamed aside) is renamed in; a previous set renamed aside is
+  deleted once a new one is in place, or renamed back when there is none; a set assembled in
+  part is deleted (its shards are still staged or published); the shards of a withdrawn set go
+  back to .work/shards."""
+  for side in (TRAIN, TEST):
+    final, new = out / side, _folder(out, PUBLISHING, side)
+    old = _folder(out, REPLACED, side)
+    if old.is_dir():
+      if not final.exists():
+        os.replace(new if new.is_dir() else old, final)
+      shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(new, ignore_errors=True)
+    withdrawn = _folder(out, WITHDRAWN, side)
+    if withdrawn.is_dir():
+      _take_back(withdrawn, staged_folder(work, side))
 
 
 def publish(out: Path, work: Path, chunks: Sequence[int]) -> dict[str, list[Path]]:
-  """Moves the staged chunk shards into OUT/train and OUT/test (each a rename; a chunk
-  published by an earlier run stays); returns the published shard paths per side."""
+  """Publishes the shards of `chunks` as OUT/train and OUT/test; returns the shard paths per
+  side (a chunk without records on a side has none).
+
+  Per side, the new set is assembled under OUT/.SIDE.publishing (each chunk's staged shard, or
+  else the one published before, hard-linked), the previous OUT/SIDE is renamed to
+  OUT/.SIDE.replaced, the new set renamed to OUT/SIDE, the previous one deleted, and then the
+  staged shards. So OUT/SIDE is at every moment the previous complete set, the new complete
+  set, or (between the two renames) absent; a crash leaves what recover_publication, called
+  first, finishes or undoes."""
+  recover_publication(out, work)
   shards = {}
   for side in (TRAIN, TEST):
-    shards[side] = []
-    for name in chunk_names(side, chunks):
-      staged, final = chunk_shard(staged_folder(work, side), name), chunk_shard(out / side, name)
-      if staged.exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, final)
-      shards[side].append(final)
+    final, new = out / side, _folder(out, PUBLISHING, side)
+    old = _folder(out, REPLACED, side)
+    names = [chunk_name(side, k) for k in chunks]
+    staged = [chunk_shard(staged_folder(work, side), name) for name in names]
+    new.mkdir(parents=True)
+    for name, src in zip(names, staged):
+      if not src.exists():
+        src = chunk_shard(final, name)  # published before, not regenerated since
+      if src.exists():
+        _place_shard(src, chunk_shard(new, name))
+    previous = final.exists()
+    if previous:
+      os.replace(final, old)
+    os.replace(new, final)
+    if previous:
+      shutil.rmtree(old)
+    for p in staged:
+      p.unlink(missing_ok=True)
+    shards[side] = [chunk_shard(final, name) for name in names]
   return shards
 
 
 def withdraw(out: Path, work: Path) -> None:
-  """Undoes an earlier publication of OUT: its chunk shards go back under .work (a newer
-  staged one wins) and the files made from them (medgrit/, summary.json) are removed, so a
-  refused run leaves nothing train.py or eval.py would read."""
+  """Undoes an earlier publication of OUT: train/ and test/ are each renamed aside at once
+  (OUT/.SIDE.withdrawn), the files made from them (medgrit/, summary.json) are removed, and
+  their shards go back under .work (a newer staged one wins), so a refused run leaves nothing
+  train.py or eval.py would read. For host 0 only: the other hosts leave OUT alone."""
+  recover_publication(out, work)
   for side in (TRAIN, TEST):
-    folder = out / side
-    if not folder.is_dir():
-      continue
-    for p in folder.glob(f"{side}-c*.array_record"):
-      staged = staged_folder(work, side) / p.name
-      if staged.exists():
-        p.unlink()
-      else:
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(p, staged)
-    if not any(folder.iterdir()):
-      folder.rmdir()
+    if (out / side).is_dir():
+      os.replace(out / side, _folder(out, WITHDRAWN, side))
   shutil.rmtree(out / "medgrit", ignore_errors=True)
   (out / "summary.json").unlink(missing_ok=True)
+  for side in (TRAIN, TEST):
+    if _folder(out, WITHDRAWN, side).is_dir():
+      _take_back(_folder(out, WITHDRAWN, side), staged_folder(work, side))
 
 
 def generate(cfg: GenConfig) -> dict[str, Any]:
@@ -290,6 +354,8 @@ def generate(cfg: GenConfig) -> dict[str, Any]:
     source = make_source(cfg)
   work.mkdir(parents=True, exist_ok=True)
   check_config(work, cfg)
+  if cfg.host_index == 0:
+    recover_publication(out, work)  # what a crash during publication left
   plan = make_plan(work, source, cfg)
   timings = {"plan_s": time.time() - t0}
 
@@ -309,7 +375,8 @@ def generate(cfg: GenConfig) -> dict[str, Any]:
   try:
     check_fallbacks(cfg, stats)
   except TooManyFallbacks:
-    withdraw(out, work)
+    if cfg.host_index == 0:  # the others leave OUT to it
+      withdraw(out, work)
     raise
   if missing or cfg.host_index != 0:
     return {"status": "incomplete" if missing else "host_done", "stage": "text",

@@ -23,7 +23,7 @@ from datagen.meta import ImageMeta, objects_from_instances
 from datagen.sources.base import ImageRef, SourceError
 from datagen.split import TEST, TRAIN
 from datagen.tasks import plan_turns
-from datagen.writer import build_record, write_chunk_shards
+from datagen.writer import build_record, chunk_name, write_chunk_shards
 
 STAGED = "shards"  # OUT/.work/shards/{train,test}: chunk shards not yet published
 
@@ -88,7 +88,7 @@ def text_chunk(source, cfg: GenConfig, work_dir: str, index: int,
     by_side[side].append(rec)
     _count(stats, m, specs, gen, side)
   for side, recs in by_side.items():
-    write_chunk_shards(recs, staged_folder(work_dir, side), f"{side}-c{index:05d}")
+    write_chunk_shards(recs, staged_folder(work_dir, side), chunk_name(side, index))
   stats["backend"] = dict(backend.take_stats())
   return _plain(stats)
 

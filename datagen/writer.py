@@ -68,18 +68,24 @@ def qa_pairs(rec: Record) -> list[tuple[str, str, str]]:
   return out
 
 
-def write_chunk_shards(records: Sequence[Record], folder: str | os.PathLike, name: str) -> None:
-  """One shard ``name-00000-of-00001.array_record`` (none, and any stale one removed, when
-  there are no records)."""
-  folder = Path(folder)
-  if records:
-    write_shards(records, folder, name=name, num_shards=1, progress=False)
-  else:
-    (folder / f"{name}-00000-of-00001.array_record").unlink(missing_ok=True)
+def chunk_name(side: str, k: int) -> str:
+  """The shard name of chunk `k` of `side` (train or test), e.g. ``train-c00003``; its file in
+  a folder is :func:`chunk_shard`."""
+  return f"{side}-c{k:05d}"
 
 
 def chunk_shard(folder: str | os.PathLike, name: str) -> Path:
+  """The file of the one shard named `name` (:func:`chunk_name`) in `folder`."""
   return Path(folder) / f"{name}-00000-of-00001.array_record"
+
+
+def write_chunk_shards(records: Sequence[Record], folder: str | os.PathLike, name: str) -> None:
+  """One shard, :func:`chunk_shard` (none, and any stale one removed, when there are no
+  records)."""
+  if records:
+    write_shards(records, Path(folder), name=name, num_shards=1, progress=False)
+  else:
+    chunk_shard(folder, name).unlink(missing_ok=True)
 
 
 def iter_chunk_records(paths: Iterable[Path]) -> Iterable[Record]:

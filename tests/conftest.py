@@ -10,6 +10,11 @@ import sys
 # Sharding tests need several (host) devices; harmless for the rest.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 sys.path.insert(0, os.path.dirname(__file__))
+# bird_jax_testing is not installed with the package: the tools that tests start in child
+# processes find it in the checkout, as this process does (pytest's pythonpath).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_ROOT, os.environ.get("PYTHONPATH", "")) if p)
 
 import numpy as np
 import pytest

@@ -1,11 +1,14 @@
 """datagen end to end with the template backend: every box in every conversation is a box of
 the record's meta (and those are the boxes of the source masks), output identical for 1 and
 2 workers and after resuming, case-level split, negatives, varied phrasings, Med-GRIT files,
-and the records load through the Grain training pipeline."""
+publication all at once (a crash mid-way leaves the previous set or none, and the next run
+finishes it; only host 0 withdraws), and the records load through the Grain training
+pipeline."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections import Counter
@@ -24,10 +27,13 @@ from datagen.cli import main
 from datagen.language import modality_name
 from datagen.config import GenConfig
 from datagen.meta import objects_from_instances
-from datagen.run import ConfigMismatch, generate
+from datagen import run as run_lib
+from datagen.run import ConfigMismatch, TooManyFallbacks, generate, recover_publication
 from datagen.sources.base import ImageRef
 from datagen.sources.phantom import PhantomSource
 from datagen.sources.phantom_specs import SPECS
+from datagen.stages import staged_folder
+from datagen.writer import chunk_name, chunk_shard
 
 CFG = dict(source="phantom", num_images=120, image_size=48, chunk_size=16, progress=False,
            test_fraction=0.2)
@@ -151,7 +157,7 @@ def test_resume_after_losing_chunks_gives_the_same_files(runs, tmp_path):
     k = p.stem.split("-")[1]
     p.unlink()
     for side in ("train", "test"):
-      (out / side / f"{side}-c{k}-00000-of-00001.array_record").unlink(missing_ok=True)
+      chunk_shard(out / side, chunk_name(side, int(k))).unlink(missing_ok=True)
   (work / "meta" / "chunk-00003.json").unlink()
   (out / "train" / ".train-c00001-00000-of-00001.array_record.tmp999").write_bytes(b"partial")
   shutil.rmtree(out / "medgrit")
@@ -176,6 +182,138 @@ def test_hosts_sharing_the_output_split_the_chunks(runs, tmp_path):
   assert host(1)["status"] == "host_done"
   assert host(0)["images"]["written"] > 100
   assert files_of(tmp_path / "hosts") == files_of(base / "w1")
+
+
+def shard_files(out: Path) -> dict[str, bytes]:
+  return {k: v for k, v in files_of(out).items() if k.split("/")[0] in ("train", "test")}
+
+
+def crash_after(n: int):
+  """A stand-in for run._place_shard that places `n` shards, then fails as a killed run would."""
+  place, placed = run_lib._place_shard, []
+
+  def place_then_crash(src, dst):
+    if len(placed) == n:
+      raise KeyboardInterrupt("killed while publishing")
+    place(src, dst)
+    placed.append(dst)
+  return place_then_crash
+
+
+def test_a_crash_while_publishing_leaves_no_partial_set_and_a_rerun_publishes_all(
+    runs, tmp_path, monkeypatch):
+  base, _, _ = runs
+  out = tmp_path / "crashed"
+  cfg = GenConfig(out=str(out), workers=1, **CFG)
+  monkeypatch.setattr(run_lib, "_place_shard", crash_after(1))
+  with pytest.raises(KeyboardInterrupt):
+    generate(cfg)  # the first publication: nothing was published before
+  assert not (out / "train").exists() and not (out / "test").exists()
+  assert not (out / "summary.json").exists() and (out / ".train.publishing").is_dir()
+  monkeypatch.undo()
+  generate(cfg)
+  assert files_of(out) == files_of(base / "w1")
+  assert sorted(p.name for p in out.iterdir()) == sorted(
+      ["train", "test", "medgrit", "images", "summary.json", ".work"])
+  assert not list(staged_folder(out / ".work", "train").iterdir())  # all published
+
+
+def test_a_crash_while_republishing_leaves_the_previous_set_or_none(runs, tmp_path, monkeypatch):
+  """Chunks generated again replace published ones: killed while the new set is assembled,
+  OUT/train is the previous set, whole; killed between the two renames, it is absent (never a
+  part of a set); either way the next run publishes every shard."""
+  base, _, _ = runs
+  out = tmp_path / "republished"
+  shutil.copytree(base / "w1", out)
+  previous = shard_files(out)
+  cfg = GenConfig(out=str(out), workers=1, **CFG)
+
+  def redo_chunks():
+    for p in sorted((out / ".work" / "text").glob("chunk-*.json"))[::3]:
+      p.unlink()
+
+  redo_chunks()
+  monkeypatch.setattr(run_lib, "_place_shard", crash_after(3))
+  with pytest.raises(KeyboardInterrupt):
+    generate(cfg)
+  assert shard_files(out) == previous and (out / "summary.json").exists()
+  monkeypatch.undo()
+
+  replace = os.replace
+
+  def crash_renaming_in(src, dst):
+    if Path(src).name == ".train.publishing":
+      raise KeyboardInterrupt("killed between the renames")
+    replace(src, dst)
+
+  redo_chunks()
+  monkeypatch.setattr(os, "replace", crash_renaming_in)
+  with pytest.raises(KeyboardInterrupt):
+    generate(cfg)
+  monkeypatch.undo()
+  assert not (out / "train").exists() and (out / ".train.replaced").is_dir()
+  assert shard_files(out) == {k: v for k, v in previous.items() if k.startswith("test/")}
+  generate(cfg)
+  assert files_of(out) == files_of(base / "w1")
+  assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".work"]
+
+
+def test_recovery_finishes_or_undoes_each_step_of_a_publication(tmp_path):
+  def folder(path: Path, *names: str) -> Path:
+    path.mkdir(parents=True)
+    for n in names:
+      (path / n).write_text(f"{path.name}/{n}")
+    return path
+
+  def names(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+  cases = {  # what a crash left -> train/ afterwards
+      "assembling": ({"train": ["a", "b"], ".train.publishing": ["a"]}, ["a", "b"], "train/a"),
+      "between the renames": ({".train.replaced": ["a"], ".train.publishing": ["a", "b"]},
+                              ["a", "b"], ".train.publishing/a"),
+      "deleting the old": ({"train": ["a", "b"], ".train.replaced": ["a"]}, ["a", "b"],
+                           "train/a"),
+      "renamed aside only": ({".train.replaced": ["a"]}, ["a"], ".train.replaced/a"),
+  }
+  for what, (left, want, content) in cases.items():
+    out = tmp_path / what.replace(" ", "_")
+    for name, files in left.items():
+      folder(out / name, *files)
+    recover_publication(out, out / ".work")
+    assert names(out) == ["train"] and names(out / "train") == want, what
+    assert (out / "train" / "a").read_text() == content, what
+  out = tmp_path / "withdrawing"
+  folder(out / ".train.withdrawn", "a", "b")
+  folder(staged_folder(out / ".work", "train"), "b")  # staged since: newer, it stays
+  recover_publication(out, out / ".work")
+  assert names(out) == [".work"]
+  staged = staged_folder(out / ".work", "train")
+  assert names(staged) == ["a", "b"] and (staged / "b").read_text() == "train/b"
+
+
+def test_only_host_0_withdraws_a_refused_run(runs, tmp_path, monkeypatch):
+  base, _, _ = runs
+  out = tmp_path / "refused"
+  shutil.copytree(base / "w1", out)
+  published = files_of(out)
+
+  def refuse(cfg, stats):
+    raise TooManyFallbacks("too many fallbacks")
+
+  monkeypatch.setattr(run_lib, "check_fallbacks", refuse)
+  with pytest.raises(TooManyFallbacks):
+    generate(GenConfig(out=str(out), workers=1, host_index=1, host_count=2, **CFG))
+  assert files_of(out) == published and (out / "summary.json").exists()  # untouched
+  with pytest.raises(TooManyFallbacks):
+    generate(GenConfig(out=str(out), workers=1, **CFG))
+  assert sorted(p.name for p in out.iterdir()) == [".work", "images"]
+  for side in ("train", "test"):
+    assert sorted(p.name for p in staged_folder(out / ".work", side).iterdir()) == sorted(
+        k.split("/")[1] for k in published if k.startswith(f"{side}/"))
+  monkeypatch.undo()
+  generate(GenConfig(out=str(out), workers=1, **CFG))
+  assert files_of(out) == published
 
 
 def test_records_load_through_the_training_pipeline(runs):

@@ -277,9 +277,15 @@ def test_images_are_found_only_inside_the_image_folders(tmp_path):
   with pytest.raises(FileNotFoundError, match="ct_4.png"):
     find("ct_4.png")
   for image, why in ((str(outside / "ct_3.png"), "must be relative"),
-                     ("../outside/ct_3.png", "'..'"), ("ct_3.png", "outside the image root")):
+                     ("../outside/ct_3.png", "'..'")):
     with pytest.raises(ValueError, match=why):
       find(image)
+  with pytest.raises(FileNotFoundError, match="outside the image root .*: not followed"):
+    find("ct_3.png")  # a symlink leaving the folder: not followed, and said so
+  inside = tmp_path / "images2"
+  inside.mkdir()
+  (inside / "ct_3.png").write_bytes(b"png")
+  assert ImageFinder([root, inside])("ct_3.png") == (inside / "ct_3.png").resolve()
 
 
 def test_gallery_picks_every_modality():

@@ -40,6 +40,7 @@ SERVE, CHAT, PLAN, MEDGRIT = ("python -m bird_jax.serve", "python -m bird_jax.ch
 DEMO, BASE = "python -m bird_jax_demo", "python -m bird_jax_demo.base"
 TOOLS = (TRAIN, EVAL, DATAGEN, CONVERT, SERVE, CHAT, PLAN, MEDGRIT, DEMO, BASE)
 NOT_APPLICABLE = {(SERVE, 0): "the server runs until a signal stops it"}
+RESUMABLE = {TRAIN, DATAGEN, DEMO, BASE}  # Ctrl-C: 75 (rerun to resume); the others 130
 
 # The real faults behind the codes stubbed here (a training run each).
 ELSEWHERE = {
@@ -62,6 +63,7 @@ class Exit:
   code: int
   out: str
   err: str
+  interrupted: bool = False  # the injected error was Ctrl-C (Ctx.interrupt)
 
   @property
   def err_lines(self) -> list[str]:
@@ -79,7 +81,14 @@ class Exit:
     return line
 
   def unexpected(self) -> None:
-    """Exit 1 with the traceback of the injected error, then the one-line summary."""
+    """Exit 1 with the traceback of the injected error, then the one-line summary; for an
+    injected Ctrl-C, 75 or 130 (RESUMABLE) and one line."""
+    if self.interrupted:
+      code = 75 if self.prog in RESUMABLE else 130
+      assert self.code == code, (self.code, self.err[-3000:])
+      assert self.err_lines[-1].startswith(f"{self.prog}: interrupted"), self.err
+      assert "Traceback" not in self.err, self.err
+      return
     assert self.code == 1, (self.code, self.err[-3000:])
     assert "Traceback (most recent call last):" in self.err and "RuntimeError: injected" in self.err
     assert self.err_lines[-1] == f"{self.prog}: unexpected error (exit 1): RuntimeError: injected"
@@ -101,17 +110,19 @@ class Ctx:
   capfd: Any
   monkeypatch: pytest.MonkeyPatch
   assets: "Assets"
+  interrupt: bool = False  # inject() raises KeyboardInterrupt (Ctrl-C) instead
 
   def run(self, prog: str, main: Callable, argv: list[str] | None = None) -> Exit:
     self.capfd.readouterr()
-    code = exit_code(main, argv, prog)
+    code = exit_code(main, argv, prog, resumable=prog in RESUMABLE)
     out, err = self.capfd.readouterr()
-    return Exit(prog, code, out, err)
+    return Exit(prog, code, out, err, self.interrupt)
 
   def inject(self, target: Any, name: str) -> None:
-    """`target.name` raises RuntimeError("injected"): an error nobody planned for."""
+    """`target.name` raises RuntimeError("injected"): an error nobody planned for (or Ctrl-C,
+    with `interrupt`)."""
     def boom(*args, **kwargs):
-      raise RuntimeError("injected")
+      raise KeyboardInterrupt() if self.interrupt else RuntimeError("injected")
     self.monkeypatch.setattr(target, name, boom)
 
   def quiet_logging_setup(self) -> None:
@@ -778,6 +789,19 @@ def documented() -> set[tuple[str, int]]:
     tools = TOOLS if who.startswith("all") else re.findall(r"`([^`]+)`", who)
     pairs |= {(tool, int(code)) for tool in tools}
   return pairs
+
+
+def _ctrl_c(tool: str) -> Callable[[Ctx], None]:
+  """The tool's exit-1 case with Ctrl-C injected instead of an error."""
+  def check(ctx: Ctx) -> None:
+    ctx.interrupt = True
+    CASES[(tool, 1)](ctx)
+  return check
+
+
+for _tool in TOOLS:
+  _code = 75 if _tool in RESUMABLE else 130
+  CASES.setdefault((_tool, _code), _ctrl_c(_tool))
 
 
 def test_the_table_names_the_tools_and_every_code_has_a_case():

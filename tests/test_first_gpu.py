@@ -1,6 +1,6 @@
 """bench/first_gpu.py: every step bounded and recorded, a failed or cut step never stops the
 next one, and the tiny run leaves the suite's figures, the probe curve and an exported base in
-one folder of at most 8 files (what comes back from the GPU machine)."""
+one folder of seven small files."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
 """Image preprocessing against the reference formula (PIL bicubic, /255, CLIP mean/std)."""
 
 import io
-import struct
 import warnings
-import zlib
 
 import jax
 import numpy as np
@@ -14,6 +12,7 @@ from PIL import Image
 from bird_jax.config import get_preset
 from bird_jax.data import image as image_lib
 from bird_jax.data.image import png_bytes
+from bird_jax_testing.images import png_header
 from bird_jax_testing.records import synthetic_pixels
 
 
@@ -88,18 +87,8 @@ def test_corrupt_image_error_names_it():
     image_lib.load_pixels(b"not an image", 16, name="x.png")
 
 
-def _png_header(width: int, height: int) -> bytes:
-  """A PNG whose header declares width x height RGB pixels, with one tiny IDAT chunk."""
-  def chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
-          + chunk(b"IEND", b""))
-
-
 def test_a_header_claiming_too_many_pixels_is_too_large_not_corrupt():
-  bomb = _png_header(20000, 20000)  # 400 million pixels: PIL refuses it from the header
+  bomb = png_header(20000, 20000)  # 400 million pixels: PIL refuses it from the header
   with pytest.raises(image_lib.ImageTooLarge, match=r"bomb.png: the image's header declares "
                      r"400,000,000 pixels, more than the limit 16,777,216"):
     image_lib.decode(bomb, "bomb.png", max_pixels=4096 * 4096)
@@ -107,9 +96,9 @@ def test_a_header_claiming_too_many_pixels_is_too_large_not_corrupt():
     image_lib.decode(bomb, "bomb.png")  # PIL's own limit
   with pytest.warns(Image.DecompressionBombWarning):  # PIL warns, the caller's limit refuses
     with pytest.raises(image_lib.ImageTooLarge, match="10000x10000 = 100,000,000 pixels"):
-      image_lib.decode(_png_header(10000, 10000), "big.png", max_pixels=4096 * 4096)
+      image_lib.decode(png_header(10000, 10000), "big.png", max_pixels=4096 * 4096)
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # where warnings are errors, PIL's warning is raised
     with pytest.raises(image_lib.ImageTooLarge, match="declares 100,000,000 pixels, more than "
                        "the limit 89,478,485"):
-      image_lib.decode(_png_header(10000, 10000), "big.png")
+      image_lib.decode(png_header(10000, 10000), "big.png")

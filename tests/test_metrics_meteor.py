@@ -175,7 +175,7 @@ def test_a_missing_compiler_is_said_once_with_its_cost(tmp_path, monkeypatch):
     meteor_native.library.cache_clear()
 
 
-def test_a_tampered_or_stale_cached_library_is_rebuilt_never_loaded(tmp_path, monkeypatch):
+def test_a_corrupt_or_stale_cached_library_is_rebuilt_never_loaded(tmp_path, monkeypatch):
   import hashlib
 
   monkeypatch.setenv("BIRD_JAX_CACHE", str(tmp_path))
@@ -192,11 +192,11 @@ def test_a_tampered_or_stale_cached_library_is_rebuilt_never_loaded(tmp_path, mo
     built = so.read_bytes()
     assert digest.read_text() == hashlib.sha256(built).hexdigest() and loaded == [built]
     flipped = built[:-1] + bytes([built[-1] ^ 1])  # still a loadable library, not the one built
-    for tamper in (lambda: so.write_bytes(b"\x7fELF not the aligner"),
+    for corrupt in (lambda: so.write_bytes(b"\x7fELF not the aligner"),
                    lambda: so.write_bytes(flipped),
                    lambda: digest.unlink(),  # a cache from before digests: stale
                    lambda: digest.write_text(hashlib.sha256(b"other").hexdigest())):
-      tamper()
+      corrupt()
       meteor_native.library.cache_clear()
       with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -22,15 +22,16 @@ import pytest
 from PIL import Image
 
 from bird_jax.train.checkpointing import DATA, TrainCheckpointer
+from bird_jax import distributed
 from bird_jax.train.config import default_config
 from test_faults_train import COMPILE_CACHE, RUN, losses, poisoned
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = str(ROOT / "tests" / "multihost_entry.py")
 STEPS = 6
-# a survivor ends within the heartbeat timeout (train.heartbeat_timeout_s, default 15 s) plus
-# the time the runtime takes to notice and abort
-HEARTBEAT_S = default_config().train.heartbeat_timeout_s
+# a survivor ends within the heartbeat timeout (distributed.HEARTBEAT_S unless
+# train.heartbeat_timeout_s says otherwise) plus the time the runtime takes to notice and abort
+HEARTBEAT_S = distributed.HEARTBEAT_S
 NOTICE_S = 10
 TRAIN = {**RUN, "train.steps": STEPS, "data.streams": 2, "mesh.data": -1}
 
@@ -63,7 +64,7 @@ def test_the_heartbeat_timeout_comes_from_the_config(monkeypatch):
   monkeypatch.setenv("JAX_HEARTBEAT_TIMEOUT_SECONDS", "30")
   distributed.initialize()
   assert [c["heartbeat_timeout_seconds"] for c in calls] == [15, 7, 30]
-  assert default_config().train.heartbeat_timeout_s == 15
+  assert default_config().train.heartbeat_timeout_s == 0  # 0: the environment's, else 15
 
 
 def free_port() -> int:

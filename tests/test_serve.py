@@ -1,8 +1,8 @@
 """The server (`python -m bird_jax.serve`) on loopback: the OpenAI client against it, bad input
 -> 4xx with a clear message while it keeps serving, concurrent clients batched without
-recompiling, failures (a generation error, a stopped worker, a request over the time limit,
-equal prompts in the queue) answered instead of hanging, and the command itself, SIGTERM
-included."""
+recompiling, failures (a generation error, a stopped worker, a request over the time limit, a
+hung generation, equal prompts in the queue) answered instead of hanging, and the command
+itself, SIGTERM and refused flags included."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import http.client
 import json
 import contextlib
 import os
+import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -22,7 +22,6 @@ import time
 import types
 import urllib.error
 import urllib.request
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,8 @@ from bird_jax.assistant import Answer, Assistant, Message, Prompt
 from bird_jax.serve.app import create_app
 from bird_jax.serve.batcher import Batcher, Sampling, Unavailable
 from bird_jax.tokenizer import load_tokenizer
+from bird_jax_testing.images import png_header
+from bird_jax_testing.tools import exit_code
 
 pytestmark = pytest.mark.heavy
 KEY = "test-key-0123"
@@ -108,16 +109,6 @@ def post(url: str, body: bytes | None, key: str | None = KEY, timeout: float = 1
 
 def request(*messages, **kw) -> bytes:
   return json.dumps({"model": "tiny", "messages": list(messages), **kw}).encode()
-
-
-def png_header(width: int, height: int) -> bytes:
-  """A PNG whose header declares width x height RGB pixels, with one tiny IDAT chunk."""
-  def chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
-          + chunk(b"IEND", b""))
 
 
 def test_bad_input_gets_a_4xx_with_a_clear_message_and_the_server_keeps_serving(server, client):
@@ -241,9 +232,9 @@ class StandIn:
 
 
 @contextlib.contextmanager
-def stand_in_server(bot, stand_in, **kw):
+def stand_in_server(bot, stand_in, max_batch_s: float | None = None, **kw):
   """The app over `bot` (prompts) and a batcher over `stand_in` (answers): (url, batcher)."""
-  batcher = Batcher(stand_in, max_wait_s=0.05)
+  batcher = Batcher(stand_in, max_wait_s=0.05, max_batch_s=max_batch_s)
   try:
     with running_server(create_app(bot, batcher, api_key=KEY, **kw)) as url:
       yield url, batcher
@@ -354,6 +345,49 @@ def test_a_request_over_the_time_limit_answers_504_and_is_withdrawn(server):
   assert stand_in.calls == [(0.0, 1), (0.0, 1)]  # the withdrawn request was never generated
 
 
+def test_a_hung_generation_turns_health_checks_503_with_the_reason(server):
+  """A generation call that does not return: past max_batch_s, /health and /v1/models answer 503
+  saying for how long the batch has been generating; requests still queue, and once the call
+  returns every request is answered and the health check is 200 again."""
+  stand_in = StandIn()
+  stand_in.gate.clear()  # the generation call blocks until the gate opens
+  body = request(image_message("Where is it?"))
+  with stand_in_server(server.bot, stand_in, max_batch_s=0.3) as (url, batcher), \
+       concurrent.futures.ThreadPoolExecutor(2) as pool:
+    assert post(url, None, key=None, path="/health") == (200, {"status": "ok"})
+    held = pool.submit(post, url, body, timeout=30)
+    assert stand_in.started.wait(30)
+    wait_until(lambda: not batcher.healthy)
+    assert batcher.batch_age_s > 0.3
+    for path in ("/health", "/v1/models"):
+      status, reply = post(url, None, path=path)
+      assert (status, reply["error"]["code"]) == (503, "unavailable"), (path, reply)
+      assert re.search(r"a batch has been generating for \d+ s, longer than the limit of 0.3 s",
+                       reply["error"]["message"]), reply
+    queued = pool.submit(post, url, body, timeout=30)  # still accepted: the batch may yet end
+    wait_until(lambda: batcher.waiting == 1)
+    stand_in.gate.set()
+    assert [answer_of(f.result())[0] for f in (held, queued)] == [200, 200]
+    assert batcher.healthy and batcher.batch_age_s is None
+    assert post(url, None, key=None, path="/health") == (200, {"status": "ok"})
+
+
+def test_without_a_batch_limit_a_long_generation_stays_healthy():
+  stand_in = StandIn()
+  stand_in.gate.clear()
+  batcher = Batcher(stand_in, max_wait_s=0.01)  # max_batch_s None: no limit
+  try:
+    future = batcher.submit(Prompt([1, 2, 3], np.zeros((1, 4, 4, 3), np.uint8), 4))
+    assert stand_in.started.wait(30)
+    time.sleep(0.2)
+    assert batcher.batch_age_s >= 0.2 and batcher.healthy and batcher.status == "ok"
+    stand_in.gate.set()
+    assert future.result(timeout=30).text == "3 tokens at temperature 0.0"
+  finally:
+    stand_in.gate.set()
+    batcher.close()
+
+
 def test_close_fails_queued_and_in_flight_requests_at_once():
   stand_in = StandIn()
   stand_in.gate.clear()  # the batch in flight never ends by itself
@@ -371,6 +405,26 @@ def test_close_fails_queued_and_in_flight_requests_at_once():
     batcher.submit(prompt)
   assert not batcher.healthy
   stand_in.gate.set()
+
+
+@pytest.mark.parametrize("prog, args, message", [
+    ("serve", ["--max-queue", "0"], "--max-queue 0: must be >= 1"),
+    ("serve", ["--batch-size", "-2"], "--batch-size -2: must be >= 1"),
+    ("serve", ["--max-new-tokens", "0"], "--max-new-tokens 0: must be >= 1"),
+    ("serve", ["--max-images", "0"], "--max-images 0: must be >= 1"),
+    ("serve", ["--request-timeout-s", "0"], "--request-timeout-s 0: must be > 0"),
+    ("chat", ["--image", "x.png", "--max-new-tokens", "0"], "--max-new-tokens 0: must be >= 1"),
+    ("chat", ["--image", "x.png", "--top-p", "1.5"], "--top-p 1.5: must be in (0, 1]"),
+    ("chat", ["--image", "x.png", "--temperature", "-1"], "--temperature -1: must be >= 0"),
+])
+def test_the_commands_name_the_one_flag_they_refuse(prog, args, message, capsys):
+  from bird_jax.chat.__main__ import main as chat_main
+  from bird_jax.serve.__main__ import main as serve_main
+
+  main = {"serve": serve_main, "chat": chat_main}[prog]
+  assert exit_code(main, args, prog) == exit_codes.BAD_INPUT
+  err = capsys.readouterr().err
+  assert f"{prog}: error: {message}\n" in err, err
 
 
 @pytest.mark.e2e

@@ -19,8 +19,7 @@ import argparse
 from pathlib import Path
 
 from bird_jax.cli import ToolParser, run_tool
-from bird_jax.exit_codes import refusing
-from bird_jax.exit_codes import BadInput
+from bird_jax.exit_codes import BadInput, refusing
 
 PROG = "python -m bird_jax.chat"
 
@@ -49,7 +48,8 @@ def draw_answer(image, question: str, answer):
 
 
 def main(argv: list[str] | None = None) -> None:
-  from bird_jax.assistant import DEFAULT_MAX_PIXELS, Message, Refused, resolve_checkpoint
+  from bird_jax.assistant import (DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_PIXELS, Message, Refused,
+                                  resolve_checkpoint)
   from bird_jax.chatml import DEFAULT_SYSTEM
 
   ap = ToolParser(prog=PROG, description=__doc__,
@@ -61,13 +61,18 @@ def main(argv: list[str] | None = None) -> None:
   ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (BiRD's eval)")
   ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --temperature)")
   ap.add_argument("--seed", type=int, default=0, help="sampling seed of the first answer")
-  ap.add_argument("--max-new-tokens", type=int, default=80, help="answer length limit")
+  ap.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                  help=f"answer length limit (default {DEFAULT_MAX_NEW_TOKENS})")
   ap.add_argument("--system", default=DEFAULT_SYSTEM, help="the system message")
   ap.add_argument("--dtype", default="", help="compute dtype, e.g. bfloat16 (default: the model's)")
   ap.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS)
   args = ap.parse_args(argv)
-  if args.temperature < 0 or not 0 < args.top_p <= 1 or args.max_new_tokens < 1:
-    raise BadInput("--temperature must be >= 0, --top-p in (0, 1] and --max-new-tokens >= 1")
+  if not args.temperature >= 0:
+    raise BadInput(f"--temperature {args.temperature:g}: must be >= 0")
+  if not 0 < args.top_p <= 1:
+    raise BadInput(f"--top-p {args.top_p:g}: must be in (0, 1]")
+  if args.max_new_tokens < 1:
+    raise BadInput(f"--max-new-tokens {args.max_new_tokens}: must be >= 1")
   ckpt = resolve_checkpoint(args.ckpt)  # NoModel: exit 2
   with refusing(OSError, where="--image"):
     data = Path(args.image).read_bytes()

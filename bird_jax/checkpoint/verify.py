@@ -45,6 +45,9 @@ DAMAGE_STATUSES = ("NOT_FOUND", "OUT_OF_RANGE", "DATA_LOSS", "INVALID_ARGUMENT",
 _TS_ERRNO = re.compile(r"os_error_code='(\d+)'")
 _TS_FILE = re.compile(r'(?:local file|Failed to open:|Failed writing:)\s*"([^"]+)"')
 _STATUS = re.compile(r"\s*([A-Z][A-Z_]+):")
+# ...but not when the reader and the saved metadata disagree (another orbax or tensorstore
+# version, another dtype or shape asked for): that is the reader, not the bytes.
+_MISMATCH = re.compile(r'Error opening "[^"]*" driver|does not match|incompatible', re.I)
 
 
 class NonFiniteWeights(ValueError):
@@ -157,22 +160,23 @@ def _record(report: ParamsReport, path: str, e: BaseException) -> None:
     report.read_errors[path] = read_error(e)
 
 
-def _chain(e: BaseException):
-  """`e` and every exception behind it (causes, contexts, the members of exception groups)."""
+def exception_chain(e: BaseException):
+  """`e` and every exception behind it, depth first: its causes (and the members of exception
+  groups) before the exceptions it was raised while handling (`__context__`)."""
   seen, todo = set(), [e]
   while todo:
-    x = todo.pop(0)
+    x = todo.pop()
     if x is None or id(x) in seen:
       continue
     seen.add(id(x))
     yield x
-    todo += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
+    todo += [x.__context__, *reversed(getattr(x, "exceptions", ())), x.__cause__]
 
 
 def os_errno(e: BaseException) -> int | None:
   """The errno of the OS error behind `e`: an OSError in its chain, or the code tensorstore
   writes into its messages ("[os_error_code='13']"); None when there is none."""
-  for x in _chain(e):
+  for x in exception_chain(e):
     n = own_errno(x)
     if n is not None:
       return n
@@ -191,23 +195,25 @@ def is_damage(e: BaseException) -> bool:
   """Whether a failed read is evidence that the saved bytes are bad: an OS error saying the
   file is missing (ENOENT, ENOTDIR, EISDIR), or, without an OS error, a missing file or item,
   a file shorter than its index, bytes that do not decode (tensorstore's NOT_FOUND,
-  OUT_OF_RANGE, DATA_LOSS, INVALID_ARGUMENT, FAILED_PRECONDITION; invalid JSON). Any other OS
-  error (READ_ERRNOS: permission, I/O, a network filesystem) or unknown error is not."""
+  OUT_OF_RANGE, DATA_LOSS, INVALID_ARGUMENT, FAILED_PRECONDITION, unless they say that the
+  saved metadata and the reader disagree; invalid JSON). Any other OS error (READ_ERRNOS:
+  permission, I/O, a network filesystem) or unknown error is not. The causes of `e` are
+  looked at before the exceptions it was raised while handling."""
   n = os_errno(e)
   if n is not None:
     return n in DAMAGE_ERRNOS
-  for x in _chain(e):
+  for x in exception_chain(e):
     if isinstance(x, (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError)):
       return True
     m = _STATUS.match(str(x))
-    if m and m.group(1) in DAMAGE_STATUSES:
+    if m and m.group(1) in DAMAGE_STATUSES and not _MISMATCH.search(str(x)):
       return True
   return False
 
 
 def failing_file(e: BaseException) -> str | None:
   """The file an error names: an OSError's filename, or the last file in tensorstore's text."""
-  for x in _chain(e):
+  for x in exception_chain(e):
     if isinstance(x, OSError) and x.filename:
       return str(x.filename)
     found = _TS_FILE.findall(str(x).split("[tensorstore_spec=")[0])

@@ -129,20 +129,28 @@ def read_test_file(path: str | os.PathLike) -> list[EvalSample]:
 
 class ImageFinder:
   """Finds an image path from a question under one of several roots (as written, then by
-  base name), each root an ``ImageRoot``: an absolute path, a ``..`` component or a symlink
-  leaving the root raises ValueError."""
+  base name), each root an ``ImageRoot``: an absolute path or a ``..`` component raises
+  ValueError; a symlink leaving its root is not followed (FileNotFoundError says so when
+  nothing else is found)."""
 
   def __init__(self, roots: Sequence[str | os.PathLike]):
     self.roots = [Path(r) for r in roots if r]
 
   def __call__(self, image: str) -> Path:
     check_relative_path(image)
+    refused = []
     for root in self.roots:
       for candidate in (image, Path(image).name):
-        path = ImageRoot(str(root)).resolve(candidate)
+        try:
+          path = ImageRoot(str(root)).resolve(candidate)
+        except ValueError as e:  # a symlink that leaves the root
+          refused.append(str(e))
+          continue
         if path.is_file():
           return path
-    raise FileNotFoundError(f"image {image!r} not found under {[str(r) for r in self.roots]}")
+    why = f" ({refused[0]}: not followed)" if refused else ""
+    raise FileNotFoundError(f"image {image!r} not found under {[str(r) for r in self.roots]}"
+                            f"{why}")
 
 
 def image_exists(find_image: Callable[[str], Path], path: str) -> bool:

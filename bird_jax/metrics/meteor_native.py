@@ -97,7 +97,7 @@ def library() -> ctypes.CDLL | None:
   tag = hashlib.sha1(_SOURCE.encode()).hexdigest()[:12]
   so = _cache_dir() / f"meteor_align_{tag}.so"
   data = _verified(so)
-  if data is None:  # not built yet, or tampered with / stale: (re)build, never load it
+  if data is None:  # not built yet, or corrupt / stale: (re)build, never load it
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
       return _fallback("no C compiler (cc, gcc or $CC) on PATH")

@@ -21,14 +21,14 @@ import time
 import numpy as np
 
 from bird_jax.cli import ToolParser, run_tool
-from bird_jax.exit_codes import refusing
-from bird_jax.exit_codes import BadInput
+from bird_jax.exit_codes import BadInput, refusing
 
 PROG = "python -m bird_jax.serve"
 
 
 def main(argv: list[str] | None = None) -> None:
-  from bird_jax.assistant import DEFAULT_MAX_PIXELS
+  from bird_jax.assistant import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_PIXELS
+  from bird_jax.serve.app import DEFAULT_REQUEST_TIMEOUT_S
 
   ap = ToolParser(prog=PROG, description=__doc__,
                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,18 +42,23 @@ def main(argv: list[str] | None = None) -> None:
   ap.add_argument("--max-wait-ms", type=float, default=10.0,
                   help="how long the first request of a batch waits for others")
   ap.add_argument("--max-queue", type=int, default=256, help="waiting requests before 429")
-  ap.add_argument("--request-timeout-s", type=float, default=600.0,
-                  help="the longest a request waits for its answer before a 504 (default 600)")
-  ap.add_argument("--max-new-tokens", type=int, default=80, help="the longest answer")
+  ap.add_argument("--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
+                  help="the longest a request waits for its answer before a 504, and the "
+                  "longest a batch may generate before /health answers 503 (default "
+                  f"{DEFAULT_REQUEST_TIMEOUT_S:g})")
+  ap.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                  help=f"the longest answer (default {DEFAULT_MAX_NEW_TOKENS})")
   ap.add_argument("--max-images", type=int, default=1, help="images per conversation")
   ap.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS)
   ap.add_argument("--max-body-mb", type=float, default=20.0, help="request body size limit")
   ap.add_argument("--dtype", default="", help="compute dtype, e.g. bfloat16 (default: the model's)")
   args = ap.parse_args(argv)
-  if min(args.batch_size, args.max_new_tokens, args.max_images, args.max_queue) < 1:
-    raise BadInput("--batch-size, --max-new-tokens, --max-images and --max-queue must be >= 1")
+  for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
+                      ("--max-images", args.max_images), ("--max-queue", args.max_queue)):
+    if value < 1:
+      raise BadInput(f"{flag} {value}: must be >= 1")
   if not args.request_timeout_s > 0:
-    raise BadInput(f"--request-timeout-s must be > 0, got {args.request_timeout_s}")
+    raise BadInput(f"--request-timeout-s {args.request_timeout_s:g}: must be > 0")
   from bird_jax.assistant import Assistant, Message, resolve_checkpoint
 
   ckpt = resolve_checkpoint(args.ckpt)  # NoModel: exit 2
@@ -72,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
   from bird_jax.serve.batcher import Batcher
 
   api_key = os.environ.get(API_KEY_ENV) or None
-  batcher = Batcher(bot, max_wait_s=args.max_wait_ms / 1000, max_queue=args.max_queue)
+  batcher = Batcher(bot, max_wait_s=args.max_wait_ms / 1000, max_queue=args.max_queue,
+                    max_batch_s=args.request_timeout_s)
   app = create_app(bot, batcher, api_key=api_key, max_body_bytes=int(args.max_body_mb * 2**20),
                    request_timeout_s=args.request_timeout_s)
   if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:

@@ -18,6 +18,9 @@ answers 500 (``generation_failed``) and the next request is served as usual; a r
 an answer after `request_timeout_s` answers 504 (``timeout``; its answer, if it comes later, is
 dropped); once the batcher answers nothing more (closed, its worker stopped) every request
 answers 503 (``unavailable``), and so do /v1/models and /health, for a health check to see.
+/v1/models and /health also answer 503, with the reason, while a batch has been generating for
+longer than the batcher's `max_batch_s` (the command gives it the request time limit), so a
+hung generation, which would make every request answer 504, is seen by a health check too.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from bird_jax.serve.batcher import Batcher, Busy, Sampling, Unavailable
 
 STATIC = Path(__file__).parent / "static"
 API_KEY_ENV = "BIRD_JAX_API_KEY"
-DEFAULT_REQUEST_TIMEOUT_S = 600.0
+DEFAULT_REQUEST_TIMEOUT_S = 600.0  # the longest a chat request waits for its answer (504 after)
 
 
 # ---- the request schema (the part of OpenAI's that this server honours) ---------------------

@@ -10,6 +10,11 @@ a batch fails the requests of that batch and the worker goes on. Should the work
 (an exception that is not an Exception, such as SystemExit, or a fault of the batcher itself), or
 once close() is called, every request it holds or is given fails with Unavailable and `healthy`
 turns False. A request cancelled while it waits (its caller gave up) is never answered.
+
+A generation call that never returns (a hung device) is seen by its age: once the batch being
+answered has been generating for longer than `max_batch_s`, `healthy` is False and `status`
+says for how long, so that a health check sees it; requests are still queued (the batch may yet
+end), and `healthy` turns True again when it does.
 """
 
 from __future__ import annotations
@@ -65,14 +70,18 @@ def _settle(future: concurrent.futures.Future, answer: Answer | None = None,
 class Batcher:
   """submit(prompt, sampling) -> Future[Answer]; close() stops the worker.
 
-  healthy: the worker runs and the batcher is open; otherwise submit() raises Unavailable.
+  healthy: the worker runs, the batcher is open (otherwise submit() raises Unavailable) and no
+  batch has been generating for longer than `max_batch_s` (None: no limit).
   """
 
-  def __init__(self, assistant: Assistant, *, max_wait_s: float = 0.01, max_queue: int = 256):
+  def __init__(self, assistant: Assistant, *, max_wait_s: float = 0.01, max_queue: int = 256,
+               max_batch_s: float | None = None):
     self.assistant, self.max_wait_s, self.max_queue = assistant, max_wait_s, max_queue
+    self.max_batch_s = max_batch_s
     self.batch_size = assistant.gen.batch_size or 1
     self._queue: collections.deque[_Request] = collections.deque()
     self._in_flight: list[_Request] = []  # the batch being answered
+    self._batch_started: float | None = None  # time.monotonic() when it was taken (None: idle)
     self._cond = threading.Condition()
     self._stopped: str | None = None  # why nothing more is answered (None: serving)
     self._seeds = itertools.count()
@@ -83,14 +92,26 @@ class Batcher:
 
   @property
   def healthy(self) -> bool:
-    return self._stopped is None and self._worker.is_alive()
+    return self.status == "ok"
 
   @property
   def status(self) -> str:
-    """'ok' while serving, else why requests are refused."""
+    """'ok' while serving, else why requests are refused or why no answer is coming."""
     if self._stopped is not None:
       return self._stopped
-    return "ok" if self._worker.is_alive() else "the generation worker stopped"
+    if not self._worker.is_alive():
+      return "the generation worker stopped"
+    age = self.batch_age_s
+    if self.max_batch_s is not None and age is not None and age > self.max_batch_s:
+      return (f"a batch has been generating for {age:.0f} s, longer than the limit of "
+              f"{self.max_batch_s:g} s (the generation may be hung)")
+    return "ok"
+
+  @property
+  def batch_age_s(self) -> float | None:
+    """Seconds since the batch being answered was taken (None: no batch is being answered)."""
+    started = self._batch_started
+    return None if started is None else time.monotonic() - started
 
   @property
   def waiting(self) -> int:
@@ -104,8 +125,8 @@ class Batcher:
     Cancelling the future withdraws a request that has not been taken into a batch."""
     future: concurrent.futures.Future = concurrent.futures.Future()
     with self._cond:
-      if not self.healthy:
-        raise Unavailable(self.status)
+      if self._stopped is not None or not self._worker.is_alive():
+        raise Unavailable(self._stopped or "the generation worker stopped")
       self._prune()
       if len(self._queue) >= self.max_queue:
         raise Busy(f"{len(self._queue)} requests are waiting (the limit); retry later")
@@ -158,6 +179,7 @@ class Batcher:
       taken = {id(r) for r in batch}
       self._queue = collections.deque(r for r in self._queue if id(r) not in taken)
       self._in_flight = [r for r in batch if r.future.set_running_or_notify_cancel()]
+      self._batch_started = time.monotonic() if self._in_flight else None
       return list(self._in_flight)
 
   def _run(self) -> None:
@@ -193,5 +215,6 @@ class Batcher:
               error: Exception | None = None) -> None:
     with self._cond:
       self._in_flight = []
+      self._batch_started = None
     for r, a in zip(batch, answers):
       _settle(r.future, a, error)

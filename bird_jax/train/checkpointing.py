@@ -30,7 +30,7 @@ from flax import nnx
 from bird_jax import distributed, exit_codes
 from bird_jax.checkpoint import orbax as ckpt
 from bird_jax.tree_paths import flatten, unflatten
-from bird_jax.checkpoint.verify import first_line, own_errno, verify_params
+from bird_jax.checkpoint.verify import exception_chain, first_line, os_errno, verify_params
 from bird_jax.config import QwenVLConfig
 from bird_jax.exit_codes import BadInput, ToolError
 from bird_jax.train.state import Layout, place_params
@@ -142,8 +142,8 @@ class TrainCheckpointer:
       if any(os.strerror(n) in why for n in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)):
         why += " (out of disk space, quota or file-size limit)"
       where = self.directory if step is None else os.path.join(self.directory, str(step))
-      if step is not None:
-        with contextlib.suppress(Exception):  # the background writes end before it is removed
+      if step is not None and jax.process_count() == 1:  # with several processes, others may
+        with contextlib.suppress(Exception):  # still write: the next start removes it instead
           self.manager.wait_until_finished()
         self.remove_partial_saves(step)
       raise SaveFailed(f"checkpoint step {step} could not be written to {where}: {why}") from e
@@ -172,22 +172,21 @@ class TrainCheckpointer:
     return distributed.on_lead(lambda: self._why_unusable(step), errors=(CheckpointUnreadable,))
 
   def _why_unusable(self, step: int) -> str:
-    undecided = None
-    for item in (ckpt.PARAMS, OPT):
-      report = verify_params(self.manager, step, item)
+    reports = {item: verify_params(self.manager, step, item) for item in (ckpt.PARAMS, OPT)}
+    for item, report in reports.items():  # a read error anywhere: no verdict on the step
+      if report.read_errors:
+        path, err = next(iter(report.read_errors.items()))
+        more = len(report.read_errors) - 1
+        raise CheckpointUnreadable(
+            f"checkpoint step {step} in {self.directory} could not be read: {item} {path}: "
+            f"{err}{f' (and {more} more)' if more else ''}. A permission or I/O error says "
+            "nothing about the checkpoint, so nothing was moved aside; fix the access (or wait "
+            "for the filesystem) and rerun, or resume from an older step with "
+            "--config.train.resume_step=N")
+    for item, report in reports.items():
       if report.damaged:
         return f"{item}: {report.summary().split(': ', 1)[1]}"
-      if report.read_errors and undecided is None:
-        undecided = (item, report)
-    if undecided is None:
-      return ""
-    item, report = undecided
-    path, err = next(iter(report.read_errors.items()))
-    raise CheckpointUnreadable(
-        f"checkpoint step {step} in {self.directory} could not be read: {item} {path}: {err}"
-        f"{f' (and {len(report.read_errors) - 1} more)' if len(report.read_errors) > 1 else ''}"
-        ". A permission or I/O error says nothing about the checkpoint, so nothing was moved "
-        "aside; fix the access (or wait for the filesystem) and rerun")
+    return ""
 
   def restore_usable(self, layout: Layout, step: int | None = None,
                      note: Callable[[str], None] = print
@@ -239,21 +238,11 @@ _SAVE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACC
 def _os_reason(e: BaseException) -> str:
   """'[Errno N] text' of the OS error behind an exception ('' if none is found): an OSError in
   its chain, or the code or the OS's message inside the text tensorstore reports it with."""
-  seen, todo = set(), [e]
-  while todo:
-    x = todo.pop()
-    if x is None or id(x) in seen:
-      continue
-    seen.add(id(x))
-    n = own_errno(x)
-    if n is not None:
-      return f"[Errno {n}] {os.strerror(n)}"
-    text = str(x)
-    for n in _SAVE_ERRNOS:
-      if os.strerror(n) in text:
-        return f"[Errno {n}] {os.strerror(n)}"
-    todo += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
-  return ""
+  n = os_errno(e)
+  if n is None:
+    n = next((k for x in exception_chain(e) for k in _SAVE_ERRNOS if os.strerror(k) in str(x)),
+             None)
+  return "" if n is None else f"[Errno {n}] {os.strerror(n)}"
 
 
 def quiet_background_save_logs() -> None:

@@ -14,9 +14,8 @@ from typing import Any
 
 import ml_collections
 
-from bird_jax.exit_codes import refusing
 from bird_jax.config import QwenVLConfig, get_preset
-from bird_jax.exit_codes import BadInput
+from bird_jax.exit_codes import BadInput, refusing
 from bird_jax.data.pipeline import DataConfig
 from bird_jax.model.lora import LoRAConfig
 from bird_jax.train.optimizer import BIRD_FREEZE, OptimConfig
@@ -79,8 +78,9 @@ def default_config() -> ml_collections.ConfigDict:
       "overwrite": False,  # with resume=false: move an earlier run in workdir to previous/
       # start from step 0 although rejected/ or previous/ hold later checkpoint steps
       "allow_rollback": False,
-      # several processes: a process silent this long is dead and the others stop (seconds)
-      "heartbeat_timeout_s": 15,
+      # several processes: a process silent this long is dead and the others stop (seconds;
+      # 0: $JAX_HEARTBEAT_TIMEOUT_SECONDS, else bird_jax/distributed.py's HEARTBEAT_S, 15)
+      "heartbeat_timeout_s": 0,
       "peak_tflops": 0.0,  # per device, for MFU (0 = do not report MFU)
       "replication_tolerance": 0.02,
       "tensorboard": True,

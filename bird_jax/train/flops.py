@@ -150,10 +150,11 @@ def step_flops(cfg: QwenVLConfig, *, rows: int, length: int, images: int,
 
   trained / frozen: {dotted parameter path: shape} of the run's trained and frozen
   parameters (the Layout's trees, flattened); the module docstring says how they shape the
-  count. Without them: BiRD's recipe (the ViT frozen, everything after it trained).
+  count. Without them: BiRD's recipe (train/optimizer.py BIRD_FREEZE: the resampler and the
+  LLM trained, the rest of the vision tower frozen).
   """
   if trained is None:
-    training = {"vit": BlockTraining(), "resampler": FULL, "proj": FULL, "llm": FULL}
+    training = {"vit": BlockTraining(), "resampler": FULL, "proj": BlockTraining(), "llm": FULL}
   else:
     training = block_training(trained, frozen or {})
   out = {"vision": 0.0, "llm": 0.0}

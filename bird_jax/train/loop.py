@@ -38,11 +38,10 @@ import numpy as np
 from flax import nnx
 
 from bird_jax import distributed, exit_codes, sharding
-from bird_jax.exit_codes import refusing
 from bird_jax.data.pipeline import make_dataset
 from bird_jax.data.shards import check_shards
 from bird_jax.data.streams import merge_states
-from bird_jax.exit_codes import BadInput, ToolError
+from bird_jax.exit_codes import BadInput, ToolError, refusing
 from bird_jax.train import config as C
 from bird_jax.train import workdir as W
 from bird_jax.train.checkpointing import CheckpointUnreadable, TrainCheckpointer, restore_params_on
@@ -132,7 +131,9 @@ def train(c: ml_collections.ConfigDict, probe: Probe | None = None) -> TrainResu
   """Runs (or resumes) the run `c` describes. `probe(step, model)`, when given, is called on
   every process after each checkpoint is saved, with the model at that step; the numbers it
   returns are logged with the step (metrics.jsonl, TensorBoard)."""
-  distributed.initialize(heartbeat_timeout_s=int(c.train.heartbeat_timeout_s))
+  with refusing(ValueError, TypeError, where="train.heartbeat_timeout_s"):
+    heartbeat = distributed.heartbeat_timeout(c.train.heartbeat_timeout_s or None)
+  distributed.initialize(heartbeat_timeout_s=heartbeat)
   with refusing(ValueError, OSError, KeyError):  # the config, the mesh and the data, first
     model_cfg, data_cfg, optim_cfg = C.model_config(c), C.data_config(c), C.optim_config(c)
     C.check_init(c)
@@ -150,7 +151,8 @@ def train(c: ml_collections.ConfigDict, probe: Probe | None = None) -> TrainResu
         if moved is not None:
           print(f"train.overwrite: the earlier run in {workdir} was moved to {moved}")
       elif c.train.resume_step < 0 and not W.checkpoint_steps(workdir):  # a start from step 0
-        W.refuse_rollback(workdir, 0, allow=c.train.allow_rollback)
+        # behind rejected steps of this run; an earlier run in previous/ was moved on purpose
+        W.refuse_rollback(workdir, 0, allow=c.train.allow_rollback, previous=False)
 
     try:
       distributed.on_lead(claim_workdir, errors=(W.WorkdirError,))

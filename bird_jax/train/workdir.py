@@ -86,9 +86,9 @@ def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
   return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit() and p.is_dir())
 
 
-def set_aside_steps(workdir: str | os.PathLike) -> dict[int, Path]:
+def set_aside_steps(workdir: str | os.PathLike, *, previous: bool = True) -> dict[int, Path]:
   """{step: where} of the checkpoint steps moved out of the way: `rejected/step-N-<time>` and
-  the checkpoints and rejected steps of earlier runs in `previous/<time>/`."""
+  (with `previous`) the checkpoints and rejected steps of earlier runs in `previous/<time>/`."""
   w = Path(workdir)
   found: dict[int, Path] = {}
 
@@ -99,16 +99,19 @@ def set_aside_steps(workdir: str | os.PathLike) -> dict[int, Path]:
         found[int(n)] = p
 
   rejected(w / "rejected")
-  for run in sorted((w / "previous").iterdir()) if (w / "previous").is_dir() else []:
+  runs = (w / "previous").iterdir() if previous and (w / "previous").is_dir() else []
+  for run in sorted(runs):
     found.update({s: run / "checkpoints" / str(s) for s in checkpoint_steps(run)})
     rejected(run / "rejected")
   return found
 
 
-def refuse_rollback(workdir: str | os.PathLike, start: int, *, allow: bool) -> None:
+def refuse_rollback(workdir: str | os.PathLike, start: int, *, allow: bool,
+                    previous: bool = True) -> None:
   """Raises WorkdirError when a run about to start from step `start` would silently go back
-  behind steps kept in `rejected/` or `previous/` (unless `allow`: train.allow_rollback)."""
-  later = {s: p for s, p in set_aside_steps(workdir).items() if s > start}
+  behind steps kept in `rejected/` or (with `previous`) `previous/` (unless `allow`:
+  train.allow_rollback)."""
+  later = {s: p for s, p in set_aside_steps(workdir, previous=previous).items() if s > start}
   if not later or allow:
     return
   newest = max(later)
