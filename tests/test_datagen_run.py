@@ -27,8 +27,10 @@ from datagen.cli import main
 from datagen.language import modality_name
 from datagen.config import GenConfig
 from datagen.meta import objects_from_instances
+from datagen import publish as publish_lib
 from datagen import run as run_lib
-from datagen.run import ConfigMismatch, TooManyFallbacks, generate, recover_publication
+from datagen.publish import recover_publication
+from datagen.run import ConfigMismatch, TooManyFallbacks, generate
 from datagen.sources.base import ImageRef
 from datagen.sources.phantom import PhantomSource
 from datagen.sources.phantom_specs import SPECS
@@ -189,8 +191,8 @@ def shard_files(out: Path) -> dict[str, bytes]:
 
 
 def crash_after(n: int):
-  """A stand-in for run._place_shard that places `n` shards, then fails as a killed run would."""
-  place, placed = run_lib._place_shard, []
+  """A stand-in for publish._place_shard that places `n` shards, then fails as a killed run would."""
+  place, placed = publish_lib._place_shard, []
 
   def place_then_crash(src, dst):
     if len(placed) == n:
@@ -205,7 +207,7 @@ def test_a_crash_while_publishing_leaves_no_partial_set_and_a_rerun_publishes_al
   base, _, _ = runs
   out = tmp_path / "crashed"
   cfg = GenConfig(out=str(out), workers=1, **CFG)
-  monkeypatch.setattr(run_lib, "_place_shard", crash_after(1))
+  monkeypatch.setattr(publish_lib, "_place_shard", crash_after(1))
   with pytest.raises(KeyboardInterrupt):
     generate(cfg)  # the first publication: nothing was published before
   assert not (out / "train").exists() and not (out / "test").exists()
@@ -233,7 +235,7 @@ def test_a_crash_while_republishing_leaves_the_previous_set_or_none(runs, tmp_pa
       p.unlink()
 
   redo_chunks()
-  monkeypatch.setattr(run_lib, "_place_shard", crash_after(3))
+  monkeypatch.setattr(publish_lib, "_place_shard", crash_after(3))
   with pytest.raises(KeyboardInterrupt):
     generate(cfg)
   assert shard_files(out) == previous and (out / "summary.json").exists()

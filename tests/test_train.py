@@ -382,6 +382,9 @@ def test_read_errors_and_damage_as_tensorstore_reports_them():
   assert not V.is_damage(denied)
   assert V.read_error(denied) == "/ck/1/params/d/5550: [Errno 13] Permission denied"
   assert all(V.is_damage(e) for e in (truncated, deleted, garbage))
+  reader = ValueError('FAILED_PRECONDITION: Error opening "zarr" driver: dtype from metadata '
+                      '(float32) does not match dtype in schema (int32)' + spec)
+  assert not V.is_damage(reader)  # another reader (a library upgrade), not the bytes
   assert not V.is_damage(RuntimeError("something else"))  # unknown: no evidence
   assert V.is_damage(FileNotFoundError("no params item"))
   assert V.is_damage(_chained(ValueError("restore failed"), truncated))  # the cause tells

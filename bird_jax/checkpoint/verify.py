@@ -47,7 +47,7 @@ _TS_FILE = re.compile(r'(?:local file|Failed to open:|Failed writing:)\s*"([^"]+
 _STATUS = re.compile(r"\s*([A-Z][A-Z_]+):")
 # ...but not when the reader and the saved metadata disagree (another orbax or tensorstore
 # version, another dtype or shape asked for): that is the reader, not the bytes.
-_MISMATCH = re.compile(r'Error opening "[^"]*" driver|does not match|incompatible', re.I)
+_MISMATCH = re.compile(r"does not match|incompatible|mismatch", re.I)
 
 
 class NonFiniteWeights(ValueError):
