@@ -101,7 +101,8 @@ FAULT_ROWS: list[dict] = []
 
 def pytest_addoption(parser):
   parser.addoption("--slow", action="store_true",
-                   help="also run the tests marked slow (the whole fault suite)")
+                   help="also run the tests marked slow (the whole fault suite, the "
+                        "first-GPU script's tiny run)")
   parser.addoption("--fast", action="store_true",
                    help="the development loop: leave out the tests marked " + ", ".join(FAST_SKIPS))
 

@@ -71,6 +71,7 @@ def test_missing_wheels_are_recorded_not_raised(tmp_path, monkeypatch):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # 3-4 minutes on 2 cores: `pytest --slow tests/test_first_gpu.py`
 def test_tiny_run_leaves_figures_probe_curve_and_base(tmp_path):
   out, work = tmp_path / "out", tmp_path / "work"
   proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out", str(out), "--work",
