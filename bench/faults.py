@@ -1,7 +1,7 @@
 """The whole fault-injection suite: every test marked `faults`, the slow rounds included
 (kill -9 after each of several steps, a diverged run resumed twice, resume from a chosen step).
 
-    .venv/bin/python bench/faults.py            # about 3.5 minutes on 2 cores
+    .venv/bin/python bench/faults.py            # about 6.5 minutes on 2 cores
     .venv/bin/python bench/faults.py -x -k disk # pytest options pass through
 
 It ends with a line per fault and one total: faults injected, runs recovered, checkpoints
