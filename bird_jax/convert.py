@@ -14,6 +14,10 @@ other files (qwen.tiktoken, generation_config.json, the model's *.py files, ...)
 the Orbax checkpoint under `hf_assets/` and are written back by `jax-to-hf`. Wherever an Orbax
 checkpoint is read (`--ckpt`, `inspect DIR`), a training workdir stands for its `checkpoints/`.
 
+Each conversion writes OUT/manifest.json: the options, the environment, and the SHA-256 of
+every file read (hashed in a background thread while it converts) and written (HF shards as
+they are written; the Orbax step and small files after), for `python -m bird_jax.audit OUT`.
+
 Exit codes (bird_jax/exit_codes.py): 0 done (inspect: the checkpoint is usable), 2 refused
 input, named in one line (a missing or broken folder, a non-empty --out; inspect: a checkpoint
 that is not usable as it is), 4 jax-to-hf found NaN/inf weights, 1 anything unexpected (with
@@ -43,6 +47,7 @@ from bird_jax.checkpoint import safetensors_io as st
 from bird_jax.checkpoint.verify import NonFiniteWeights, nonfinite_count, verify_params
 from bird_jax.config import HF_CONFIG_FILE, QwenVLConfig, read_hf_config
 from bird_jax.exit_codes import BadInput, refusing
+from bird_jax.manifest import MANIFEST, Manifest, files_under, key_of
 from bird_jax.model import lora
 
 ASSETS_DIR = "hf_assets"
@@ -91,6 +96,19 @@ def _is_weight_file(path: Path) -> bool:
           or name in (st.INDEX_FILE, "pytorch_model.bin.index.json"))
 
 
+def _is_asset(path: Path) -> bool:
+  """A file of an HF folder that travels with the weights (not the weights, not a manifest)."""
+  return path.is_file() and not _is_weight_file(path) and path.name != MANIFEST
+
+
+def _manifest(out: Path, command: str, **options: Any) -> Manifest:
+  """A conversion's manifest (written when it is done: `close`)."""
+  config = {"command": command, "out": str(out.absolute()),
+            **{k: str(Path(v).absolute()) if isinstance(v, Path) else v
+               for k, v in options.items()}}
+  return Manifest(out, "convert", config, write=False)
+
+
 def checkpoint_root(path: str | Path) -> Path:
   """The Orbax checkpoint folder `path` names: a training workdir (holding `checkpoints/`)
   stands for its checkpoints, as --ckpt does for eval.py, chat and serve."""
@@ -128,6 +146,9 @@ def hf_to_jax(hf_dir: str | Path, out_dir: str | Path, *, dtype: str = "auto", s
     if dtype != "auto" and dtype not in DTYPES:
       raise ValueError(f"--dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
 
+  record = _manifest(out_dir, "hf-to-jax", hf=hf_dir, dtype=dtype, step=step, compress=compress)
+  record.hash_later("inputs", "hf", [p for p in sorted(directory.iterdir()) if _is_asset(p)
+                                     or p.name in reader.files or p.name == st.INDEX_FILE])
   bar = tqdm(total=reader.total_bytes, unit="B", unit_scale=True, desc="hf-to-jax",
              disable=not progress)
 
@@ -152,13 +173,16 @@ def hf_to_jax(hf_dir: str | Path, out_dir: str | Path, *, dtype: str = "auto", s
   manager.close()
   bar.close()
   copied = _copy_assets(directory, out_dir / ASSETS_DIR)
+  record.hash_now("outputs", "checkpoint", files_under(out_dir / str(step)))
+  record.hash_now("outputs", "assets", files_under(out_dir / ASSETS_DIR))
+  record.close(outcome="done")
   return {"tensors": len(entries), "bytes": reader.total_bytes, "params": len(leaves),
           "assets": copied, "seconds": round(time.time() - t0, 2), "out": str(out_dir)}
 
 
 def _copy_assets(src: Path, dst: Path) -> list[str]:
   """Every top-level non-weight file of the HF folder (tokenizer, generation config, code)."""
-  files = sorted(p for p in src.iterdir() if p.is_file() and not _is_weight_file(p))
+  files = sorted(p for p in src.iterdir() if _is_asset(p))
   if files:
     dst.mkdir(parents=True, exist_ok=True)
   for p in files:
@@ -208,6 +232,10 @@ def jax_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None = N
       shards = dict(zip(st.shard_names(len(planned)), planned))
     _check_empty_output(out_dir, "--out")
 
+  record = _manifest(out_dir, "jax-to-hf", ckpt=ckpt_dir, step=reader.step,
+                     shard_size=shard_size, dtype=dtype, assets=None if assets is None else
+                     Path(assets), allow_non_finite=allow_non_finite)
+  record.hash_later("inputs", "checkpoint", ckpt.step_files(ckpt_dir, reader.step))
   bar = tqdm(total=sum(s.nbytes for s in specs), unit="B", unit_scale=True, desc="jax-to-hf",
              disable=not progress)
   dtypes = {s.name: s.dtype for s in specs}
@@ -223,8 +251,10 @@ def jax_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None = N
     return x
 
   existed = out_dir.exists()
+  hashes: dict[str, dict] = {}
   try:
-    index = st.write_sharded(out_dir, shards, get, on_tensor=lambda s: bar.update(s.nbytes))
+    index = st.write_sharded(out_dir, shards, get, on_tensor=lambda s: bar.update(s.nbytes),
+                             hashes=hashes)
   except NonFiniteWeights:
     shutil.rmtree(out_dir, ignore_errors=True)  # it was empty: nothing but this export is lost
     if existed:
@@ -232,8 +262,14 @@ def jax_to_hf(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None = N
     raise
   finally:
     bar.close()
-  _write_metadata(out_dir, Path(assets) if assets else ckpt_dir / ASSETS_DIR, cfg, source,
-                  set(dtypes.values()))
+  assets_dir = Path(assets) if assets else ckpt_dir / ASSETS_DIR
+  _write_metadata(out_dir, assets_dir, cfg, source, set(dtypes.values()))
+  record.hash_now("inputs", "assets", [p for p in sorted(assets_dir.glob("*")) if _is_asset(p)])
+  record.set_group("outputs", "weights",
+                   {key_of(out_dir, out_dir / f): e for f, e in hashes.items()})
+  record.hash_now("outputs", "files", [p for p in sorted(out_dir.iterdir())
+                                       if _is_asset(p) or p.name == st.INDEX_FILE])
+  record.close(outcome="done")
   return {"tensors": len(specs), "bytes": index["metadata"]["total_size"], "files": len(shards),
           "seconds": round(time.time() - t0, 2), "out": str(out_dir)}
 
@@ -254,10 +290,14 @@ def lora_export(ckpt_dir: str | Path, out_dir: str | Path, *, step: int | None =
     cfg = ckpt.adapter_config(manager, reader.step)
     init = (ckpt.restore_json(manager, ckpt.RUN_CONFIG, reader.step) or {}).get("init", {})
     _check_empty_output(out_dir, "--out")
+  record = _manifest(out_dir, "lora-export", ckpt=ckpt_dir, step=reader.step)
+  record.hash_later("inputs", "checkpoint", ckpt.step_files(ckpt_dir, reader.step))
   adapters = {p: reader.read(p) for p in paths}
   lora.save_adapters(out_dir, adapters, cfg, {"hf": init.get("hf", ""), "ckpt": init.get("ckpt", ""),
                                               "checkpoint": str(ckpt_dir.resolve()),
                                               "step": reader.step})
+  record.hash_now("outputs", "adapters", [p for p in files_under(out_dir) if p.name != MANIFEST])
+  record.close(outcome="done")
   return {"adapters": len(paths), "bytes": sum(a.nbytes for a in adapters.values()),
           "rank": cfg.rank, "alpha": cfg.alpha, "out": str(out_dir)}
 
@@ -289,7 +329,7 @@ def _write_metadata(out: Path, assets: Path, cfg: QwenVLConfig, source: dict,
   (out / HF_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
   if assets.is_dir():
     for p in sorted(assets.iterdir()):
-      if p.is_file() and p.name != HF_CONFIG_FILE and not _is_weight_file(p):
+      if _is_asset(p) and p.name != HF_CONFIG_FILE:
         shutil.copy2(p, out / p.name)
   if not (out / GENERATION_CONFIG_FILE).exists():
     (out / GENERATION_CONFIG_FILE).write_text(

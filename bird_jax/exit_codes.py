@@ -1,4 +1,4 @@
-"""Process exit codes of the command-line tools (train, eval, convert, datagen, demo).
+"""Process exit codes of the command-line tools (train, eval, convert, datagen, demo, audit).
 
 One table, so a job chain (`sbatch --dependency=afterok`, a shell `&&`) can tell a finished
 run from one that must be rerun or inspected. docs/faults.md explains each case.
@@ -19,6 +19,8 @@ NON_FINITE = 4  # train: loss, gradients or parameters not finite (nothing of th
 SAVE_FAILED = 5  # train: a checkpoint could not be written (the step, path and OS error named)
 NOTHING_SCORED = 6  # eval: no sample of some task could be scored (report.json says why)
 TOO_MANY_FALLBACKS = 7  # datagen: more images fell back to template text than allowed
+CONTENT_MISMATCH = 8  # audit: a recorded file, report figure, replayed loss or parameter differs
+ENVIRONMENT_DIFFERS = 9  # audit: every content matched; the environment differs from the run's
 PREEMPTED = 75  # SIGTERM / SIGINT or train.max_minutes: the state is saved, rerun to resume
 #                (EX_TEMPFAIL)
 INTERRUPTED = 130  # Ctrl-C (SIGINT) in a tool with nothing to resume from (128 + SIGINT)
@@ -32,12 +34,15 @@ DESCRIPTIONS = {
     SAVE_FAILED: "stopped: a checkpoint could not be written",
     NOTHING_SCORED: "nothing could be scored",
     TOO_MANY_FALLBACKS: "too many LLM fallbacks",
+    CONTENT_MISMATCH: "the run's content differs from its manifest",
+    ENVIRONMENT_DIFFERS: "the content matches; the environment differs",
     PREEMPTED: "preempted or out of time: state saved, rerun to resume",
     INTERRUPTED: "interrupted",
 }
 
 # How a training run ended (TrainResult.stopped_by) -> the process's exit code.
-TRAIN_STOPS = {"done": OK, "data": OUT_OF_DATA, "signal": PREEMPTED, "time": PREEMPTED}
+TRAIN_STOPS = {"done": OK, "data": OUT_OF_DATA, "signal": PREEMPTED, "time": PREEMPTED,
+               "stop_step": OK}
 
 
 class ToolError(Exception):

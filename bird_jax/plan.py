@@ -67,6 +67,67 @@ class Plan:
     """Live memory per device: arguments + temporaries + outputs not aliased to arguments."""
     return self.argument_gib + self.temp_gib + self.output_gib - self.alias_gib
 
+  def headroom_gib(self, device_gib: float) -> float:
+    """What a device of `device_gib` GiB keeps free (negative: the step does not fit)."""
+    return device_gib - self.total_gib
+
+
+@dataclasses.dataclass
+class Counts:
+  analytic_flops: float  # whole step, all devices
+  trained_params: int  # parameters (or adapters) the step updates
+
+
+def step_seconds(analytic_flops: float, devices: int, peak_tflops: float, mfu: float) -> float:
+  """The step time the analytic FLOPs imply at `peak_tflops` per device and `mfu`."""
+  return analytic_flops / (devices * peak_tflops * 1e12 * mfu)
+
+
+def set_per_device_batch(c, mesh_axes: dict[str, int], per_device_batch: int | None) -> None:
+  """data.batch_size = `per_device_batch` rows per batch shard of `mesh_axes` (None: kept)."""
+  from bird_jax import sharding
+
+  if per_device_batch is not None:
+    c.data.batch_size = per_device_batch * sharding.batch_shards(mesh_axes)
+
+
+def make_run_layout(c, model_cfg, mesh):
+  """(Layout, optimizer, learning-rate schedule) of the config's run on `mesh`, abstract."""
+  import jax
+
+  from bird_jax.train import config as C
+  from bird_jax.train.optimizer import make_optimizer
+  from bird_jax.train.state import make_layout
+
+  tx, lr = make_optimizer(C.optim_config(c), int(c.train.steps))
+  with jax.set_mesh(mesh):
+    layout = make_layout(model_cfg, list(c.freeze), tx, mesh, c.train.replication_tolerance,
+                         lora=C.lora_config(c))
+  return layout, tx, lr
+
+
+def trained_count(layout) -> int:
+  """Parameters (or adapters) a layout trains."""
+  import jax
+
+  return sum(x.size for x in jax.tree.leaves(layout.abstract_params))
+
+
+def counts(c, mesh_axes: dict[str, int], per_device_batch: int | None = None) -> Counts:
+  """Analytic FLOPs per step and trained parameters of the config's run on a mesh of
+  `mesh_axes`, without compiling (about a second at full size). Neither depends on how the
+  parameters are sharded, so the layout is built on one device."""
+  import jax
+
+  from bird_jax import sharding
+  from bird_jax.train import config as C
+  from bird_jax.train.flops import run_flops
+
+  set_per_device_batch(c, mesh_axes, per_device_batch)
+  model_cfg = C.model_config(c)
+  layout, _, _ = make_run_layout(c, model_cfg, sharding.make_mesh(devices=jax.devices()[:1]))
+  return Counts(run_flops(c, model_cfg, layout).total, trained_count(layout))
+
 
 def compile_step(c, model_cfg, mesh, accum: int):
   """(compiled executable, analytic StepFlops, trained parameter count) of the config's train
@@ -76,15 +137,11 @@ def compile_step(c, model_cfg, mesh, accum: int):
 
   from bird_jax.train import config as C
   from bird_jax.train.flops import run_flops
-  from bird_jax.train.optimizer import make_optimizer
-  from bird_jax.train.state import make_layout
   from bird_jax.train.step import BATCH_KEYS, batch_sharding, jit_step, make_train_step
 
   d = C.data_config(c, validate=False)  # shapes only: no data needed
-  tx, lr = make_optimizer(C.optim_config(c), int(c.train.steps))
+  layout, tx, lr = make_run_layout(c, model_cfg, mesh)
   with jax.set_mesh(mesh):
-    layout = make_layout(model_cfg, list(c.freeze), tx, mesh, c.train.replication_tolerance,
-                         lora=C.lora_config(c))
     step = jit_step(make_train_step(layout.graphdef, tx, lr, C.step_config(c), model_cfg.dtype),
                     layout.state_shardings, layout.frozen_shardings, mesh)
     s = model_cfg.vision.image_size
@@ -100,9 +157,7 @@ def compile_step(c, model_cfg, mesh, accum: int):
     state = attach(layout.abstract_state, layout.state_shardings)
     frozen = attach(layout.abstract_frozen, layout.frozen_shardings)
     compiled = step.lower(state, frozen, batch).compile()
-  flops = run_flops(c, model_cfg, layout)
-  trained = sum(x.size for x in jax.tree.leaves(layout.abstract_params))
-  return compiled, flops, trained
+  return compiled, run_flops(c, model_cfg, layout), trained_count(layout)
 
 
 def _flops(compiled) -> float:
@@ -119,8 +174,7 @@ def plan(c, mesh_axes: dict[str, int], per_device_batch: int | None = None) -> P
 
   n = math.prod(mesh_axes.values())
   mesh = sharding.make_mesh(**mesh_axes, devices=jax.devices()[:n])
-  if per_device_batch is not None:
-    c.data.batch_size = per_device_batch * sharding.batch_shards(mesh_axes)
+  set_per_device_batch(c, mesh_axes, per_device_batch)
   accum = int(c.optim.grad_accum)
   model_cfg = C.model_config(c)
   t0 = time.perf_counter()
@@ -187,7 +241,7 @@ def main(argv) -> int:
   logging.set_verbosity(logging.WARNING)
   c = f.config
   p = plan(c, mesh_axes, f.per_device_batch)
-  step_s = p.analytic_flops / (n * f.peak_tflops * 1e12 * f.mfu)
+  step_s = step_seconds(p.analytic_flops, n, f.peak_tflops, f.mfu)
   tokens = p.rows * int(c.optim.grad_accum) * int(c.data.max_len)
   name = config_flags.get_config_filename(f["config"])
   print(f"config {name}: mesh {mesh_axes} ({n} simulated devices), "
@@ -201,9 +255,9 @@ def main(argv) -> int:
   print(f"  temporaries                {p.temp_gib:6.2f} GiB")
   print(f"  total                      {p.total_gib:6.2f} GiB")
   if f.device_gib:
-    verdict = ("fits" if p.total_gib <= f.device_gib else "does NOT fit")
-    print(f"  {f'on a {f.device_gib:g} GiB device':<27}{verdict} ({f.device_gib - p.total_gib:+.2f} "
-          "GiB)")
+    left = p.headroom_gib(f.device_gib)
+    verdict = "fits" if left >= 0 else "does NOT fit"
+    print(f"  {f'on a {f.device_gib:g} GiB device':<27}{verdict} ({left:+.2f} GiB)")
   lora = c.lora.rank > 0
   print(f"trained                      {p.trained_params / 1e9:.3f} B "
         + (f"adapter parameters (LoRA rank {c.lora.rank})" if lora else "parameters"))

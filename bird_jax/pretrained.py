@@ -95,7 +95,7 @@ def load_hf_model(hf_dir: str | Path, mesh: jax.sharding.Mesh | None, *,
   return cfg, model_from_params(cfg, _checked(params, str(hf_dir)))
 
 
-def _manager_root(ckpt: str | Path) -> Path:
+def manager_root(ckpt: str | Path) -> Path:
   root = Path(ckpt)
   if (root / "checkpoints").is_dir():
     root = root / "checkpoints"
@@ -110,7 +110,7 @@ def checkpoint_step(ckpt: str | Path, step: int | None = None) -> int | None:
     return step
   from bird_jax.checkpoint import orbax as ockpt
 
-  return ockpt.checkpoint_manager(_manager_root(ckpt), read_only=True).latest_step()
+  return ockpt.checkpoint_manager(manager_root(ckpt), read_only=True).latest_step()
 
 
 def load_model(ckpt: str | Path, mesh: jax.sharding.Mesh | None, *, step: int | None = None,
@@ -121,7 +121,7 @@ def load_model(ckpt: str | Path, mesh: jax.sharding.Mesh | None, *, step: int | 
   from bird_jax.checkpoint import orbax as ockpt
   from bird_jax.model import lora, model_from_params
 
-  manager = ockpt.checkpoint_manager(_manager_root(ckpt), read_only=True)
+  manager = ockpt.checkpoint_manager(manager_root(ckpt), read_only=True)
   step = manager.latest_step() if step is None else step
   cfg = _with_dtype(cfg or ockpt.restore_config(manager, step), dtype)
   target = ockpt.abstract_params(cfg, mesh)

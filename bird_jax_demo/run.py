@@ -33,6 +33,7 @@ from ml_collections import config_flags
 
 from bird_jax import exit_codes
 from bird_jax.exit_codes import BadInput
+from bird_jax.manifest import record_parts
 
 PROG = "python -m bird_jax_demo"
 
@@ -117,13 +118,25 @@ def stage_eval(settings: dict, workdir: Path, data: Path, out: Path):
   return model_eval(c, str(workdir), str(data / "medgrit"), str(out))
 
 
-def run(c, out: Path, config_name: str) -> int:
+def numerics_line(pinned: bool) -> str:
+  """What the table's numbers depend on, printed under it."""
+  from bird_jax import xla_cpu
+
+  if pinned:
+    return (f"numerics: pinned (XLA CPU kernels for {xla_cpu.PINNED_ISA}, matrix products in Eigen, "
+            f"{xla_cpu.PINNED_THREADS} threads; docs/reproducibility.md): the same table on every "
+            f"x86-64 machine with AVX2 and a {xla_cpu.l1d_cache() or 'same-size'} L1 data cache")
+  return (f"numerics: this machine's own ({xla_cpu.compiled_isa()}, --nopin_numerics): the table "
+          "differs between machines (docs/reproducibility.md gives the measured spread)")
+
+
+def run(c, out: Path, config_name: str, pinned: bool = False) -> int:
   """The three stages; the exit code (0 done, 75 training preempted: rerun to continue)."""
   from absl import logging
 
   logging.set_verbosity(logging.ERROR)  # Orbax logs each save (INFO) and read-only use (WARNING)
   settings = demo_settings(c)
-  times = {}
+  times, started = {}, time.time()
 
   t0 = time.perf_counter()
   print("== 1/3 datagen: phantom scans, 8 modalities, template conversations", flush=True)
@@ -153,12 +166,15 @@ def run(c, out: Path, config_name: str) -> int:
 
   print()
   print(ev.markdown)
+  print(numerics_line(pinned))
   print(f"training: {result.step} steps, final loss {result.metrics.get('loss', float('nan')):.4f}"
         f" ({result.stopped_by})")
   print("wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
         + f", total {sum(times.values()) / 60:.1f} min")
   print(f"outputs: {out / 'eval' / 'report.md'}, {out / 'eval' / 'plots'}, "
         f"{ev.paths.get('gallery', '')}" + (f", {curve}" if curve else ""))
+  record_parts(out, "demo", {"datagen": "data", "train": "train", "eval": "eval"},
+               json.loads(c.to_json_best_effort()), started)  # python -m bird_jax.audit OUT
   return exit_codes.OK
 
 
@@ -177,6 +193,7 @@ def expand_quick(prog: str, default_config: str) -> None:
 
 def main() -> None:
   """Flags are defined here, after `--quick` is replaced by the config variant it stands for."""
+  from bird_jax import xla_cpu
   from bird_jax.cli import define_config_file, run_absl
 
   expand_quick("bird_jax_demo", DEMO_CONFIG)
@@ -184,6 +201,10 @@ def main() -> None:
       PROG, "config", DEMO_CONFIG, "a config file with a `demo` block (default: the demo's own, "
       "bird_jax_demo/config.py); FILE:quick selects its quick variant", lock_config=True)
   out = flags.DEFINE_string("out", "runs/demo", "output folder (resumed when it exists)")
+  pin_numerics = flags.DEFINE_bool(
+      "pin_numerics", True, "pin XLA's CPU numerics so that the table is the same on every "
+      "x86-64 machine (docs/reproducibility.md); --nopin_numerics uses the machine's fastest "
+      "kernels, whose results differ between machines")
   flags.DEFINE_bool("quick", False, "a CI-sized run that checks the pipeline only: short for "
                     "--config=<bird_jax_demo/config.py>:quick")
 
@@ -193,6 +214,7 @@ def main() -> None:
     path, _, variant = name.partition(":")
     if os.path.abspath(path) == DEMO_CONFIG:
       name = "the demo config" + (f" ({variant} variant)" if variant else "")
-    return run(config.value, Path(out.value), name)
+    pinned = pin_numerics.value and xla_cpu.pin()
+    return run(config.value, Path(out.value), name, pinned)
 
   run_absl(PROG, _main, configs=[config], resumable=True)

@@ -8,6 +8,8 @@ Output folder ``OUT``:
     medgrit/test_{VG,ROC,RC,MIA}.json                single-turn evaluation files
     images/<id>.png                                  (unless --no-images; samed2d: off)
     summary.json
+    manifest.json                                    what made it, with every file's hash
+                                                     (bird_jax/manifest.py; host 0 writes it)
     .work/                                           resume state (plan, chunks, LLM cache,
                                                      the chunks' shards until published)
 
@@ -29,6 +31,7 @@ and the final files need every chunk, which a last run (any host) completes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import shutil
@@ -43,6 +46,7 @@ from tqdm import tqdm
 
 from bird_jax import exit_codes
 from bird_jax.exit_codes import refusing
+from bird_jax.manifest import MANIFEST, Manifest, files_under
 from datagen.config import LLM_CACHE, GenConfig, check_backend_ready, make_backend, make_source
 from datagen.fileio import read_json, remove_temp_files, write_json_atomic
 from datagen.meta import ImageMeta
@@ -56,7 +60,8 @@ from datagen.writer import export_json_files
 
 log = logging.getLogger(__name__)
 
-OUTPUT_ENTRIES = ("train", "test", *TRANSIENT, "medgrit", "images", "summary.json", ".work")
+OUTPUT_ENTRIES = ("train", "test", *TRANSIENT, "medgrit", "images", "summary.json", MANIFEST,
+                  ".work")
 
 
 class ConfigMismatch(RuntimeError):
@@ -253,14 +258,18 @@ def generate(cfg: GenConfig) -> dict[str, Any]:
     source = make_source(cfg)
   work.mkdir(parents=True, exist_ok=True)
   check_config(work, cfg)
+  record = None
   if cfg.host_index == 0:
     recover_publication(out, work)  # what a crash during publication left
+    record = Manifest(out, "datagen", dataclasses.asdict(cfg), resume=True, with_devices=False)
+    record.hash_later("inputs", "source", getattr(source, "input_files", ()))
   plan = make_plan(work, source, cfg)
   timings = {"plan_s": time.time() - t0}
 
   t = time.time()
   got = meta_stage(cfg, source, work, plan["refs"])
   if not isinstance(got, tuple):
+    close_record(record, work, t0, "incomplete")
     return {"status": "incomplete", "stage": "meta", "missing_chunks": got}
   metas, meta_skips, skipped = got
   timings["meta_s"] = time.time() - t
@@ -276,8 +285,11 @@ def generate(cfg: GenConfig) -> dict[str, Any]:
   except TooManyFallbacks:
     if cfg.host_index == 0:  # the others leave OUT to it
       withdraw(out, work)
+      record.data["outputs"] = {}
+      close_record(record, work, t0, "refused: too many template fallbacks")
     raise
   if missing or cfg.host_index != 0:
+    close_record(record, work, t0, "incomplete")
     return {"status": "incomplete" if missing else "host_done", "stage": "text",
             "missing_chunks": missing}
   timings["text_s"] = time.time() - t
@@ -291,4 +303,17 @@ def generate(cfg: GenConfig) -> dict[str, Any]:
                           duplicates=duplicates, split=split_counts(pairs, sides), stats=stats,
                           files=files, timings=timings)
   write_json_atomic(out / "summary.json", summary, indent=1)
+  for name in ("train", "test", "medgrit", "images"):
+    record.hash_now("outputs", name, files_under(out / name))
+  record.hash_now("outputs", "summary", [out / "summary.json"])
+  close_record(record, work, t0, "done")
   return summary
+
+
+def close_record(record: Manifest | None, work: Path, t0: float, outcome: str) -> None:
+  """Ends the manifest's segment: how it ended and the chunks it generated."""
+  if record is None:
+    return
+  done = {stage: sum(p.stat().st_mtime >= t0 for p in (work / stage).glob("chunk-*.json"))
+          for stage in ("meta", "text")}
+  record.close(outcome=outcome, chunks_generated=done)

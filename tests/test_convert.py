@@ -19,6 +19,8 @@ from safetensors.numpy import load_file, save_file
 
 from conftest import image_row
 from bird_jax import convert
+from bird_jax import manifest as M
+from bird_jax.audit import audit
 from bird_jax.checkpoint import hf
 from bird_jax.checkpoint import orbax as ckpt
 from bird_jax.checkpoint import safetensors_io as st
@@ -101,6 +103,16 @@ def test_round_trip_is_bitwise_with_the_same_index(converted):
        if k not in ("bf16", "fp32", "fp16")}
   generation = json.loads((root / "back" / "generation_config.json").read_text())
   assert generation == convert.QWEN_VL_CHAT_GENERATION_CONFIG
+  # both directions keep a manifest of what they read and wrote; the HF shards were hashed as
+  # they were written
+  record = M.read(root / "back")
+  assert record["config"]["command"] == "jax-to-hf" and "manifest.json" not in record["outputs"]
+  assert {k: e["sha256"] for k, e in record["outputs"]["weights"].items()} == {
+      p.name: M.sha256_of(p) for p in (root / "back").glob("*.safetensors")}
+  assert not (root / "jax" / convert.ASSETS_DIR / M.MANIFEST).exists()
+  for out in (root / "jax", root / "back"):
+    found = audit(out)
+    assert found.exit_code == 0, found.lines()
 
 
 def test_stored_parameters_keep_the_source_dtype(converted, tiny_cfg):

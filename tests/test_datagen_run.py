@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bird_jax import manifest as M
 from bird_jax.boxes import parse_boxes, quantize_box
 from bird_jax.data.medgrit import import_medgrit_json
 from bird_jax.data.records import ImageRoot
@@ -42,8 +43,10 @@ CFG = dict(source="phantom", num_images=120, image_size=48, chunk_size=16, progr
 
 
 def files_of(out: Path) -> dict[str, bytes]:
+  """The run's files, less its resume state and the records of how it ran (timings, hosts)."""
   return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-          if p.is_file() and ".work" not in p.parts and p.name != "summary.json"}
+          if p.is_file() and ".work" not in p.parts
+          and p.name not in ("summary.json", "manifest.json")}
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +219,7 @@ def test_a_crash_while_publishing_leaves_no_partial_set_and_a_rerun_publishes_al
   generate(cfg)
   assert files_of(out) == files_of(base / "w1")
   assert sorted(p.name for p in out.iterdir()) == sorted(
-      ["train", "test", "medgrit", "images", "summary.json", ".work"])
+      ["train", "test", "medgrit", "images", "summary.json", "manifest.json", ".work"])
   assert not list(staged_folder(out / ".work", "train").iterdir())  # all published
 
 
@@ -309,7 +312,9 @@ def test_only_host_0_withdraws_a_refused_run(runs, tmp_path, monkeypatch):
   assert files_of(out) == published and (out / "summary.json").exists()  # untouched
   with pytest.raises(TooManyFallbacks):
     generate(GenConfig(out=str(out), workers=1, **CFG))
-  assert sorted(p.name for p in out.iterdir()) == [".work", "images"]
+  assert sorted(p.name for p in out.iterdir()) == [".work", "images", "manifest.json"]
+  assert not M.read(out)["outputs"]  # the manifest names nothing published
+  assert M.read(out)["segments"][-1]["outcome"] == "refused: too many template fallbacks"
   for side in ("train", "test"):
     assert sorted(p.name for p in staged_folder(out / ".work", side).iterdir()) == sorted(
         k.split("/")[1] for k in published if k.startswith(f"{side}/"))

@@ -38,7 +38,8 @@ TRAIN, EVAL, DATAGEN, CONVERT = ("train.py", "eval.py", "python -m datagen",
 SERVE, CHAT, PLAN, MEDGRIT = ("python -m bird_jax.serve", "python -m bird_jax.chat",
                               "python -m bird_jax.plan", "python -m bird_jax.data.medgrit")
 DEMO, BASE = "python -m bird_jax_demo", "python -m bird_jax_demo.base"
-TOOLS = (TRAIN, EVAL, DATAGEN, CONVERT, SERVE, CHAT, PLAN, MEDGRIT, DEMO, BASE)
+AUDIT = "python -m bird_jax.audit"
+TOOLS = (TRAIN, EVAL, DATAGEN, CONVERT, SERVE, CHAT, PLAN, MEDGRIT, DEMO, BASE, AUDIT)
 NOT_APPLICABLE = {(SERVE, 0): "the server runs until a signal stops it"}
 RESUMABLE = {TRAIN, DATAGEN, DEMO, BASE}  # Ctrl-C: 75 (rerun to resume); the others 130
 
@@ -773,6 +774,75 @@ def base_refused(ctx: Ctx) -> None:
 def base_unexpected(ctx: Ctx) -> None:
   r, _ = run_base(ctx, fail="datagen")
   r.unexpected()
+
+
+# ---- python -m bird_jax.audit -----------------------------------------------------------------
+
+def audited_folder(ctx: Ctx) -> Path:
+  """A run folder holding one output and its manifest, written in this environment."""
+  from bird_jax.manifest import Manifest
+
+  run = ctx.tmp / "converted"
+  run.mkdir()
+  (run / "weights.bin").write_bytes(b"weights")
+  m = Manifest(run, "convert", {"command": "hf-to-jax"}, write=False)
+  m.hash_now("outputs", "files", [run / "weights.bin"])
+  m.close(outcome="done")
+  return run
+
+
+def run_audit(ctx: Ctx, *argv: Any) -> Exit:
+  from bird_jax.audit.__main__ import main
+
+  return ctx.run(AUDIT, main, [str(a) for a in argv])
+
+
+@case(AUDIT, 0)
+def audit_matches(ctx: Ctx) -> None:
+  r = run_audit(ctx, audited_folder(ctx))
+  assert r.code == 0 and not r.err_lines, r.err
+  assert r.out.strip().splitlines()[-1].endswith("everything matches (exit 0)")
+
+
+@case(AUDIT, 8)
+def audit_content_differs(ctx: Ctx) -> None:
+  run = audited_folder(ctx)
+  (run / "weights.bin").write_bytes(b"weighs")
+  r = run_audit(ctx, run)
+  assert r.code == 8 and not r.err_lines, r.err
+  assert r.out.startswith("mismatch: output weights.bin: content changed (sha256 ")
+
+
+@case(AUDIT, 9)
+def audit_environment_differs(ctx: Ctx) -> None:
+  run = audited_folder(ctx)
+  data = json.loads((run / "manifest.json").read_text())
+  data["segments"][-1]["environment"]["packages"]["jax"] = "0.0.1"
+  (run / "manifest.json").write_text(json.dumps(data))
+  r = run_audit(ctx, run)
+  assert r.code == 9 and not r.err_lines, r.err
+  assert r.out.startswith("environment: packages.jax: '0.0.1' -> ")
+
+
+@case(AUDIT, 2)
+def audit_refused(ctx: Ctx) -> None:
+  from bird_jax.manifest import Manifest
+  from bird_jax.train.workdir import WorkdirLock
+
+  run_audit(ctx, ctx.tmp / "nowhere").refused("nowhere/manifest.json: no manifest")
+  run_audit(ctx, audited_folder(ctx), "--replay", "2").refused("--replay", "convert run")
+  workdir = ctx.tmp / "workdir"
+  Manifest(workdir, "train", {}, with_devices=False).close(outcome="done")
+  with WorkdirLock(workdir):
+    run_audit(ctx, workdir).refused(str(workdir), "a training run is writing it")
+
+
+@case(AUDIT, 1)
+def audit_unexpected(ctx: Ctx) -> None:
+  from bird_jax import audit
+
+  ctx.inject(audit, "check_files")
+  run_audit(ctx, audited_folder(ctx)).unexpected()
 
 
 # ---- the walk --------------------------------------------------------------------------------

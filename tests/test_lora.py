@@ -11,6 +11,7 @@ from conftest import forward, image_row
 from bird_jax.model import model_from_params
 from bird_jax.model.lora import Adapter, LoRAConfig, add_adapters, merge, target_linears
 from bird_jax.tree_paths import dotted, flatten
+from bird_jax_testing.bounds import LORA_ATTACHED, LORA_MERGED
 
 LORA = LoRAConfig(rank=4, alpha=8.0, targets=(r"^llm\.h\.(attn|mlp)\.", r"^visual\.attn_pool\."))
 
@@ -49,8 +50,8 @@ def test_merged_weights_compute_what_the_adapters_do(tiny_cfg, tiny_model, input
   base = np.asarray(forward(tiny_model, *inputs))
   assert np.abs(adapted_logits - base).max() > 1e-2  # the adapters do change the model
   merged = model_from_params(tiny_cfg, merge(flatten(nnx.state(model)), LORA.scale))
-  np.testing.assert_allclose(np.asarray(forward(merged, *inputs)), adapted_logits, atol=1e-5,
-                             rtol=0)
+  np.testing.assert_allclose(np.asarray(forward(merged, *inputs)), adapted_logits,
+                             atol=LORA_MERGED, rtol=0)
 
 
 def test_targets_that_match_nothing_are_refused(tiny_cfg, tiny_model):
@@ -102,18 +103,18 @@ def test_a_lora_run_trains_only_adapters_and_exports_what_it_computes(tiny_cfg, 
   convert.jax_to_hf(tmp_path / "run" / "checkpoints", tmp_path / "hf_out", dtype="fp32",
                     progress=False)
   merged = load_pretrained(tmp_path / "hf_out", dtype="float32").model
-  np.testing.assert_allclose(np.asarray(forward(merged, *inputs)), adapted_logits, atol=1e-5,
-                             rtol=0)
+  np.testing.assert_allclose(np.asarray(forward(merged, *inputs)), adapted_logits,
+                             atol=LORA_MERGED, rtol=0)
   evaluated = load_pretrained(tmp_path / "run").model  # what eval.py --ckpt runs: merged too
-  np.testing.assert_allclose(np.asarray(forward(evaluated, *inputs)), adapted_logits, atol=1e-5,
-                             rtol=0)
+  np.testing.assert_allclose(np.asarray(forward(evaluated, *inputs)), adapted_logits,
+                             atol=LORA_MERGED, rtol=0)
 
   # the adapters on their own: a small file, attached to the base they were trained on
   report = convert.lora_export(tmp_path / "run" / "checkpoints", tmp_path / "adapters")
   assert report["adapters"] == 16 and report["bytes"] < 0.2 * sum(a.nbytes for a in hf_weights.values())
   again = load_pretrained(base_dir, dtype="float32", adapters=tmp_path / "adapters").model
-  np.testing.assert_allclose(np.asarray(forward(again, *inputs)), adapted_logits, atol=1e-6,
-                             rtol=0)
+  np.testing.assert_allclose(np.asarray(forward(again, *inputs)), adapted_logits,
+                             atol=LORA_ATTACHED, rtol=0)
 
 
 def test_adapters_follow_the_freezing_and_decay_rules(tiny_cfg):

@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.needs_java, pytest.mark.heavy]
 from bird_jax.metrics import meteor as M  # noqa: E402
 from bird_jax.metrics.ptb_tokenize import tokenize_captions  # noqa: E402
 from bird_jax.metrics.text import bleu, caption_scores_by_modality, cider, rouge_l  # noqa: E402
+from bird_jax_testing.bounds import CAPTION_METRICS, METEOR_SCORE  # noqa: E402
 from bird_jax_testing.captions import corpus  # noqa: E402
 
 # Hand-written lines covering the tokenizer's and normaliser's rules (contractions, quotes,
@@ -93,16 +94,16 @@ def test_bleu_rouge_cider_within_1e6(data):
   res = {i: [h] for i, h in enumerate(jh)}
   ref_bleu, ref_bleu_per = Bleu(4).compute_score(gts, res, verbose=0)
   ours, ours_per = bleu(jr, jh)
-  np.testing.assert_allclose(ours, ref_bleu, rtol=0, atol=1e-6)
-  np.testing.assert_allclose(ours_per, np.asarray(ref_bleu_per).T, rtol=0, atol=1e-6)
+  np.testing.assert_allclose(ours, ref_bleu, rtol=0, atol=CAPTION_METRICS)
+  np.testing.assert_allclose(ours_per, np.asarray(ref_bleu_per).T, rtol=0, atol=CAPTION_METRICS)
   ref_rouge, ref_rouge_per = Rouge().compute_score(gts, res)
   ours_rouge, ours_rouge_per = rouge_l(jr, jh)
-  assert abs(ours_rouge - ref_rouge) < 1e-6
-  np.testing.assert_allclose(ours_rouge_per, ref_rouge_per, rtol=0, atol=1e-6)
+  assert abs(ours_rouge - ref_rouge) < CAPTION_METRICS
+  np.testing.assert_allclose(ours_rouge_per, ref_rouge_per, rtol=0, atol=CAPTION_METRICS)
   ref_cider, ref_cider_per = Cider().compute_score(gts, res)
   ours_cider, ours_cider_per = cider(jr, jh)
-  assert abs(ours_cider - ref_cider) < 1e-6
-  np.testing.assert_allclose(ours_cider_per, ref_cider_per, rtol=0, atol=1e-6)
+  assert abs(ours_cider - ref_cider) < CAPTION_METRICS
+  np.testing.assert_allclose(ours_cider_per, ref_cider_per, rtol=0, atol=CAPTION_METRICS)
 
 
 def test_meteor_matches_the_official_jar(data, meteor_reference):
@@ -112,7 +113,7 @@ def test_meteor_matches_the_official_jar(data, meteor_reference):
   ours = [M.segment_stats(M.clean_hypothesis(h), r, res) for r, h in zip(jr, jh)]
   assert [s.to_string() for s in ours] == stats
   ours_final, ours_scores = M.meteor_score(jr, jh, res)
-  assert abs(ours_final - final) < 0.005
+  assert abs(ours_final - final) < METEOR_SCORE
   assert abs(ours_final - final) < 1e-12          # in practice identical
   np.testing.assert_allclose(ours_scores, scores, rtol=0, atol=1e-12)
 

@@ -24,6 +24,7 @@ from PIL import Image
 from bird_jax.train.checkpointing import DATA, TrainCheckpointer
 from bird_jax import distributed
 from bird_jax.train.config import default_config
+from bird_jax_testing.bounds import HEARTBEAT_NOTICE_S
 from test_faults_train import COMPILE_CACHE, RUN, losses, poisoned
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ STEPS = 6
 # a survivor ends within the heartbeat timeout (distributed.HEARTBEAT_S unless
 # train.heartbeat_timeout_s says otherwise) plus the time the runtime takes to notice and abort
 HEARTBEAT_S = distributed.HEARTBEAT_S
-NOTICE_S = 10
+NOTICE_S = HEARTBEAT_NOTICE_S
 TRAIN = {**RUN, "train.steps": STEPS, "data.streams": 2, "mesh.data": -1}
 
 

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import jax
@@ -250,6 +251,23 @@ def _latest(manager: ocp.CheckpointManager, step: int | None) -> int:
     raise FileNotFoundError(f"{manager.directory}: no checkpoint step "
                             f"{'found' if step is None else step} (steps: {manager.all_steps()})")
   return step
+
+
+def step_files(root: str | os.PathLike, step: int | None = None,
+               items: tuple[str, ...] = (PARAMS, MODEL_CONFIG, HF_SOURCE, RUN_CONFIG)
+               ) -> list[Path]:
+  """The files of step `step` (default: the newest) of a checkpoint folder that hold `items`
+  (by default what a reader of the weights reads), and the step's own metadata files: the
+  bytes a model loaded from it depends on (a run's manifest hashes them)."""
+  root = Path(root)
+  if step is None:
+    steps = [int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir()]
+    if not steps:
+      raise FileNotFoundError(f"{root}: no checkpoint step")
+    step = max(steps)
+  folder = root / str(step)
+  return sorted(p for p in folder.rglob("*") if p.is_file() and (
+      p.parent == folder or p.relative_to(folder).parts[0] in items))
 
 
 def restore_params(manager: ocp.CheckpointManager, target: Mapping[str, Any],

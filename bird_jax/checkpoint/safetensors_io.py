@@ -25,6 +25,7 @@ import numpy as np
 from safetensors import safe_open
 
 from bird_jax import exit_codes
+from bird_jax.manifest import HashingWriter
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -238,11 +239,13 @@ def _header(specs: Sequence[TensorSpec], metadata: Mapping[str, str]) -> bytes:
 
 def write_safetensors(path: Path, specs: Sequence[TensorSpec], get: Callable[[str], np.ndarray],
                       metadata: Mapping[str, str] | None = None,
-                      on_tensor: Callable[[TensorSpec], None] | None = None) -> None:
+                      on_tensor: Callable[[TensorSpec], None] | None = None) -> dict:
   """Writes one safetensors file, fetching each tensor with `get(name)` right before its bytes
-  are written (the header is planned from `specs`; a tensor that disagrees is an error)."""
+  are written (the header is planned from `specs`; a tensor that disagrees is an error).
+  Returns the file's {"sha256", "bytes"}, hashed as it was written."""
   tmp = path.with_name(path.name + ".partial")
-  with open(tmp, "wb") as f:
+  with open(tmp, "wb") as raw:
+    f = HashingWriter(raw)
     f.write(_header(specs, metadata or {"format": "pt"}))
     for s in specs:
       arr = get(s.name)
@@ -254,17 +257,22 @@ def write_safetensors(path: Path, specs: Sequence[TensorSpec], get: Callable[[st
       if on_tensor is not None:
         on_tensor(s)
   os.replace(tmp, path)
+  return f.entry()
 
 
 def write_sharded(directory: str | os.PathLike, shards: Mapping[str, Sequence[TensorSpec]],
                   get: Callable[[str], np.ndarray],
-                  on_tensor: Callable[[TensorSpec], None] | None = None) -> dict:
+                  on_tensor: Callable[[TensorSpec], None] | None = None,
+                  hashes: dict[str, dict] | None = None) -> dict:
   """Writes every shard (file name -> specs in order) and, for more than one file, the HF index
-  JSON ({"metadata": {"total_size"}, "weight_map"}). Returns the index dict."""
+  JSON ({"metadata": {"total_size"}, "weight_map"}). Returns the index dict; `hashes` gets
+  {file name: {"sha256", "bytes"}} of the shards, hashed as they were written."""
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   for file, specs in shards.items():
-    write_safetensors(directory / file, specs, get, on_tensor=on_tensor)
+    entry = write_safetensors(directory / file, specs, get, on_tensor=on_tensor)
+    if hashes is not None:
+      hashes[file] = entry
   index = {"metadata": {"total_size": sum(s.nbytes for specs in shards.values() for s in specs)},
            "weight_map": {s.name: file for file, specs in shards.items() for s in specs}}
   if len(shards) > 1 or SINGLE_FILE not in shards:

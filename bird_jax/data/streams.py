@@ -36,6 +36,13 @@ def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
   return {"streams": merged}
 
 
+def samples_read(state: dict[str, Any] | None) -> int:
+  """Samples packed into batches so far, over every stream of a (merged) iterator state."""
+  if not state:
+    return 0
+  return sum(int(s.get("stats", {}).get("samples", 0)) for s in state["streams"].values())
+
+
 class StreamsDataset:
   """`iter()` gives a fresh `StreamsIterator` over the streams `ids` of `total`."""
 

@@ -4,7 +4,9 @@
     eval.py --predictions VG.jsonl --task vg [--config.images=SAMed2Dv1/images]
 
 Both write to `--out` (default `config.out`): predictions/<task>.jsonl (model mode),
-report.md, report.json, plots/<task>.png and gallery/index.html, and print the Markdown table.
+report.md, report.json, plots/<task>.png, gallery/index.html and manifest.json (what was
+scored, with what, and the hashes of it all: bird_jax/manifest.py), and print the Markdown
+table.
 Input is checked before anything is written: flags, config fields, prediction and test files,
 their images, the mesh and the checkpoint; what is refused raises BadInput naming it (exit 2).
 """
@@ -12,7 +14,7 @@ their images, the mesh and the checkpoint; what is refused raises BadInput namin
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -21,12 +23,14 @@ from typing import Any
 import ml_collections
 
 from bird_jax.chatml import find_image_paths
-from bird_jax.evaluation.predictions import Prediction, read_predictions, write_predictions
+from bird_jax.evaluation.predictions import (Prediction, PredictionFile, read_predictions,
+                                             write_predictions)
 from bird_jax.evaluation.scoring import ScoringOptions, TaskScores, score_task
 from bird_jax.evaluation.testsets import (ImageFinder, find_test_files, image_exists,
                                           read_test_file)
 from bird_jax.evaluation.report import load_paper_table, markdown, write_report
 from bird_jax.exit_codes import BadInput, refusing
+from bird_jax.manifest import Manifest, files_under, key_of, sha256_of
 from bird_jax.vocabulary import TASKS
 
 
@@ -61,19 +65,28 @@ def image_finder(c: ml_collections.ConfigDict, data: str | None) -> ImageFinder 
   return ImageFinder(roots) if roots else None
 
 
-def sha256_of(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
+def score_predictions(c: ml_collections.ConfigDict, task: str, path: str,
+                      pf: PredictionFile) -> TaskScores:
+  """The scores of a prediction file read from `path`, as audit mode reports them (the lines
+  reading had to repair are noted)."""
+  s = score_task(task, pf.predictions, scoring_options(c))
+  s.notes += [f"{path}: {n} line(s) with {problem}" for problem, n in pf.repaired.items()]
+  return s
+
+
+def new_manifest(c: ml_collections.ConfigDict, out: str, mesh=None) -> Manifest:
+  """The eval's manifest (written by `finish`); each eval replaces the folder's."""
+  return Manifest(out, "eval", json.loads(c.to_json_best_effort()), write=False,
+                  mesh=None if mesh is None else dict(mesh.shape))
 
 
 def finish(c: ml_collections.ConfigDict, out: str,
            results: dict[str, tuple[list[Prediction], TaskScores]],
-           find_image: ImageFinder | None, title: str, source: dict[str, Any]) -> EvalResult:
+           find_image: ImageFinder | None, title: str, source: dict[str, Any],
+           record: Manifest, predictions: dict[str, str]) -> EvalResult:
   """Report, plots and gallery for scored tasks; `source` (what was scored) goes into
-  report.json."""
+  report.json; the manifest `record` gets the outputs' hashes and `predictions` (task ->
+  file scored), and is written."""
   from bird_jax.evaluation.gallery import write_gallery
 
   scores = {t: s for t, (_, s) in results.items()}
@@ -82,6 +95,13 @@ def finish(c: ml_collections.ConfigDict, out: str,
   if c.gallery > 0:
     paths["gallery"] = write_gallery(os.path.join(out, "gallery"), results, find_image,
                                      per_task=c.gallery)
+  record.data["predictions"] = {t: key_of(out, p) for t, p in predictions.items()}
+  record.hash_now("outputs", "report", [paths["json"], paths["markdown"]])
+  record.hash_now("outputs", "plots", [v for k, v in paths.items() if k.startswith("plot_")])
+  if "gallery" in paths:
+    record.hash_now("outputs", "gallery", files_under(os.path.dirname(paths["gallery"])))
+  unscorable = sorted(t for t, s in scores.items() if s.unscorable)
+  record.close(outcome=f"nothing scored: {', '.join(unscorable)}" if unscorable else "done")
   return EvalResult(scores, paths, markdown(scores, title))
 
 
@@ -98,14 +118,14 @@ def audit(c: ml_collections.ConfigDict, files: Sequence[str], tasks: Sequence[st
   for path in files:
     with refusing(ValueError, OSError):  # the messages name the file (and the line)
       read.append(read_predictions(path))
-  results = {}
-  for path, t, pf in zip(files, tasks, read):
-    s = score_task(t, pf.predictions, scoring_options(c))
-    s.notes += [f"{path}: {n} line(s) with {problem}" for problem, n in pf.repaired.items()]
-    results[t] = (pf.predictions, s)
+  record = new_manifest(c, out)
+  record.hash_now("inputs", "predictions", files)
+  results = {t: (pf.predictions, score_predictions(c, t, path, pf))
+             for path, t, pf in zip(files, tasks, read)}
   source = {"mode": "audit", "predictions": {
       t: {"path": os.path.abspath(p), "sha256": sha256_of(p)} for p, t in zip(files, tasks)}}
-  return finish(c, out, results, image_finder(c, None), f"Audit of {', '.join(files)}", source)
+  return finish(c, out, results, image_finder(c, None), f"Audit of {', '.join(files)}", source,
+                record, dict(zip(tasks, files)))
 
 
 def spread_subset(items: list, n: int) -> list:
@@ -132,9 +152,10 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   import jax
 
   from bird_jax import distributed
+  from bird_jax.checkpoint.orbax import step_files
   from bird_jax.config import get_preset
   from bird_jax.evaluation.runner import RunOptions, make_generator, predict
-  from bird_jax.pretrained import checkpoint_step, load_model
+  from bird_jax.pretrained import checkpoint_step, load_model, manager_root
   from bird_jax.sharding import make_mesh
   from bird_jax.tokenizer import load_tokenizer
 
@@ -161,6 +182,10 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   gen = make_generator(model, cfg, tok, opts, mesh)
   results, written = {}, {}
   lead = distributed.is_lead()  # every process generates (each device its rows of a batch)
+  record = new_manifest(c, out, mesh) if lead else None
+  if lead:  # the weights are hashed while the model generates
+    record.hash_later("inputs", "checkpoint", step_files(manager_root(ckpt), step))
+    record.hash_now("inputs", "test_files", [files[t] for t in tasks])
   for t in tasks:
     preds = predict(t, samples[t], gen, tok, cfg, find_image, opts, progress=lead)
     if not lead:  # one process writes and scores
@@ -175,7 +200,9 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
     return EvalResult({}, {}, f"(process {jax.process_index()}: process 0 writes the report)")
   source = {"mode": "model", "checkpoint": os.path.abspath(ckpt), "step": step,
             "data": os.path.abspath(data), "limit": int(c.limit), "predictions": written}
-  return finish(c, out, results, find_image, title, source)
+  record.hash_now("outputs", "predictions", [w["path"] for w in written.values()])
+  return finish(c, out, results, find_image, title, source, record,
+                {t: w["path"] for t, w in written.items()})
 
 
 def run(c: ml_collections.ConfigDict, *, ckpt: str = "", data: str = "",

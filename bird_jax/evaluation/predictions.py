@@ -7,7 +7,8 @@ of BiRD's own inference, so either side can score the other's predictions.
 
 Reading is tolerant where scoring must not crash: a missing or non-string ``response`` becomes
 "" and is counted; a line that is not a JSON object, or lacks ``image`` or ``annotation``,
-raises an error naming the file and line (a file like that cannot be scored meaningfully).
+raises an error naming the file and line (a file like that cannot be scored meaningfully); so
+does a line that is not UTF-8, with its id when the rest of the line reads as JSON.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ def _text(value: Any) -> str | None:
   return None
 
 
+def _id_of(raw: bytes) -> str:
+  """The line's id as " (id 'X')" when it reads as JSON with undecodable bytes replaced."""
+  try:
+    rid = json.loads(raw.decode("utf-8", errors="replace")).get("id")
+  except (ValueError, AttributeError):
+    return ""
+  return f" (id {rid!r})" if isinstance(rid, str) else ""
+
+
 def read_predictions(path: str | os.PathLike) -> PredictionFile:
   """Reads a JSONL prediction file (blank lines skipped)."""
   preds: list[Prediction] = []
@@ -61,8 +71,13 @@ def read_predictions(path: str | os.PathLike) -> PredictionFile:
   def note(problem: str) -> None:
     repaired[problem] = repaired.get(problem, 0) + 1
 
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise PredictionFileError(f"{path}:{lineno}{_id_of(raw)}: not UTF-8 (byte "
+                                  f"0x{raw[e.start]:02x} at byte {e.start})") from None
       if not line.strip():
         continue
       try:

@@ -253,11 +253,17 @@ def write_report(scores: Mapping[str, "TaskScores"], out_dir: str | os.PathLike,
   with open(paths["markdown"], "w", encoding="utf-8") as f:
     f.write(markdown(scores, title))
   with open(paths["json"], "w", encoding="utf-8") as f:
-    json.dump(_finite(report_dict(scores, source)), f, indent=1, allow_nan=False)
+    json.dump(report_json(scores, source), f, indent=1, allow_nan=False)
   for task, s in scores.items():
     paths[f"plot_{task}"] = bar_chart(s, os.path.join(out_dir, "plots", f"{task}.png"),
                                       (paper_table or {}).get(task))
   return paths
+
+
+def report_json(scores: Mapping[str, "TaskScores"],
+                source: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """report.json's content: `report_dict` with numpy values as Python ones, NaN/inf as None."""
+  return _finite(report_dict(scores, source))
 
 
 def _finite(v: Any) -> Any:

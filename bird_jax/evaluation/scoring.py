@@ -108,11 +108,12 @@ def score_roc(images: Sequence[str], annotations: Sequence[str], processed: Sequ
 
 
 def score_captions(task: str, images: Sequence[str], annotations: Sequence[str],
-                   processed: Sequence[str], opts: ScoringOptions) -> dict[str, Any]:
+                   processed: Sequence[str], opts: ScoringOptions,
+                   ids: Sequence[str] | None = None) -> dict[str, Any]:
   key = "SPICE" if task == "rc" else "mBMR"
   spice = opts.spice if task == "rc" else "none"
   r = text_metrics.caption_scores_by_modality(images, annotations, processed, meteor=opts.meteor,
-                                              spice=spice, workers=opts.workers)
+                                              spice=spice, workers=opts.workers, ids=ids)
   per = {m: (None if s is None else s.as_dict()) for m, s in r.per_modality.items()}
   value = {m: (None if per[m] is None else per[m][key]) for m in MODALITIES}
   notes = []
@@ -140,7 +141,7 @@ def score_task(task: str, preds: Sequence[Prediction], opts: ScoringOptions = Sc
   elif task == "roc":
     parts = score_roc(images, annotations, processed)
   elif task in ("rc", "mia"):
-    parts = score_captions(task, images, annotations, processed, opts)
+    parts = score_captions(task, images, annotations, processed, opts, [p.id for p in preds])
   else:
     raise ValueError(f"unknown task {task!r}; tasks are vg, roc, rc, mia")
   notes = parts.pop("notes", [])

@@ -18,15 +18,18 @@ mean of segment scores. This package reproduces each step of the jar:
   gamma 0.60, delta 0.75 and module weights 1.0 / 0.6 / 0.8 / 0.6.
 The Python code here is the reference; for many segments (``segment_stats_array``) matching,
 alignment and statistics run compiled from C when a compiler exists (``meteor_native``), with
-identical results. ``meteor_java`` runs the official jar instead, for exact audits.
+identical results, in threads that ``segment_stats_later`` leaves running while its caller
+goes on. ``meteor_java`` runs the official jar instead, for exact audits.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
+import multiprocessing
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -327,58 +330,81 @@ def aggregate_array(stats: np.ndarray) -> Stats:
   return Stats.from_list(total.tolist())
 
 
-def pair_stats(pairs: Sequence[tuple[str, str]], words: dict[str, list[str]], res: Resources,
-               native: bool = True) -> np.ndarray:
+def pair_stats_later(pairs: Sequence[tuple[str, str]], words: dict[str, list[str]],
+                     res: Resources, native: bool = True) -> Callable[[], np.ndarray]:
   """Statistics [N, 23] of (reference, cleaned hypothesis) pairs from their normalised
-  ``words``: the compiled aligner when ``native`` and available, else the Python code."""
+  ``words``, as a function that waits for them: the compiled aligner (in background threads)
+  when ``native`` and available, else the Python code (done before this returns)."""
   if native:
-    out = meteor_native.batch_stats([words[h] for _, h in pairs], [words[r] for r, _ in pairs],
-                                    res, BEAM_SIZE, ALIGN_WEIGHTS)
-    if out is not None:
-      return out
+    wait = meteor_native.batch_stats_later([words[h] for _, h in pairs],
+                                           [words[r] for r, _ in pairs], res, BEAM_SIZE,
+                                           ALIGN_WEIGHTS)
+    if wait is not None:
+      return wait
   rows = [finish(words[h], words[r], search(problem_of(words[h], words[r], res), native=False),
                  res).to_list() for r, h in pairs]
-  return np.asarray(rows, np.float64).reshape(-1, STATS_SIZE)
+  table = np.asarray(rows, np.float64).reshape(-1, STATS_SIZE)
+  return lambda: table
 
 
-def _unique_stats(unique: list[tuple[str, str]], res: Resources | None) -> np.ndarray:
+def pair_stats(pairs: Sequence[tuple[str, str]], words: dict[str, list[str]], res: Resources,
+               native: bool = True) -> np.ndarray:
+  """``pair_stats_later``, waited for."""
+  return pair_stats_later(pairs, words, res, native)()
+
+
+def _unique_stats_later(unique: list[tuple[str, str]], res: Resources | None
+                        ) -> Callable[[], np.ndarray]:
   cache = TokenCache()
   words = {t: normalized_words(t, cache) for t in dict.fromkeys(t for p in unique for t in p)}
   if res is None:
     res = Resources({w for ws in words.values() for w in ws})
-  return pair_stats(unique, words, res)
+  return pair_stats_later(unique, words, res)
 
 
 def _worker_stats(pairs: list[tuple[str, str]], vocab: set[str]) -> np.ndarray:
-  return _unique_stats(pairs, Resources(vocab))
+  return _unique_stats_later(pairs, Resources(vocab))()
 
 
-def segment_stats_array(refs: Sequence[str], hyps: Sequence[str], res: Resources | None = None,
-                        workers: int = 1) -> np.ndarray:
-  """Statistics [N, 23] of every (reference, hypothesis) pair; identical pairs are aligned
-  once and each distinct text normalised once. ``res`` None: resources for the words of these
-  pairs. ``workers`` > 1 spreads the unique pairs over that many processes (spawned: JAX-safe).
+def _in_processes(unique: list[tuple[str, str]], workers: int) -> np.ndarray:
+  vocab = vocabulary([t for pair in unique for t in pair])
+  parts = [unique[k::workers] for k in range(workers)]
+  with concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    done = list(pool.map(_worker_stats, parts, [vocab] * workers))
+  table = np.zeros((len(unique), STATS_SIZE))
+  for k, part in enumerate(done):
+    table[k::workers] = part
+  return table
+
+
+def segment_stats_later(refs: Sequence[str], hyps: Sequence[str], res: Resources | None = None,
+                        workers: int = 1) -> Callable[[], np.ndarray]:
+  """Starts computing the statistics [N, 23] of every (reference, hypothesis) pair and returns
+  a function that waits for them: normalising and word features run before this returns, the
+  alignment after (compiled aligner threads; ``workers`` > 1: the unique pairs spread over that
+  many spawned, JAX-safe, processes, started from a thread). Identical pairs are aligned once
+  and each distinct text normalised once. ``res`` None: resources for the words of these pairs.
   """
   if len(refs) != len(hyps):
     raise ValueError(f"meteor: {len(refs)} references but {len(hyps)} hypotheses")
   pairs = list(zip(refs, (clean_hypothesis(h) for h in hyps)))
   index: dict[tuple[str, str], int] = {}
-  rows = [index.setdefault(p, len(index)) for p in pairs]
+  rows = np.asarray([index.setdefault(p, len(index)) for p in pairs], np.int64)
   unique = list(index)
   if workers > 1 and len(unique) > 2000:
-    import concurrent.futures
-    import multiprocessing
-    vocab = vocabulary([t for pair in unique for t in pair])
-    parts = [unique[k::workers] for k in range(workers)]
-    with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-      done = list(pool.map(_worker_stats, parts, [vocab] * workers))
-    table = np.zeros((len(unique), STATS_SIZE))
-    for k, part in enumerate(done):
-      table[k::workers] = part
-  else:
-    table = _unique_stats(unique, res)
-  return table[np.asarray(rows, np.int64)]
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    job = pool.submit(_in_processes, unique, workers)
+    pool.shutdown(wait=False)
+    return lambda: job.result()[rows]
+  wait = _unique_stats_later(unique, res)
+  return lambda: wait()[rows]
+
+
+def segment_stats_array(refs: Sequence[str], hyps: Sequence[str], res: Resources | None = None,
+                        workers: int = 1) -> np.ndarray:
+  """``segment_stats_later``, waited for."""
+  return segment_stats_later(refs, hyps, res, workers)()
 
 
 def segment_stats_many(refs: Sequence[str], hyps: Sequence[str], res: Resources | None = None,

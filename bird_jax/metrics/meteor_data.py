@@ -228,7 +228,7 @@ class ParaphraseTable:
 
 
 @functools.cache
-def _paraphrase_arrays() -> dict[str, np.ndarray | list[bytes] | dict[bytes, int]]:
+def _paraphrase_arrays() -> dict[str, np.ndarray | list[bytes] | list[str] | dict[bytes, int]]:
   src = paraphrase_file()
   dst = _cache_path(src)
   if not all((dst / f"{name}.npy").exists() for name in _ARRAYS):
@@ -236,6 +236,7 @@ def _paraphrase_arrays() -> dict[str, np.ndarray | list[bytes] | dict[bytes, int
   arrays = {name: np.load(dst / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
   words = np.asarray(arrays.pop("vocab")).tobytes().split(b"\n")
   arrays["words"] = words
+  arrays["text"] = [w.decode("utf-8", errors="replace") for w in words]
   arrays["index"] = dict(zip(words, range(len(words))))
   return arrays
 
@@ -278,7 +279,7 @@ def paraphrases_for(vocabulary: Iterable[str]) -> ParaphraseTable:
   ref_ids, ref_off = _gather(a["ref_ids"], a["ref_off"], keep)
   para_ids, para_off = _gather(a["para_ids"], a["para_off"], keep)
   ok = _all_known(known, ref_ids, ref_off) & _all_known(known, para_ids, para_off)
-  text = [w.decode("utf-8", errors="replace") for w in words]
+  text = a["text"]
 
   def phrases(ids: np.ndarray, off: np.ndarray) -> list[tuple[str, ...]]:
     flat = [text[t] for t in ids.tolist()]

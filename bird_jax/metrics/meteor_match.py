@@ -26,7 +26,7 @@ class Resources:
     self.function_words = meteor_data.function_words()
     self._hash: dict[str, int] = {}
     self._synsets: dict[str, frozenset[int]] = {}
-    self.trie: dict = {}
+    self._trie: dict | None = {}
     self.refs: list[tuple[str, ...]] = []
     self.paras: list[tuple[str, ...]] = []
     self.native: dict = {}             # compiled matcher's word table (meteor_native)
@@ -36,16 +36,23 @@ class Resources:
   def set_vocabulary(self, vocabulary: set[str]) -> None:
     """Loads the paraphrase entries that can match within ``vocabulary``."""
     table = meteor_data.paraphrases_for(vocabulary)
-    trie: dict = {}   # word -> (children, indices of the entries whose phrase ends here)
-    for k, ref in enumerate(table.refs):
-      if not ref:
-        continue
-      node = trie
-      for w in ref[:-1]:
-        node = node.setdefault(w, ({}, []))[0]
-      node.setdefault(ref[-1], ({}, []))[1].append(k)
-    self.trie, self.refs, self.paras = trie, table.refs, table.paras
+    self._trie, self.refs, self.paras = None, table.refs, table.paras
     self.native.pop("trie", None)
+
+  @property
+  def trie(self) -> dict:
+    """The entries' phrases as a trie: word -> (children, indices of the entries whose phrase
+    ends here); built when first used (the compiled aligner keeps its own)."""
+    if self._trie is None:
+      self._trie = {}
+      for k, ref in enumerate(self.refs):
+        if not ref:
+          continue
+        node = self._trie
+        for w in ref[:-1]:
+          node = node.setdefault(w, ({}, []))[0]
+        node.setdefault(ref[-1], ({}, []))[1].append(k)
+    return self._trie
 
   def hash(self, word: str) -> int:
     h = self._hash.get(word)

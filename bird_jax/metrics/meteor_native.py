@@ -10,13 +10,15 @@ only when its bytes hash to that digest, and the bytes loaded are the bytes hash
 copy); a library that does not match, or has no digest, is rebuilt, never loaded.
 
 - ``resolve``: the beam search of one ``meteor.Problem``;
-- ``batch_stats``: whole segments (normalised words), mapped to word ids whose features (Java
-  hash, hash of the stem, function word, synsets) and the paraphrase trie over them are kept on
-  the ``Resources`` object and extended as new words arrive.
+- ``batch_stats_later``: whole segments (normalised words), mapped to word ids whose features
+  (Java hash, hash of the stem, function word, synsets) and the paraphrase trie over them are
+  kept on the ``Resources`` object and extended as new words arrive; aligned in as many threads
+  as the process may use cores, while the caller goes on.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import functools
 import hashlib
@@ -28,7 +30,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -264,10 +266,23 @@ def _flat(seqs: Sequence[Sequence[str]], get) -> tuple[np.ndarray, np.ndarray]:
   return ids, off
 
 
-def batch_stats(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]], res, beam: int,
-                weights: tuple[float, ...]) -> np.ndarray | None:
-  """METEOR statistics [N, 23] (``meteor.Stats.to_list`` order) of normalised hypothesis and
-  reference words, or None when the native code is unavailable."""
+MIN_SEGMENTS_PER_THREAD = 1000
+
+
+def _threads(segments: int) -> int:
+  """Threads for ``segments`` segments: the cores this process may use, each with at least
+  ``MIN_SEGMENTS_PER_THREAD``."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return max(1, min(cores or 1, segments // MIN_SEGMENTS_PER_THREAD))
+
+
+def batch_stats_later(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]], res,
+                      beam: int, weights: tuple[float, ...]
+                      ) -> Callable[[], np.ndarray] | None:
+  """Starts aligning normalised hypothesis and reference words (word ids and features here,
+  then contiguous parts of the segments in threads, the compiled code releasing the GIL);
+  returns a function that waits for the METEOR statistics [N, 23] (``meteor.Stats.to_list``
+  order). None when the native code is unavailable."""
   lib = library()
   if lib is None:
     return None
@@ -280,13 +295,23 @@ def batch_stats(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[str]], re
   r_ids, r_off = _flat(refs, get)
   w = np.asarray(weights, np.float64)
   out = np.zeros((len(hyps), 23), np.int32)
-  ptr = lambda a: ctypes.c_void_p(a.ctypes.data)  # noqa: E731
-  rc = lib.meteor_batch(
-    len(hyps), ptr(h_off), ptr(h_ids), ptr(r_off), ptr(r_ids), len(words["hash"]),
-    *(ptr(words[k]) for k in ("hash", "shash", "func", "syn_off", "syn")),
-    *(ptr(trie[k]) for k in ("ch_off", "ch_word", "ch_node", "em_off", "em_k", "pp_off",
-                             "pp_word")),
-    ptr(w), beam, ptr(out))
-  if rc != 0:
-    raise MemoryError("METEOR native aligner: allocation failed")
-  return out.astype(np.float64)
+  ptr = lambda a, at=0: ctypes.c_void_p(a.ctypes.data + at * a.strides[0])  # noqa: E731
+
+  def align(start: int, stop: int) -> int:     # the arrays stay referenced while it runs
+    return lib.meteor_batch(
+      stop - start, ptr(h_off, start), ptr(h_ids), ptr(r_off, start), ptr(r_ids),
+      len(words["hash"]), *(ptr(words[k]) for k in ("hash", "shash", "func", "syn_off", "syn")),
+      *(ptr(trie[k]) for k in ("ch_off", "ch_word", "ch_node", "em_off", "em_k", "pp_off",
+                               "pp_word")), ptr(w), beam, ptr(out, start))
+
+  cuts = np.linspace(0, len(hyps), _threads(len(hyps)) + 1).astype(int).tolist()
+  pool = concurrent.futures.ThreadPoolExecutor(len(cuts) - 1)
+  jobs = [pool.submit(align, a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+  pool.shutdown(wait=False)
+
+  def wait() -> np.ndarray:
+    if any(job.result() for job in jobs):
+      raise MemoryError("METEOR native aligner: allocation failed")
+    return out.astype(np.float64)
+
+  return wait

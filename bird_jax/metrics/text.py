@@ -11,6 +11,8 @@ candidate, exactly like BiRD's use of pycocoevalcap:
   penalty sigma 6 computed from bigram counts, x10), document frequencies from the references of
   the scored set; one sample gives 0 (log(1) = 0);
 - METEOR: ``meteor.meteor_score`` (METEOR 1.5 in Python) or ``meteor.meteor_java`` (the jar).
+BLEU, ROUGE-L and CIDEr are computed together (``text_scores``): integer ids on the host
+(``ngrams``), the arithmetic in jitted JAX (``text_kernels``).
 ``caption_scores_by_modality`` applies BiRD's protocol: each modality scored on its own
 (tokenizer, CIDEr IDF, METEOR corpus statistics), values rounded to 6 decimals, unweighted
 means over the 8 modalities.
@@ -18,157 +20,114 @@ means over the 8 modalities.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import math
+import time
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from bird_jax.exit_codes import BadInput
 from bird_jax.metrics import meteor as meteor_lib
 from bird_jax.metrics import spice as spice_lib
-from bird_jax.metrics.ngrams import NGRAM, NgramStats, encode, ngram_stats
+from bird_jax.metrics import text_kernels as K
 from bird_jax.metrics.modality import group_by_modality, mean_over, mean_present
-from bird_jax.vocabulary import MODALITIES
+from bird_jax.metrics.ngrams import encode
 from bird_jax.metrics.ptb_tokenize import tokenize_captions
+from bird_jax.vocabulary import MODALITIES
 
-CIDER_SIGMA = 6.0
-ROUGE_BETA = 1.2
+MIN_GRAM_SPACE = 1 << 16       # smallest n-gram id space: small sets share one program
+Timings = dict[str, float]
 
 
-# --- BLEU ----------------------------------------------------------------------------------
-def bleu(refs: Sequence[str], hyps: Sequence[str], stats: NgramStats | None = None
-         ) -> tuple[list[float], np.ndarray]:
+@contextlib.contextmanager
+def _cyclic_gc_paused():
+  """Pauses Python's cyclic garbage collector: scoring allocates millions of small objects
+  (tokens, word lists) and no reference cycles, so its passes over them are pure cost."""
+  enabled = gc.isenabled()
+  gc.disable()
+  try:
+    yield
+  finally:
+    if enabled:
+      gc.enable()
+
+
+def _add_time(timings: Timings | None, phase: str, since: float) -> float:
+  now = time.perf_counter()
+  if timings is not None:
+    timings[phase] = timings.get(phase, 0.0) + now - since
+  return now
+
+
+@dataclasses.dataclass(frozen=True)
+class TextScores:
+  """BLEU-1..4, ROUGE-L and CIDEr of one scored set: the set's values and each sample's."""
+  bleu: list[float]
+  bleu_per_sample: np.ndarray     # [N, 4]
+  rouge_l: float
+  rouge_l_per_sample: np.ndarray  # [N]
+  cider: float
+  cider_per_sample: np.ndarray    # [N]
+
+
+def text_scores(refs: Sequence[str], hyps: Sequence[str], ids: Sequence | None = None,
+                timings: Timings | None = None) -> TextScores:
+  """BLEU, ROUGE-L and CIDEr of tokenized captions, one reference per candidate: integer
+  chunks from ``ngrams.encode``, then the ``text_kernels`` programs. ``ids`` name the samples
+  in refusals (default: their index); ``timings`` (when given) gets the seconds spent in
+  "ids" (host) and "jax" (kernels, compilation included) added."""
+  t = time.perf_counter()
+  enc = encode(refs, hyps, ids)
+  t = _add_time(timings, "ids", t)
+  n = enc.n
+  if n == 0:
+    return TextScores([math.nan] * 4, np.zeros((0, 4)), math.nan, np.zeros(0), math.nan,
+                      np.zeros(0))
+  space = max(MIN_GRAM_SPACE, 1 << max(enc.n_grams - 1, 0).bit_length())
+  with jax.enable_x64(True):
+    df = jnp.asarray(np.zeros(space, np.int32))
+    for ch in enc.chunks:
+      df = K.document_frequency(df, ch.grams_r)
+    count = np.float64(n)
+    idf = K.inverse_document_frequency(df, count)
+    totals = np.zeros(K.TOTALS, np.float64)
+    parts = []
+    for ch in enc.chunks:
+      b, r, c, totals = K.chunk_scores(ch.grams_h, ch.grams_r, ch.tokens_h, ch.tokens_r,
+                                       ch.lengths, idf, totals)
+      parts.append((ch.rows, b, r, c))
+    corpus = [np.asarray(v) for v in K.corpus_scores(totals, count)]
+    bleu, rouge, cider = np.zeros((n, 4)), np.zeros(n), np.zeros(n)
+    for rows, b, r, c in parts:
+      keep = rows >= 0
+      bleu[rows[keep]] = np.asarray(b)[keep]
+      rouge[rows[keep]] = np.asarray(r)[keep]
+      cider[rows[keep]] = np.asarray(c)[keep]
+  _add_time(timings, "jax", t)
+  return TextScores(corpus[0].tolist(), bleu, float(corpus[1]), rouge, float(corpus[2]), cider)
+
+
+def bleu(refs: Sequence[str], hyps: Sequence[str]) -> tuple[list[float], np.ndarray]:
   """Corpus BLEU-1..4 and the per-sample values [N, 4] of pycocoevalcap's BleuScorer."""
-  tiny, small = 1e-15, 1e-9
-  st = stats or ngram_stats(refs, hyps)
-  n = st.n
-  test_len = st.hyp_len.astype(np.float64)
-  ref_len = st.ref_len.astype(np.float64)
-  correct = np.zeros((NGRAM, n))
-  guess = np.zeros((NGRAM, n))
-  for k in range(NGRAM):
-    h, r = st.hyp[k], st.ref[k]
-    idx, found = st.matches(k)
-    clipped = np.where(found, np.minimum(h.counts, r.counts[idx] if len(r.counts) else 0), 0)
-    correct[k] = np.bincount(h.sample, weights=clipped, minlength=n)
-    guess[k] = np.maximum(0, st.hyp_len - k)
-  per_sample = np.zeros((n, NGRAM))
-  b = np.ones(n)
-  for k in range(NGRAM):
-    b = b * ((correct[k] + tiny) / (guess[k] + small))
-    per_sample[:, k] = b ** (1.0 / (k + 1))
-  ratio = (test_len + tiny) / (ref_len + small)
-  short = ratio < 1
-  per_sample[short] *= np.exp(1 - 1 / ratio[short])[:, None]
-  out = []
-  b = 1.0
-  for k in range(NGRAM):
-    b *= float(int(correct[k].sum()) + tiny) / (int(guess[k].sum()) + small)
-    out.append(b ** (1.0 / (k + 1)))
-  ratio = (float(test_len.sum()) + tiny) / (float(ref_len.sum()) + small)
-  if ratio < 1:
-    out = [v * math.exp(1 - 1 / ratio) for v in out]
-  return out, per_sample
-
-
-# --- ROUGE-L -------------------------------------------------------------------------------
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-  """Length of the longest common subsequence (bit-parallel, Hyyro 2004)."""
-  if not a or not b:
-    return 0
-  masks: dict[str, int] = {}
-  for i, tok in enumerate(a):
-    masks[tok] = masks.get(tok, 0) | (1 << i)
-  full = (1 << len(a)) - 1
-  v = full
-  for tok in b:
-    u = v & masks.get(tok, 0)
-    v = ((v + u) | (v - u)) & full
-  return len(a) - bin(v).count("1")
-
-
-def lcs_lengths(refs: list[list[str]], hyps: list[list[str]]) -> np.ndarray:
-  """``lcs_length`` of every (reference, candidate) pair: the same bit-parallel recurrence,
-  vectorised over the pairs whose reference fits in 64 bits (others one by one)."""
-  vocab: dict[str, int] = {}
-  r_ids, r_len = encode(refs, vocab)
-  h_ids, h_len = encode(hyps, vocab)
-  n, v_size = len(refs), max(len(vocab), 1)
-  out = np.zeros(n, np.int64)
-  for s in np.flatnonzero(r_len > 64):
-    out[s] = lcs_length(refs[s], hyps[s])
-  small = r_len <= 64
-  # masks[(sample, word)] = bits of the reference positions holding that word
-  r_sample = np.repeat(np.arange(n), r_len)
-  r_pos = np.arange(len(r_ids)) - np.repeat(np.cumsum(r_len) - r_len, r_len)
-  keep = small[r_sample]
-  keys = r_sample[keep] * v_size + r_ids[keep]
-  order = np.argsort(keys, kind="stable")
-  keys = keys[order]
-  bits = np.left_shift(np.uint64(1), r_pos[keep][order].astype(np.uint64))
-  starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else keys
-  ukeys, masks = keys[starts], np.add.reduceat(bits, starts) if len(keys) else bits
-  h_sample = np.repeat(np.arange(n), h_len)
-  h_pos = np.arange(len(h_ids)) - np.repeat(np.cumsum(h_len) - h_len, h_len)
-  h_keys = h_sample * v_size + h_ids
-  at = np.minimum(np.searchsorted(ukeys, h_keys), max(len(ukeys) - 1, 0))
-  found = (ukeys[at] == h_keys) & small[h_sample] if len(ukeys) else np.zeros(len(h_keys), bool)
-  steps = np.zeros((int(h_len.max()) if n else 0, n), np.uint64)
-  steps[h_pos[found], h_sample[found]] = masks[at[found]]
-  full = np.where(r_len >= 64, np.uint64(2 ** 64 - 1),
-                  np.left_shift(np.uint64(1), np.minimum(r_len, 63).astype(np.uint64))
-                  - np.uint64(1))
-  v = full.copy()
-  for mask in steps:                 # a candidate word missing from the reference: mask 0
-    u = v & mask
-    v = ((v + u) | (v - u)) & full   # uint64 wrap-around = the Python version's "& full"
-  lcs = r_len - np.bitwise_count(v).astype(np.int64)
-  out[small] = lcs[small]
-  return out
+  s = text_scores(refs, hyps)
+  return s.bleu, s.bleu_per_sample
 
 
 def rouge_l(refs: Sequence[str], hyps: Sequence[str]) -> tuple[float, np.ndarray]:
   """Mean ROUGE-L F (beta 1.2) and per-sample values, tokens from ``split(" ")``."""
-  tr = [r.split(" ") for r in refs]
-  tc = [h.split(" ") for h in hyps]
-  lcs = lcs_lengths(tr, tc)
-  prec = lcs / np.fromiter(map(len, tc), np.float64, len(tc))
-  rec = lcs / np.fromiter(map(len, tr), np.float64, len(tr))
-  ok = (prec != 0) & (rec != 0)
-  scores = np.zeros(len(refs))
-  p, r = prec[ok], rec[ok]
-  scores[ok] = ((1 + ROUGE_BETA ** 2) * p * r) / (r + ROUGE_BETA ** 2 * p)
-  return float(np.mean(scores)) if len(refs) else math.nan, scores
+  s = text_scores(refs, hyps)
+  return s.rouge_l, s.rouge_l_per_sample
 
 
-# --- CIDEr ---------------------------------------------------------------------------------
-def cider(refs: Sequence[str], hyps: Sequence[str], stats: NgramStats | None = None
-          ) -> tuple[float, np.ndarray]:
+def cider(refs: Sequence[str], hyps: Sequence[str]) -> tuple[float, np.ndarray]:
   """pycocoevalcap's CIDEr (CIDEr-D form) with IDF from ``refs``, one reference per sample."""
-  st = stats or ngram_stats(refs, hyps)
-  n = st.n
-  if n == 0:
-    return math.nan, np.zeros(0)
-  ref_len = np.log(float(n))
-  delta = (np.maximum(st.hyp_len - 1, 0) - np.maximum(st.ref_len - 1, 0)).astype(np.float64)
-  penalty = np.e ** (-(delta ** 2) / (2 * CIDER_SIGMA ** 2))
-  val = np.zeros((NGRAM, n))
-  for k in range(NGRAM):
-    h, r = st.hyp[k], st.ref[k]
-    df = np.bincount(r.gram, minlength=h.n_grams).astype(np.float64)
-    idf = ref_len - np.log(np.maximum(1.0, df))
-    wh = h.counts * idf[h.gram]
-    wr = r.counts * idf[r.gram]
-    norm_h = np.sqrt(np.bincount(h.sample, weights=wh ** 2, minlength=n))
-    norm_r = np.sqrt(np.bincount(r.sample, weights=wr ** 2, minlength=n))
-    idx, found = st.matches(k)
-    wr_m = wr[idx[found]]
-    overlap = np.bincount(h.sample[found], weights=np.minimum(wh[found], wr_m) * wr_m,
-                          minlength=n)
-    nz = (norm_h != 0) & (norm_r != 0)
-    val[k] = np.where(nz, overlap / np.where(nz, norm_h * norm_r, 1.0), overlap) * penalty
-  scores = (((val[0] + val[1]) + val[2]) + val[3]) / NGRAM / 1 * 10.0
-  return float(np.mean(scores)), scores
+  s = text_scores(refs, hyps)
+  return s.cider, s.cider_per_sample
 
 
 # --- all caption metrics -------------------------------------------------------------------
@@ -202,21 +161,42 @@ class CaptionScores:
             spice_lib.APPROX_LABEL: self.spice_approx}
 
 
+def _refuse_unencodable(refs: Sequence[str], hyps: Sequence[str], ids: Sequence | None
+                        ) -> None:
+  """Refuses a caption that is not Unicode text UTF-8 can encode (a lone surrogate, as a JSON
+  "\\udc80" escape or bytes decoded with "surrogateescape" leave): pycocoevalcap's tokenizer
+  fails on it."""
+  for side, texts in (("reference", refs), ("candidate", hyps)):
+    try:
+      "".join(texts).encode()
+    except UnicodeEncodeError:
+      for i, text in enumerate(texts):
+        try:
+          text.encode()
+        except UnicodeEncodeError as e:
+          raise BadInput(f"sample {(ids[i] if ids is not None else i)!r}: its {side} is not "
+                         f"Unicode text ({e.reason}: {text[e.start]!r} at character {e.start})"
+                         ) from None
+
+
 def caption_scores(refs: Sequence[str], hyps: Sequence[str], *, meteor: str = "python",
                    spice: str = "none", meteor_resources: meteor_lib.Resources | None = None,
-                   tokenized: bool = False) -> CaptionScores:
+                   tokenized: bool = False, ids: Sequence | None = None,
+                   timings: Timings | None = None) -> CaptionScores:
   """All metrics for one set of samples, tokenizing references and candidates separately
   like COCOEvalCap. ``meteor``: "python" (ours), "java" (the official jar) or "none".
   ``spice``: "java" (official, needs CoreNLP 3.6.0), "approx" (labelled approximation),
-  "auto" (java when available, else approx) or "none"."""
+  "auto" (java when available, else approx) or "none". ``ids`` name the samples in refusals;
+  ``timings`` gets seconds per phase added (see ``caption_scores_by_modality``)."""
   if len(refs) != len(hyps):
     raise ValueError(f"caption_scores: {len(refs)} references but {len(hyps)} candidates")
   if not tokenized:
+    _refuse_unencodable(refs, hyps, ids)
+    t = time.perf_counter()
     refs, hyps = tokenize_captions(refs), tokenize_captions(hyps)
-  stats = ngram_stats(refs, hyps)
-  b, _ = bleu(refs, hyps, stats)
-  r, _ = rouge_l(refs, hyps)
-  c, _ = cider(refs, hyps, stats)
+    _add_time(timings, "tokenize", t)
+  text = text_scores(refs, hyps, ids, timings)
+  t = time.perf_counter()
   if meteor == "python":
     m = meteor_lib.meteor_score(refs, hyps, meteor_resources)[0]
   elif meteor == "java":
@@ -225,6 +205,7 @@ def caption_scores(refs: Sequence[str], hyps: Sequence[str], *, meteor: str = "p
     m = None
   else:
     raise ValueError(f"caption_scores: meteor must be 'python', 'java' or 'none', got {meteor!r}")
+  _add_time(timings, "meteor", t)
   sp = sp_approx = None
   if spice == "auto":
     spice = "java" if spice_lib.spice_status().available else "approx"
@@ -235,7 +216,7 @@ def caption_scores(refs: Sequence[str], hyps: Sequence[str], *, meteor: str = "p
   elif spice != "none":
     raise ValueError(f"caption_scores: spice must be 'java', 'approx', 'auto' or 'none', "
                      f"got {spice!r}")
-  return CaptionScores(tuple(b), m, r, c, len(refs), sp, sp_approx)
+  return CaptionScores(tuple(text.bleu), m, text.rouge_l, text.cider, len(refs), sp, sp_approx)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,13 +237,31 @@ class ModalityCaptionScores:
 
 def caption_scores_by_modality(images: Sequence[str], refs: Sequence[str],
                                hyps: Sequence[str], *, meteor: str = "python",
-                               spice: str = "none", workers: int = 1) -> ModalityCaptionScores:
+                               spice: str = "none", workers: int = 1,
+                               ids: Sequence | None = None,
+                               timings: Timings | None = None) -> ModalityCaptionScores:
   """BiRD's RC/MIA scoring: each modality scored separately, then averaged. ``workers`` > 1
-  computes METEOR's per-segment statistics in that many processes."""
+  computes METEOR's per-segment statistics in that many processes. ``ids`` name the samples
+  in refusals (default: their index): a caption that is not Unicode text, or longer than
+  ``ngrams.MAX_WORDS`` words, raises ``BadInput``. ``timings``, when given, gets the seconds
+  spent per phase added: "tokenize", "ids" (words and n-grams to integers), "jax" (the BLEU,
+  ROUGE-L and CIDEr kernels, compilation included), "meteor" (normalising, word features and
+  the wait for the aligner, which runs in threads during "ids" and "jax")."""
   if not len(images) == len(refs) == len(hyps):
     raise ValueError(
       f"caption_scores_by_modality: images ({len(images)}), references ({len(refs)}) and "
       f"candidates ({len(hyps)}) must have the same length")
+  if ids is not None and len(ids) != len(refs):
+    raise ValueError(f"caption_scores_by_modality: {len(ids)} ids for {len(refs)} samples")
+  _refuse_unencodable(refs, hyps, ids)
+  with _cyclic_gc_paused():
+    return _by_modality(images, refs, hyps, meteor, spice, workers, ids, timings)
+
+
+def _by_modality(images: Sequence[str], refs: Sequence[str], hyps: Sequence[str], meteor: str,
+                 spice: str, workers: int, ids: Sequence | None, timings: Timings | None
+                 ) -> ModalityCaptionScores:
+  t = time.perf_counter()
   groups = group_by_modality(images)
   tokenized = {}
   cache: dict = {}          # chunk tokens do not depend on the stream: shared across modalities
@@ -271,32 +270,36 @@ def caption_scores_by_modality(images: Sequence[str], refs: Sequence[str],
     if idx:
       tokenized[m] = (tokenize_captions([refs[i] for i in idx], cache),
                       tokenize_captions([hyps[i] for i in idx], cache))
+  _add_time(timings, "tokenize", t)
   status = spice_lib.spice_status()
   if spice == "auto":
     spice = "java" if status.available else "approx"
   # SPICE-approx uses stems and synsets only; METEOR's resources come with its statistics.
   res = meteor_lib.Resources() if spice == "approx" else None
-  meteor_stats = {}
+  if meteor == "python":                 # its aligner runs in threads beside the next phases
+    t = time.perf_counter()
+    all_refs = [x for m in tokenized for x in tokenized[m][0]]
+    all_hyps = [x for m in tokenized for x in tokenized[m][1]]
+    meteor_stats = meteor_lib.segment_stats_later(all_refs, all_hyps, workers=workers)
+    _add_time(timings, "meteor", t)
+  scores = {}
+  for m, (r, h) in tokenized.items():
+    idx = groups.indices[m]
+    scores[m] = caption_scores(r, h, meteor="none" if meteor == "python" else meteor,
+                               spice=spice, meteor_resources=res, tokenized=True,
+                               ids=[ids[i] for i in idx] if ids is not None else idx,
+                               timings=timings)
   if meteor == "python":
-    all_refs = [t for m in tokenized for t in tokenized[m][0]]
-    all_hyps = [t for m in tokenized for t in tokenized[m][1]]
-    stats = meteor_lib.segment_stats_array(all_refs, all_hyps, workers=workers)
+    t = time.perf_counter()
+    stats = meteor_stats()
     k = 0
     for m in tokenized:
-      meteor_stats[m] = stats[k:k + len(tokenized[m][0])]
+      value = meteor_lib.score_stats(meteor_lib.aggregate_array(
+        stats[k:k + len(tokenized[m][0])]))
+      scores[m] = dataclasses.replace(scores[m], meteor=value)
       k += len(tokenized[m][0])
-  per: dict[str, CaptionScores | None] = {}
-  for m in MODALITIES:
-    if m not in tokenized:
-      per[m] = None
-      continue
-    r, h = tokenized[m]
-    scores = caption_scores(r, h, meteor="none" if meteor == "python" else meteor,
-                            spice=spice, meteor_resources=res, tokenized=True)
-    if meteor == "python":
-      value = meteor_lib.score_stats(meteor_lib.aggregate_array(meteor_stats[m]))
-      scores = dataclasses.replace(scores, meteor=value)
-    per[m] = scores.rounded(6)
+    _add_time(timings, "meteor", t)
+  per = {m: scores[m].rounded(6) if m in scores else None for m in MODALITIES}
   keys = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "mBMR",
           "SPICE", spice_lib.APPROX_LABEL]
   table = {k: {m: (None if per[m] is None else per[m].as_dict()[k]) for m in MODALITIES}

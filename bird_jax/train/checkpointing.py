@@ -69,6 +69,9 @@ class TrainCheckpointer:
         self.directory, max_to_keep=keep, async_save=async_save,
         extra_handlers={OPT: ocp.StandardCheckpointHandler(), DATA: ocp.JsonCheckpointHandler()})
     self.last_started: int | None = None  # the newest save's step (errors belong to it)
+    # called with each step once its save is final (the run's manifest hashes its files)
+    self.on_final: Callable[[int], None] | None = None
+    self._final: int | None = None
 
   def __enter__(self) -> "TrainCheckpointer":
     return self
@@ -98,10 +101,20 @@ class TrainCheckpointer:
     """Raises SaveFailed if the background save failed (cheap; call it every step)."""
     with self._save_errors():
       self.manager.check_for_errors()
+    if not self.manager.is_saving_in_progress():
+      self._note_final()
 
   def wait(self) -> None:
     with self._save_errors():
       self.manager.wait_until_finished()
+    self._note_final()
+
+  def _note_final(self) -> None:
+    """Tells `on_final` (once) that the newest save is final."""
+    step = self.last_started
+    if self.on_final is not None and step is not None and step != self._final:
+      self._final = step
+      self.on_final(step)
 
   def close(self) -> None:
     self.wait()

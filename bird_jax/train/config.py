@@ -72,6 +72,9 @@ def default_config() -> ml_collections.ConfigDict:
       "log_every": 10,
       "ckpt_every": 500,  # also at the end, on SIGTERM/SIGINT and at max_minutes
       "max_minutes": 0.0,  # stop and save after this many minutes of training (0: no limit)
+      # stop and save after this step (0: at train.steps); the schedule still spans
+      # train.steps: a part of a run, as `python -m bird_jax.audit --replay` replays one
+      "stop_step": 0,
       "keep": 3,  # checkpoints kept
       "resume": True,  # continue from the newest usable checkpoint in workdir (docs/faults.md)
       "resume_step": -1,  # resume from exactly this step (-1: the newest usable one)

@@ -40,7 +40,7 @@ from flax import nnx
 from bird_jax import distributed, exit_codes, sharding
 from bird_jax.data.pipeline import make_dataset
 from bird_jax.data.shards import check_shards
-from bird_jax.data.streams import merge_states
+from bird_jax.data.streams import merge_states, samples_read
 from bird_jax.exit_codes import BadInput, ToolError, refusing
 from bird_jax.train import config as C
 from bird_jax.train import workdir as W
@@ -48,6 +48,7 @@ from bird_jax.train.checkpointing import CheckpointUnreadable, TrainCheckpointer
 from bird_jax.train.flops import StepFlops, mfu, run_flops
 from bird_jax.train.logger import MetricLogger
 from bird_jax.train.optimizer import make_optimizer
+from bird_jax.train.record import TrainRecord
 from bird_jax.train.state import (fresh_adapters, hf_param_source, initial_state, loaded_params,
                                   make_layout, random_params)
 from bird_jax.train.step import BATCH_KEYS, batch_sharding, jit_step, make_train_step
@@ -81,8 +82,10 @@ class _Preemption:
 @dataclasses.dataclass
 class TrainResult:
   step: int
-  stopped_by: str  # "done" | "data" | "signal" | "time" (train.max_minutes)
+  # "done" | "data" | "signal" | "time" (train.max_minutes) | "stop_step" (train.stop_step)
+  stopped_by: str
   metrics: dict[str, float]
+  samples: int | None = None  # samples the data iterator had read at the last save
 
 
 def global_batch(micro: list[dict[str, np.ndarray]], mesh) -> dict[str, jax.Array]:
@@ -169,6 +172,8 @@ def _train(c, model_cfg, data_cfg, optim_cfg, workdir: str, lead: bool, probe: P
   # Whatever way the run ends, the checkpointer (a save in flight), the data iterator (its
   # worker processes) and the logger are closed, last opened first.
   with contextlib.ExitStack() as stack, jax.set_mesh(mesh):
+    # the manifest closes after the checkpointer: the last save is final by then
+    record = stack.enter_context(TrainRecord(c, workdir, dict(mesh.shape))) if lead else None
     checkpointer = stack.enter_context(TrainCheckpointer(workdir, keep=c.train.keep))
     checkpointer.remove_partial_saves()  # of a run that died mid-save
     lora = C.lora_config(c)
@@ -187,6 +192,8 @@ def _train(c, model_cfg, data_cfg, optim_cfg, workdir: str, lead: bool, probe: P
     start = int(jax.device_get(state["step"]))
     if lead:
       W.trim_metrics(workdir, start)
+      record.begin(start, samples_read(data_state))
+      checkpointer.on_final = record.saved
     dataset = make_dataset(data_cfg, model_cfg, tokenizer_dir=c.init.hf or None)
     it = iter(dataset)
     stack.callback(it.close)
@@ -206,8 +213,11 @@ def _train(c, model_cfg, data_cfg, optim_cfg, workdir: str, lead: bool, probe: P
       if probe is not None:
         logger.step(step, probe(step, nnx.merge(layout.graphdef, state["params"], frozen)))
 
-    return _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, start,
-                steps, accum, after_save, run_flops(c, model_cfg, layout))
+    result = _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, start,
+                  steps, accum, after_save, run_flops(c, model_cfg, layout))
+    if record is not None:
+      record.finish(result)
+    return result
 
 
 def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, start, steps,
@@ -217,18 +227,25 @@ def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, s
   run_config = json.loads(c.to_json_best_effort())
   peak = float(c.train.peak_tflops) * 1e12
 
-  def save(step: int, data_state: dict[str, Any]) -> None:
-    checkpointer.save(step, state, frozen, data_state=merge_states(
-        distributed.allgather_json(data_state)), run_config=run_config, model_config=model_cfg)
+  samples = None
 
-  step, stopped_by, metrics = start, "done", {}
+  def save(step: int, data_state: dict[str, Any]) -> None:
+    nonlocal samples
+    merged = merge_states(distributed.allgather_json(data_state))
+    samples = samples_read(merged)
+    checkpointer.save(step, state, frozen, data_state=merged, run_config=run_config,
+                      model_config=model_cfg)
+
+  # train.stop_step: stop (and save) there; the schedule still spans train.steps
+  end = min(steps, c.train.stop_step) if c.train.stop_step > 0 else steps
+  step, stopped_by, metrics = start, "done" if end == steps else "stop_step", {}
   minutes = float(c.train.max_minutes)
   deadline = time.monotonic() + 60 * minutes if minutes > 0 else math.inf
   data_state = it.get_state()
-  micro = next_micro_batches(it, accum) if step < steps else None
+  micro = next_micro_batches(it, accum) if step < end else None
   last_saved = start
   try:
-    while step < steps:
+    while step < end:
       if micro is None:
         stopped_by = "data"
         break
@@ -236,7 +253,7 @@ def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, s
       state, device_metrics = step_fn(state, frozen, global_batch(micro, mesh))
       batch_state = data_state  # the iterator position before this step's batches
       data_state = it.get_state()
-      micro = next_micro_batches(it, accum) if step + 1 < steps else None  # overlaps the step
+      micro = next_micro_batches(it, accum) if step + 1 < end else None  # overlaps the step
       metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
       dt = time.perf_counter() - t0
       step += 1
@@ -252,7 +269,7 @@ def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, s
       metrics["tokens_per_s"] = metrics["tokens"] / dt
       if peak > 0:
         metrics["mfu"] = mfu(flops.total, dt, jax.device_count(), peak)
-      log_now = step % c.train.log_every == 0 or step == steps or step == start + 1
+      log_now = step % c.train.log_every == 0 or step == end or step == start + 1
       logger.step(step, metrics if log_now else None)
       # every process stops here: 2 = a signal, 1 = train.max_minutes reached (on any process)
       stop = distributed.max_over_processes(
@@ -264,7 +281,7 @@ def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, s
                   else f"train.max_minutes ({minutes:g}) reached")
         logger.write(f"{reason}: saved step {step}, exiting")
         break
-      if step % c.train.ckpt_every == 0 or step == steps:
+      if step % c.train.ckpt_every == 0 or step == end:
         save(step, data_state)
         last_saved = step
         after_save(step, state)
@@ -272,7 +289,7 @@ def _run(c, model_cfg, mesh, state, frozen, it, step_fn, checkpointer, logger, s
       save(step, data_state)
   finally:
     preempt.restore()
-  return TrainResult(step, stopped_by, metrics)
+  return TrainResult(step, stopped_by, metrics, samples)
 
 
 def _last_good(checkpointer: TrainCheckpointer, step: int) -> str:

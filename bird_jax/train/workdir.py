@@ -4,6 +4,7 @@
     <workdir>/checkpoints/     Orbax steps
     <workdir>/metrics.jsonl    one row per logged step, each step once
     <workdir>/config.json      the resolved run config
+    <workdir>/manifest.json    what made the run (bird_jax/manifest.py, train/record.py)
     <workdir>/previous/<time>/ an earlier run, moved aside by train.overwrite
     <workdir>/rejected/        checkpoint steps that resume found damaged, kept for inspection
 
@@ -24,7 +25,8 @@ import socket
 import time
 from pathlib import Path
 
-RUN_ENTRIES = ("checkpoints", "metrics.jsonl", "config.json", "tensorboard", "rejected")
+RUN_ENTRIES = ("checkpoints", "metrics.jsonl", "config.json", "tensorboard", "rejected",
+               "manifest.json")
 LOCK_FILE = ".lock"
 
 
@@ -60,6 +62,22 @@ class WorkdirLock:
       fcntl.flock(self._fd, fcntl.LOCK_UN)
       os.close(self._fd)
       self._fd = None
+
+
+def running_trainer(workdir: str | os.PathLike) -> str | None:
+  """Who holds the workdir's lock ("pid N on HOST since ..."), or None when no trainer runs
+  in it: a shared lock is tried and dropped at once, nothing is written."""
+  try:
+    fd = os.open(Path(workdir) / LOCK_FILE, os.O_RDONLY)
+  except FileNotFoundError:
+    return None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+  except BlockingIOError:
+    return _holder(os.read(fd, 4096))
+  finally:
+    os.close(fd)  # closing drops a lock this took
+  return None
 
 
 def _holder(text: bytes) -> str:

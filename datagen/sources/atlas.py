@@ -101,6 +101,7 @@ class AtlasSource:
       raise SourceError(f"the atlas source needs {', '.join(missing)} in {self.folder}, from "
                         f"Debian's mricron-data package: install it with `{INSTALL}` (or "
                         "point --atlas-dir at a folder holding these files)")
+    self.input_files = (self.t1_path, self.label_path)  # hashed into the run's manifest
     self.names = self._names()
     self._volumes: tuple[np.ndarray, np.ndarray] | None = None
     self._vocab: tuple[str, ...] | None = None

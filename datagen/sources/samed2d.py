@@ -97,6 +97,8 @@ class SAMed2DSource:
     self.mapping_path = Path(mapping) if mapping else self._find(MAPPING_NAME,
                                                                  "*class_mapping*.json")
     self.classes = load_class_mapping(self.mapping_path)
+    self.input_files = (self.index, self.mapping_path)  # hashed into the run's manifest (the
+    #                                                     images are not: too many)
     self.min_aspect, self.inverted = min_aspect, tuple(inverted)
     self.files = ImageRoot(str(self.root))
 
