@@ -12,42 +12,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
+from pathlib import Path
 
 import jax
-import numpy as np
 
-from bird_jax import sharding
 from bird_jax.config import get_preset
 from bird_jax.train import optimizer as O
-from bird_jax.train import state as S
-from bird_jax.train import step as T
 from bird_jax.train.flops import mfu, step_flops
 from measure import matmul_peak
 
-
-def batch(cfg, rows: int, length: int) -> dict[str, np.ndarray]:
-  rng = np.random.default_rng(0)
-  q = cfg.vision.n_queries
-  tokens = rng.integers(0, 256, (1, rows, length)).astype(np.int32)
-  tokens[..., 5], tokens[..., 6:6 + q], tokens[..., 6 + q] = (
-      cfg.image_start_id, cfg.image_pad_id, cfg.image_end_id)
-  s = cfg.vision.image_size
-  return dict(tokens=tokens, labels=tokens.copy(), segment_ids=np.ones_like(tokens),
-              positions=np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape).copy(),
-              images=rng.integers(0, 255, (1, rows, 1, s, s, 3)).astype(np.uint8))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bird_jax_testing: the checkout's
+from bird_jax_testing.numerics import train_setup  # noqa: E402
 
 
 def setup(cfg, freeze, rows, length):
-  mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  tx, lr = O.make_optimizer(O.OptimConfig(lr=1e-4, warmup_steps=1), 100)
-  with jax.set_mesh(mesh):
-    layout = S.make_layout(cfg, freeze, tx, mesh)
-    params, frozen = S.random_params(cfg, freeze, layout, seed=0)
-    state = S.initial_state(params, tx, layout)
-    step = T.jit_step(T.make_train_step(layout.graphdef, tx, lr, T.StepConfig(), cfg.dtype),
-                      layout.state_shardings, layout.frozen_shardings, mesh)
-  return mesh, state, frozen, step, batch(cfg, rows, length)
+  return train_setup(cfg, freeze, rows, length, lr=1e-4)
 
 
 def compiled_flops(cfg, freeze, rows, length) -> float:

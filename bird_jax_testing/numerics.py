@@ -17,34 +17,49 @@ import statistics
 import time
 
 
-def digest(rows: int, length: int, steps: int) -> dict:
-  import jax
+def synthetic_batch(cfg, rows: int, length: int) -> dict:
+  """One packed batch of random bytes with an image span per row (fixed seed)."""
   import numpy as np
 
-  from bird_jax import sharding
-  from bird_jax.config import get_preset
-  from bird_jax.train import optimizer as O
-  from bird_jax.train import state as S
-  from bird_jax.train import step as T
-
-  cfg = get_preset("tiny")
   rng = np.random.default_rng(0)
   q, s = cfg.vision.n_queries, cfg.vision.image_size
   tokens = rng.integers(0, 256, (1, rows, length)).astype(np.int32)
   tokens[..., 5], tokens[..., 6:6 + q], tokens[..., 6 + q] = (
       cfg.image_start_id, cfg.image_pad_id, cfg.image_end_id)
-  batch = dict(tokens=tokens, labels=tokens.copy(), segment_ids=np.ones_like(tokens),
-               positions=np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape).copy(),
-               images=rng.integers(0, 255, (1, rows, 1, s, s, 3)).astype(np.uint8))
+  return dict(tokens=tokens, labels=tokens.copy(), segment_ids=np.ones_like(tokens),
+              positions=np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape).copy(),
+              images=rng.integers(0, 255, (1, rows, 1, s, s, 3)).astype(np.uint8))
+
+
+def train_setup(cfg, freeze, rows: int, length: int, lr: float):
+  """(mesh, state, frozen, jitted step, batch) of a one-device run from seed 0."""
+  import jax
+
+  from bird_jax import sharding
+  from bird_jax.train import optimizer as O
+  from bird_jax.train import state as S
+  from bird_jax.train import step as T
+
   mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  tx, lr = O.make_optimizer(O.OptimConfig(lr=1e-3, warmup_steps=1), 100)
+  tx, schedule = O.make_optimizer(O.OptimConfig(lr=lr, warmup_steps=1), 100)
+  with jax.set_mesh(mesh):
+    layout = S.make_layout(cfg, freeze, tx, mesh)
+    params, frozen = S.random_params(cfg, freeze, layout, seed=0)
+    state = S.initial_state(params, tx, layout)
+    step = T.jit_step(T.make_train_step(layout.graphdef, tx, schedule, T.StepConfig(), cfg.dtype),
+                      layout.state_shardings, layout.frozen_shardings, mesh)
+  return mesh, state, frozen, step, synthetic_batch(cfg, rows, length)
+
+
+def digest(rows: int, length: int, steps: int) -> dict:
+  import jax
+  import numpy as np
+
+  from bird_jax.config import get_preset
+
+  mesh, state, frozen, step, batch = train_setup(get_preset("tiny"), (), rows, length, lr=1e-3)
   out = {}
   with jax.set_mesh(mesh):
-    layout = S.make_layout(cfg, (), tx, mesh)
-    params, frozen = S.random_params(cfg, (), layout, seed=0)
-    state = S.initial_state(params, tx, layout)
-    step = T.jit_step(T.make_train_step(layout.graphdef, tx, lr, T.StepConfig(), cfg.dtype),
-                      layout.state_shardings, layout.frozen_shardings, mesh)
     seconds = []
     for i in range(steps):
       t0 = time.perf_counter()
