@@ -120,7 +120,7 @@ def main() -> None:
   print(f"prefill: {phases.prefill_s * 1e3:.1f} ms, {pre / 1e9:.1f} GFLOP/s = "
         f"{pre / peak:.2f} of the matmul peak")
   print(f"decode step: {phases.decode_step_s * 1e3:.2f} ms, {dec / 1e9:.1f} GFLOP/s = "
-        f"{dec / peak:.2f} of the matmul peak (medians of {phases.rounds} rounds)")
+        f"{dec / peak:.2f} of the matmul peak (fastest of {phases.rounds} rounds)")
   print(f"decode-step matmuls alone at batch {args.batch}: {bound / 1e9:.1f} GFLOP/s = "
         f"{bound / peak:.2f} of the peak; decode reaches {dec / bound:.2f} of that")
 

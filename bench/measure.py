@@ -4,13 +4,14 @@ into prefill and decode.
 
 `phase_times` times one Generator program twice: once decoding `max_new_tokens` tokens, once
 stopping right after the prefill's token (every row's first token made a stop id, a runtime
-value: no second compile). decode step = (full - prefill) / (max_new_tokens - 1).
+value: no second compile). decode step = (full - prefill) / (max_new_tokens - 1), from each
+call's fastest round: a busy machine only ever adds time, so the minimum is the estimate least
+disturbed by it (medians of two noisy times can differ by more than a tiny model's decode).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 from typing import Callable
 
@@ -46,9 +47,9 @@ def copy_bandwidth(nbytes: int = 256 * 2**20, reps: int = 10) -> float:
 
 @dataclasses.dataclass
 class Phases:
-  prefill_s: float  # prefill + the first token (median)
-  decode_step_s: float  # one more token for every row (median)
-  total_s: float  # the whole call, max_new_tokens tokens per row (median)
+  prefill_s: float  # prefill + the first token (fastest round)
+  decode_step_s: float  # one more token for every row (from the fastest rounds)
+  total_s: float  # the whole call, max_new_tokens tokens per row (fastest round)
   rounds: int
 
 
@@ -70,7 +71,7 @@ def phase_times(gen: Generator, prompts: list[list[int]], repeats: int = 3) -> P
   for _ in range(repeats):
     full.append(seconds(lambda: gen.generate(prompts)))
     pre.append(seconds(lambda: gen.generate(prompts, cfg=stop_early)))
-  t_full, t_pre = statistics.median(full), statistics.median(pre)
+  t_full, t_pre = min(full), min(pre)
   return Phases(t_pre, (t_full - t_pre) / (new - 1), t_full, repeats)
 
 

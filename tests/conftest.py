@@ -130,7 +130,7 @@ def pytest_collection_modifyitems(config, items):
                     and importlib.util.find_spec("selenium"))
   browser = pytest.mark.skip(reason="needs chromium and chromedriver on PATH (Debian: "
                              "apt-get install chromium chromium-driver) and selenium")
-  slow = pytest.mark.skip(reason="slow: run with --slow (bench/faults.py runs the fault rounds)")
+  slow = pytest.mark.skip(reason="slow: run with --slow")
   java = pytest.mark.skip(reason="needs a Java runtime (the official pycocoevalcap jars)")
   for item in items:
     if "slow" in item.keywords and not config.getoption("--slow"):
