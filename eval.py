@@ -22,7 +22,7 @@ _CONFIG = define_config_file(
     "eval.py", "config",
     os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "eval_bird.py"),
     "Python config file (get_config()).", lock_config=True)
-flags.DEFINE_string("ckpt", "", "model mode: Orbax checkpoint folder (or a training workdir)")
+flags.DEFINE_string("ckpt", "", "model mode: Orbax checkpoint folder, training workdir or HF folder")
 flags.DEFINE_string("data", "", "model mode: folder with the per-task test files (Med-GRIT JSON)")
 flags.DEFINE_list("predictions", [], "audit mode: BiRD-format JSONL file(s), comma-separated")
 flags.DEFINE_list("task", [], "audit mode: vg, roc, rc or mia (one per prediction file)")

@@ -1,6 +1,6 @@
 """What the benchmarks measure on the device itself, in the same run as the figure they divide:
-the matmul peak (FLOP/s), the device-to-device copy bandwidth (bytes/s), and generation split
-into prefill and decode.
+the matmul peak (FLOP/s), the device-to-device copy bandwidth and the read bandwidth (bytes/s),
+and generation split into prefill and decode.
 
 `phase_times` times one Generator program twice: once decoding `max_new_tokens` tokens, once
 stopping right after the prefill's token (every row's first token made a stop id, a runtime
@@ -43,6 +43,15 @@ def copy_bandwidth(nbytes: int = 256 * 2**20, reps: int = 10) -> float:
   f = jax.jit(lambda x: x * 2.0)
   jax.block_until_ready(f(x))
   return 2 * nbytes / seconds(lambda: f(x), reps)
+
+
+def read_bandwidth(nbytes: int = 256 * 2**20, reps: int = 10) -> float:
+  """Bytes/s read by a sum over a device array (nothing written back: the ceiling of a weight
+  stream, which a decode step at batch 1 is)."""
+  x = jnp.ones((nbytes // 4,), jnp.float32)
+  f = jax.jit(jnp.sum)
+  jax.block_until_ready(f(x))
+  return nbytes / seconds(lambda: f(x), reps)
 
 
 @dataclasses.dataclass

@@ -145,7 +145,7 @@ class Assistant:
     """From an HF Qwen-VL folder, an Orbax checkpoint or a training workdir (load_pretrained)."""
     from bird_jax.pretrained import load_pretrained
 
-    model, tok, cfg = load_pretrained(path, dtype=dtype)
+    model, tok, cfg = load_pretrained(path, dtype=dtype, progress=True)
     return cls(model, tok, cfg, name=kw.pop("name", None) or Path(path).resolve().name, **kw)
 
   @property

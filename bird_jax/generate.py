@@ -20,7 +20,6 @@ from softmax(logits / temperature), restricted to the top-p nucleus when top_p <
 from __future__ import annotations
 
 import bisect
-import contextlib
 import dataclasses
 import warnings
 from collections.abc import Sequence
@@ -32,10 +31,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from bird_jax import xla_cpu
 from bird_jax.data.image import normalize
 from bird_jax.model.qwen import KVCache
 from bird_jax.sharding import (batch_shards, constrain, logical_to_spec, named_shardings,
-                               param_specs, replication_problem)
+                               param_specs, replication_problem, use_mesh, with_shardings)
 
 Array = jax.Array
 
@@ -222,6 +222,8 @@ class Generator:
   parameters left replicated on a sharding mesh (a mesh axis that does not divide their
   dimension) are warned about, with training's check and tolerance.
   batch_size: every call is padded to this many rows (one compile per prompt bucket).
+  An abstract model (`bird_jax.model.abstract_model`) on an AbstractMesh (or none) builds a
+  generator that can only `trace` its program: lowering it needs no device and no memory.
   """
 
   def __init__(self, model: nnx.Module, cfg: GenerationConfig, *, batch_size: int | None = None,
@@ -241,11 +243,15 @@ class Generator:
       problem = replication_problem(state, specs, mesh)
       if problem:
         warnings.warn(f"generation: {problem}", RuntimeWarning, stacklevel=2)
-      state = jax.device_put(state, named_shardings(specs, mesh))
+      shardings = named_shardings(specs, mesh)
+      abstract = all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state))
+      state = (with_shardings(state, shardings) if abstract else
+               jax.device_put(state, shardings))
       self.batch_spec = logical_to_spec(("batch",), mesh_axes=mesh.axis_names)
-    self.state = state
+    self.state, self.image_size = state, model.cfg.vision.image_size
     self.traces = 0  # compiled programs so far (one per distinct input shape)
-    self._run = jax.jit(self._program, static_argnames=("static",))
+    self._run = jax.jit(self._program, static_argnames=("static",),
+                        compiler_options=xla_cpu.compiler_options(state))
 
   def _program(self, state, tokens, lengths, pixels, key, dyn, static):
     self.traces += 1  # runs only while tracing
@@ -256,13 +262,36 @@ class Generator:
     """Rows must come in multiples of this (the mesh's batch axes)."""
     return 1 if self.mesh is None else batch_shards(self.mesh.shape)
 
+  def _rows(self, ndim: int) -> NamedSharding | None:
+    """The sharding of a batch array of rank `ndim`: rows over the mesh's batch axes."""
+    if self.mesh is None:
+      return None
+    return NamedSharding(self.mesh, P(self.batch_spec[0], *([None] * (ndim - 1))))
+
   def _put(self, x: np.ndarray) -> Array:
     """Host batch -> device array split over the batch axes (every process holds the whole
     batch; each device takes its rows, so this also works across hosts)."""
     if self.mesh is None:
       return jnp.asarray(x)
-    sharding = NamedSharding(self.mesh, P(self.batch_spec[0], *([None] * (x.ndim - 1))))
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+    return jax.make_array_from_callback(x.shape, self._rows(x.ndim), lambda idx: x[idx])
+
+  def trace(self, rows: int, width: int, images: int = 0,
+            cfg: GenerationConfig | None = None) -> jax.stages.Traced:
+    """The program `generate` runs for `rows` prompts in a bucket of `width` tokens with
+    `images` image slots per prompt (0: text only), traced on abstract inputs (nothing is
+    allocated): prefill, then the decoding loop. `.lower(lowering_platforms=("cuda",))` lowers
+    it for a platform this host lacks (tests/test_lowering.py)."""
+    cfg = cfg or self.cfg
+    rows = -(-rows // self.batch_divisor) * self.batch_divisor
+    arg = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=self._rows(len(shape)))
+    s = self.image_size
+    pixels = arg((rows, images, s, s, 3), np.uint8) if images else None
+    static, dyn = _split_config(cfg)
+    dyn = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in dyn.items()}
+    key = jax.eval_shape(lambda: sampling_key(0))
+    with use_mesh(self.mesh):
+      return self._run.trace(self.state, arg((rows, width), np.int32), arg((rows,), np.int32),
+                             pixels, key, dyn, static=static)
 
   @staticmethod
   def _fetch(x: Array) -> np.ndarray:
@@ -302,8 +331,7 @@ class Generator:
         raise ValueError(f"pixels must be uint8 [{n}, images, S, S, 3], got {pixels.dtype} "
                          f"{pixels.shape}")
       pixels = self._put(pixels[order])
-    ctx = jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
-    with ctx:
+    with use_mesh(self.mesh):
       static, dyn = _split_config(cfg)
       out, count = self._run(self.state, self._put(tokens), self._put(lengths[order]), pixels,
                              sampling_key(seed), dyn, static=static)

@@ -32,6 +32,7 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
+from bird_jax import xla_cpu
 from bird_jax.exit_codes import BadInput
 
 
@@ -92,15 +93,15 @@ def set_per_device_batch(c, mesh_axes: dict[str, int], per_device_batch: int | N
 
 
 def make_run_layout(c, model_cfg, mesh):
-  """(Layout, optimizer, learning-rate schedule) of the config's run on `mesh`, abstract."""
-  import jax
-
+  """(Layout, optimizer, learning-rate schedule) of the config's run on `mesh` (a Mesh or an
+  AbstractMesh), abstract."""
+  from bird_jax import sharding
   from bird_jax.train import config as C
   from bird_jax.train.optimizer import make_optimizer
   from bird_jax.train.state import make_layout
 
   tx, lr = make_optimizer(C.optim_config(c), int(c.train.steps))
-  with jax.set_mesh(mesh):
+  with sharding.use_mesh(mesh):
     layout = make_layout(model_cfg, list(c.freeze), tx, mesh, c.train.replication_tolerance,
                          lora=C.lora_config(c))
   return layout, tx, lr
@@ -129,19 +130,23 @@ def counts(c, mesh_axes: dict[str, int], per_device_batch: int | None = None) ->
   return Counts(run_flops(c, model_cfg, layout).total, trained_count(layout))
 
 
-def compile_step(c, model_cfg, mesh, accum: int):
-  """(compiled executable, analytic StepFlops, trained parameter count) of the config's train
-  step on `mesh`."""
+def trace_step(c, model_cfg, mesh, accum: int):
+  """(the config's jitted train step traced on abstract inputs, its Layout): the trainer's own
+  step (`make_train_step` + `jit_step`) with the state, frozen parameters and a batch of
+  `accum` micro-batches of `data.batch_size` rows of `data.max_len` tokens as ShapeDtypeStructs
+  with their shardings on `mesh`. `mesh` may be an AbstractMesh (`sharding.abstract_mesh`):
+  `.lower(lowering_platforms=("cuda",))` then lowers the step for a platform this host lacks
+  (tests/test_lowering.py)."""
   import jax
   import jax.numpy as jnp
 
+  from bird_jax import sharding
   from bird_jax.train import config as C
-  from bird_jax.train.flops import run_flops
   from bird_jax.train.step import BATCH_KEYS, batch_sharding, jit_step, make_train_step
 
   d = C.data_config(c, validate=False)  # shapes only: no data needed
   layout, tx, lr = make_run_layout(c, model_cfg, mesh)
-  with jax.set_mesh(mesh):
+  with sharding.use_mesh(mesh):
     step = jit_step(make_train_step(layout.graphdef, tx, lr, C.step_config(c), model_cfg.dtype),
                     layout.state_shardings, layout.frozen_shardings, mesh)
     s = model_cfg.vision.image_size
@@ -152,11 +157,18 @@ def compile_step(c, model_cfg, mesh, accum: int):
                                      jnp.uint8 if k == "images" else jnp.int32,
                                      sharding=shard(len(shapes.get(k, shapes["tokens"]))))
              for k in BATCH_KEYS}
-    attach = lambda tree, sh: jax.tree.map(
-        lambda x, s_: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s_), tree, sh)
-    state = attach(layout.abstract_state, layout.state_shardings)
-    frozen = attach(layout.abstract_frozen, layout.frozen_shardings)
-    compiled = step.lower(state, frozen, batch).compile()
+    state = sharding.with_shardings(layout.abstract_state, layout.state_shardings)
+    frozen = sharding.with_shardings(layout.abstract_frozen, layout.frozen_shardings)
+    return step.trace(state, frozen, batch), layout
+
+
+def compile_step(c, model_cfg, mesh, accum: int):
+  """(compiled executable, analytic StepFlops, trained parameter count) of the config's train
+  step on `mesh`."""
+  from bird_jax.train.flops import run_flops
+
+  traced, layout = trace_step(c, model_cfg, mesh, accum)
+  compiled = traced.lower().compile()
   return compiled, run_flops(c, model_cfg, layout), trained_count(layout)
 
 
@@ -203,7 +215,7 @@ def planner_env(devices: int, cpu_licm: bool = False) -> dict[str, str]:
   jax starts; see the module docstring for the disabled pass)."""
   xla = f" --xla_force_host_platform_device_count={devices}"
   if not cpu_licm:
-    xla += " --xla_disable_hlo_passes=while-loop-invariant-code-motion"
+    xla += f" --xla_disable_hlo_passes={xla_cpu.LOOP_MOTION_PASS}"
   return {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + xla,
           "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
 

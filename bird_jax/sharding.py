@@ -149,6 +149,36 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
                        axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
+def abstract_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *,
+                  n_devices: int) -> jax.sharding.AbstractMesh:
+  """`make_mesh`'s mesh over `n_devices` devices that need not exist: shardings on it trace
+  and lower (`.lower(lowering_platforms=("cuda",))`) for any platform, on any host."""
+  from jax.sharding import AbstractMesh, AxisType
+
+  return AbstractMesh(mesh_shape(data, fsdp, tensor, n_devices), MESH_AXES,
+                      axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def use_mesh(mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None):
+  """The context that makes `mesh` current while a program is traced (`constrain` reads it):
+  `jax.set_mesh` for a Mesh, `jax.sharding.use_abstract_mesh` for an AbstractMesh, nothing
+  for None."""
+  import contextlib
+
+  if mesh is None:
+    return contextlib.nullcontext()
+  if isinstance(mesh, jax.sharding.AbstractMesh):
+    return jax.sharding.use_abstract_mesh(mesh)
+  return jax.set_mesh(mesh)
+
+
+def with_shardings(tree: Any, shardings: Any) -> Any:
+  """`tree`'s arrays (or ShapeDtypeStructs) as ShapeDtypeStructs carrying `shardings` (a tree of
+  the same structure): abstract arguments for tracing, nothing allocated."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
 def named_shardings(specs: Any, mesh: jax.sharding.Mesh) -> Any:
   """PartitionSpec tree (e.g. from `param_specs`) -> NamedSharding tree."""
   return jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), specs,

@@ -148,3 +148,37 @@ def describe() -> dict:
           "cpu_threads": threads, "xla_threads": os.environ.get(THREADS_VARIABLE),
           "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "pinned": is_pinned()}
+
+
+# ---- 16-bit weights ----------------------------------------------------------------------------
+# XLA:CPU has no 16-bit float products: it converts their operands to float32. Within a loop
+# (the layer scan, the decoding loop) its loop-invariant code motion then lifts that convert of
+# one layer's slice out of the loop onto the whole stacked weight, so a program holds a float32
+# copy of every weight for its whole run: measured on the full-size generation program with
+# bfloat16 weights (`compiled.memory_analysis()`, commit cc91d94), 39.3 GB of temporaries beside
+# the 19.3 GB of weights; 3.57 GB without the motion, most of it the float32 lm_head (see
+# `converts_16bit` in bird_jax/model/qwen.py's logits), and 1.08 GB with the logits in chunks.
+
+# (the planner, bird_jax/plan.py, compiles without the same pass for the same reason)
+LOOP_MOTION_PASS = "while-loop-invariant-code-motion"
+NO_HOISTING = {"xla_disable_hlo_passes": LOOP_MOTION_PASS}
+
+
+def converts_16bit(dtype) -> bool:
+  """Whether products with weights of `dtype` are computed by converting them to float32:
+  16-bit floats on the CPU backend."""
+  import jax
+  import numpy as np
+
+  dtype = np.dtype(dtype)
+  sixteen_bit_float = dtype.itemsize == 2 and (dtype.kind == "f" or dtype.name == "bfloat16")
+  return sixteen_bit_float and jax.default_backend() == "cpu"
+
+
+def compiler_options(tree) -> dict | None:
+  """`jax.jit(compiler_options=...)` for a program over the arrays of `tree` (e.g. a model's
+  state): NO_HOISTING where some weight is converted (see above), else None."""
+  import jax
+
+  leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype")]
+  return NO_HOISTING if any(converts_16bit(x.dtype) for x in leaves) else None

@@ -388,7 +388,7 @@ def test_export_metadata_is_what_the_release_code_loads(tmp_path):
   assert json.loads((tmp_path / "generation_config.json").read_text())["chat_format"] == "chatml"
 
 
-def test_materialize_equals_numpys_copy_for_every_layout():
+def testmaterialize_equals_numpys_copy_for_every_layout():
   """The fast copies (bytes as integers, tiled transposes) give numpy's result bit for bit."""
   rng = np.random.default_rng(0)
   w = rng.standard_normal((600, 520), dtype=np.float32).astype(ml_dtypes.bfloat16)  # > 512 KiB
@@ -397,7 +397,7 @@ def test_materialize_equals_numpys_copy_for_every_layout():
            big, w.T]
   for view in views:
     for dtype in (None, np.float32):
-      got = hf._materialize(view, dtype)
+      got = hf.materialize(view, dtype)
       want = np.ascontiguousarray(view, dtype=view.dtype if dtype is None else dtype)
       assert got.flags.c_contiguous and got.dtype == want.dtype and got.shape == want.shape
       assert np.array_equal(got.view(np.uint8), want.view(np.uint8))

@@ -4,6 +4,7 @@ gallery outputs."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -401,6 +402,27 @@ def test_model_mode_records_what_it_scored(model_run):
 
 
 @pytest.mark.heavy
+def test_model_mode_reads_an_hf_folder_as_it_reads_a_checkpoint(model_run, tiny_cfg, hf_weights,
+                                                                tmp_path):
+  """--ckpt HF_DIR: the same weights give the same predictions, and the folder's files are
+  the manifest's inputs."""
+  from conftest import write_hf_folder
+
+  d, _, c = model_run
+  write_hf_folder(tmp_path / "hf", tiny_cfg, hf_weights)
+  c = copy.deepcopy(c)
+  c.tasks = ("vg",)
+  cli.run(c, ckpt=str(tmp_path / "hf"), data=str(d / "data"), out=str(tmp_path / "out"))
+  got = (tmp_path / "out" / "predictions" / "vg.jsonl").read_text()
+  assert got == (d / "out" / "predictions" / "vg.jsonl").read_text()
+  inputs = json.loads((tmp_path / "out" / "manifest.json").read_text())["inputs"]["checkpoint"]
+  assert "config.json" in json.dumps(inputs)
+  c.model_preset = "tiny"
+  with pytest.raises(ValueError, match="is an HF folder: its config.json gives the model"):
+    cli.run(c, ckpt=str(tmp_path / "hf"), data=str(d / "data"), out=str(tmp_path / "out2"))
+
+
+@pytest.mark.heavy
 @pytest.mark.faults
 def test_a_non_finite_model_is_refused(tmp_path, tiny_cfg, tiny_model, model_run, fault_log):
   from bird_jax.checkpoint import orbax as ockpt
@@ -412,7 +434,7 @@ def test_a_non_finite_model_is_refused(tmp_path, tiny_cfg, tiny_model, model_run
   ockpt.save(mngr, 3, params=params, config=tiny_cfg)
   mngr.wait_until_finished()
   d, _, c = model_run
-  with pytest.raises(NonFiniteWeights, match=r"step 3: the weights hold NaN/inf"):
+  with pytest.raises(NonFiniteWeights, match=r"step 3: llm\.ln_f\.weight: the weights hold NaN/inf"):
     cli.run(c, ckpt=str(tmp_path / "ckpt"), data=str(d / "data"), out=str(tmp_path / "out"))
   fault_log(what="eval of a NaN checkpoint")
 

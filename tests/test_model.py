@@ -205,3 +205,18 @@ def test_sincos_positions_make_the_slot_linearly_readable_from_the_image_tokens(
   model.visual.sincos_positions(2.0)
   after = readout_error(model)
   assert before > 1.0 and after < 0.5, (before, after)  # guessing the middle: 2.0 cells
+
+
+def test_logits_of_a_16bit_lm_head_in_chunks_equal_the_whole_product(tiny_cfg, monkeypatch):
+  """On CPU a bfloat16 lm_head is multiplied LOGIT_CHUNK columns at a time (the last chunk
+  overlapping the one before): the same logits as one product."""
+  import bird_jax.model.qwen as Q
+
+  cfg = tiny_cfg.replace(param_dtype="bfloat16", dtype="bfloat16")
+  llm = abstract_model(cfg).llm  # only lm_head is read
+  llm.lm_head.set_value(jax.random.normal(jax.random.key(0), llm.lm_head.shape, jnp.bfloat16))
+  h = jax.random.normal(jax.random.key(1), (2, 3, cfg.llm.hidden), jnp.bfloat16)
+  whole = np.asarray(jax.jit(llm.logits)(h))
+  monkeypatch.setattr(Q, "LOGIT_CHUNK", 96)  # 512 columns: 6 chunks, the last overlapping
+  chunked = np.asarray(jax.jit(llm.logits)(h))
+  assert chunked.shape == whole.shape and np.array_equal(chunked, whole)

@@ -46,7 +46,7 @@ def test_an_hf_folder_and_an_orbax_checkpoint_load_in_one_call(tmp_path, tiny_cf
   (tmp_path / "run" / "config.json").write_text("{}")  # a workdir holds the run's config too
   loaded = load_pretrained(tmp_path / "run", mesh=make_mesh(2, 2, 2))  # a workdir
   assert checkpoint_step(tmp_path / "run") == 12 and loaded.config == tiny_cfg
-  kernel = nnx.state(loaded.model)["llm"]["h"]["mlp"]["w1"]["kernel"].value
+  kernel = nnx.state(loaded.model)["llm"]["h"]["mlp"]["w1"]["kernel"].get_value()
   assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
   assert max_diff(forward(loaded.model, tokens, images), want) <= 1e-5
 

@@ -219,7 +219,8 @@ def test_init_from_an_hf_folder(tiny_cfg, hf_weights, tiny_model, tmp_path):
   tx, _ = O.make_optimizer(O.OptimConfig(), 10)
   with jax.set_mesh(mesh):
     layout = S.make_layout(tiny_cfg, O.BIRD_FREEZE, tx, mesh)
-    params, frozen = S.loaded_params(layout, S.hf_param_source(str(tmp_path), tiny_cfg))
+    params, frozen = S.loaded_params(layout, S.hf_param_sources(str(tmp_path), tiny_cfg),
+                                     "the HF folder")
   got = {**flatten(jax.device_get(params)), **flatten(jax.device_get(frozen))}
   want = flatten(nnx.state(tiny_model))
   assert got.keys() == want.keys()
@@ -238,7 +239,7 @@ def test_init_from_hf_rejects_another_architecture(tiny_cfg, hf_weights, tmp_pat
   (tmp_path / "config.json").write_text(json.dumps(tiny_cfg.to_hf_config()))
   other = tiny_cfg.replace(llm=dataclasses.replace(tiny_cfg.llm, layers=3))
   with pytest.raises(ValueError, match="another architecture"):
-    S.hf_param_source(str(tmp_path), other)
+    S.hf_param_sources(str(tmp_path), other)
 
 
 @pytest.mark.heavy

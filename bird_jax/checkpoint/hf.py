@@ -32,7 +32,7 @@ Shape = tuple[int, ...]
 class Transform:
   """to_jax(hf_array, jax_shape) -> array of jax_shape; to_hf(jax_array) -> hf array;
   hf_shape(jax_shape) -> the HF shape (used to validate before loading). to_jax / to_hf may
-  return views: callers materialise once, casting in the same pass (`_materialize`)."""
+  return views: callers materialise once, casting in the same pass (`materialize`)."""
 
   name: str
   to_jax: Callable[[np.ndarray, Shape], np.ndarray]
@@ -83,7 +83,7 @@ VIT_QKV_BIAS = Transform(
 _TILE = 64  # rows x columns of one tile of a strided copy (a transposed weight)
 
 
-def _materialize(x: np.ndarray, dtype: Any = None) -> np.ndarray:
+def materialize(x: np.ndarray, dtype: Any = None) -> np.ndarray:
   """A C-contiguous array of `dtype` (None: x's own) from a possibly strided view, in one
   copy-and-cast pass; no copy when x already is one. Without a cast the bytes are copied as
   unsigned integers (numpy copies ml_dtypes' bfloat16 element by element, ~5x slower), and a
@@ -284,7 +284,7 @@ class ParamPlan:
     are alive at once."""
     shape = self.shape[1:] if self.layered else self.shape
     x = self.rule.transform.to_jax(get(self.names[i]), shape)
-    x = _materialize(x, dtype)  # the HF tensor (a view's base) is freed right after
+    x = materialize(x, dtype)  # the HF tensor (a view's base) is freed right after
     return x[None] if self.layered else x
 
 
@@ -334,7 +334,7 @@ def to_hf_tensor(entry: Entry, read: Callable[[str, int | None], np.ndarray],
   if tuple(x.shape) != entry.shape:
     raise CheckpointMismatch(f"{entry.name}: parameter {entry.rule.path} gives shape "
                              f"{list(x.shape)}, HF expects {list(entry.shape)}")
-  return _materialize(x, dtype)
+  return materialize(x, dtype)
 
 
 def hf_tensors(read: Callable[[str, int | None], np.ndarray], entries: Mapping[str, Entry],

@@ -1,8 +1,9 @@
 """Streaming safetensors I/O: read an HF checkpoint folder tensor by tensor, write sharded
 safetensors + `model.safetensors.index.json` tensor by tensor.
 
-Reading memory-maps one file per tensor read (`safetensors.safe_open`, closed right after),
-so resident memory holds one tensor, not the pages of a whole shard. Writing plans every
+Reading returns each tensor as a read-only memory map of its bytes (the header and the file
+sizes checked by `safetensors.safe_open` first): nothing is copied until a caller converts
+it, and the pages are file cache the kernel can drop, not process memory. Writing plans every
 shard's header from names/shapes/dtypes first, then streams each tensor's bytes as it is
 produced. bfloat16 is `ml_dtypes.bfloat16` on the numpy side: bytes are copied, never
 converted, so a round trip is bitwise.
@@ -66,6 +67,7 @@ class TensorInfo:
   file: str  # file name inside the checkpoint folder
   shape: tuple[int, ...]
   dtype: str  # safetensors tag, e.g. "BF16"
+  offset: int = 0  # where its bytes start in the file
 
   @property
   def nbytes(self) -> int:
@@ -110,9 +112,18 @@ def weight_files(directory: Path) -> tuple[list[str], dict[str, str] | None]:
   raise CheckpointFormatError(f"{directory}: no {INDEX_FILE} and no *.safetensors files")
 
 
+def _data_starts(path: Path) -> dict[str, int]:
+  """{tensor name: byte offset of its data in the file}, from the safetensors header (an
+  8-byte little-endian length, then that many bytes of JSON; offsets relative to its end)."""
+  with open(path, "rb") as f:
+    (n,) = struct.unpack("<Q", f.read(8))
+    header = json.loads(f.read(n))
+  return {k: 8 + n + v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+
+
 class HFReader:
   """Tensor names, shapes and dtypes of an HF safetensors checkpoint (folder or single file),
-  and `get(name)` that reads one tensor (memory-mapped, file closed after each read)."""
+  and `get(name)`: one tensor, memory-mapped."""
 
   def __init__(self, path: str | os.PathLike):
     path = Path(path)
@@ -137,12 +148,14 @@ class HFReader:
         problems.append(f"{fpath}: listed in {INDEX_FILE} but missing")
         continue
       try:
-        with safe_open(str(fpath), framework="numpy") as f:
+        with safe_open(str(fpath), framework="numpy") as f:  # checks the header and sizes
+          starts = _data_starts(fpath)
           for name in f.keys():
             s = f.get_slice(name)
             if name in self.tensors:
               problems.append(f"{name}: in both {self.tensors[name].file} and {file}")
-            self.tensors[name] = TensorInfo(name, file, tuple(s.get_shape()), s.get_dtype())
+            self.tensors[name] = TensorInfo(name, file, tuple(s.get_shape()), s.get_dtype(),
+                                            starts[name])
       except Exception as e:  # safetensors raises its own error types
         raise CheckpointFormatError(f"{fpath}: not a readable safetensors file: {e}") from e
     if weight_map is not None:
@@ -159,13 +172,13 @@ class HFReader:
                                   "\n  ".join(problems))
 
   def get(self, name: str) -> np.ndarray:
+    """The tensor as a read-only view of the file's pages (np.memmap): nothing is copied until
+    a caller converts it, and the pages are the kernel's to drop again."""
     info = self.tensors[name]
-    with safe_open(str(self.directory / info.file), framework="numpy") as f:
-      out = f.get_tensor(name)
-    if out.dtype != DTYPES[info.dtype] or tuple(out.shape) != info.shape:
-      raise CheckpointFormatError(f"{name}: read {out.dtype}{list(out.shape)}, header says "
-                                  f"{info.dtype}{list(info.shape)}")
-    return out
+    if info.nbytes == 0:
+      return np.empty(info.shape, DTYPES[info.dtype])
+    return np.memmap(self.directory / info.file, DTYPES[info.dtype], mode="r",
+                     offset=info.offset, shape=info.shape)
 
   def layout(self) -> dict[str, list[str]]:
     """file -> tensor names in the order they are stored."""

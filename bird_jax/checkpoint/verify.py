@@ -1,6 +1,5 @@
 """Checks that weights are usable: every value finite, every saved array readable.
 
-    tree_is_finite(params)                 # on device, one fused reduction
     report = verify_params(manager, step)  # streams a checkpoint's params from disk
     report.ok, report.damaged, report.summary()
 
@@ -20,8 +19,6 @@ import os
 import re
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -54,19 +51,6 @@ class NonFiniteWeights(ValueError):
   """Weights hold NaN or inf values."""
 
   exit_code = exit_codes.NON_FINITE
-
-
-@jax.jit
-def _all_finite(leaves: list[jax.Array]) -> jax.Array:
-  flags = [jnp.all(jnp.isfinite(x)) for x in leaves]
-  return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
-
-
-def tree_is_finite(tree: Any) -> bool:
-  """Whether every floating-point leaf of `tree` (jax or numpy arrays) is finite."""
-  leaves = [x for x in jax.tree.leaves(tree)
-            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
-  return bool(_all_finite(leaves))
 
 
 def nonfinite_count(x: np.ndarray) -> int:

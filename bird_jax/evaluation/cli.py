@@ -155,7 +155,9 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   from bird_jax.checkpoint.orbax import step_files
   from bird_jax.config import get_preset
   from bird_jax.evaluation.runner import RunOptions, make_generator, predict
-  from bird_jax.pretrained import checkpoint_step, load_model, manager_root
+  from bird_jax.manifest import files_under
+  from bird_jax.pretrained import (checkpoint_step, is_hf_folder, load_hf_model, load_model,
+                                   manager_root)
   from bird_jax.sharding import make_mesh
   from bird_jax.tokenizer import load_tokenizer
 
@@ -171,11 +173,19 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   mesh = make_mesh(**c.mesh.to_dict())
   with refusing(KeyError, where="config.model_preset"):
     override = get_preset(c.model_preset) if c.model_preset else None
+  hf_folder = is_hf_folder(ckpt)
   with refusing(ValueError, OSError):  # named by the messages; NaN/inf weights keep exit 4
-    step = checkpoint_step(ckpt, None if c.step < 0 else c.step)
+    if hf_folder and (override or c.step >= 0):
+      raise ValueError(f"--ckpt {ckpt} is an HF folder: its config.json gives the model and it "
+                       "has no steps (leave config.model_preset and config.step unset)")
+    step = None if hf_folder else checkpoint_step(ckpt, None if c.step < 0 else c.step)
     with jax.set_mesh(mesh):
-      cfg, model = load_model(ckpt, mesh, step=step, cfg=override, dtype=c.dtype or None)
-    tok = load_tokenizer(cfg)
+      if hf_folder:
+        cfg, model = load_hf_model(ckpt, mesh, dtype=c.dtype or None, progress=True)
+      else:
+        cfg, model = load_model(ckpt, mesh, step=step, cfg=override, dtype=c.dtype or None,
+                                progress=True)
+    tok = load_tokenizer(cfg, hf_dir=ckpt if hf_folder else None)
   opts = RunOptions(batch_size=c.batch_size, max_new_tokens=dict(c.max_new_tokens.to_dict()),
                     min_new_tokens=c.min_new_tokens, temperature=c.temperature, top_p=c.top_p,
                     seed=c.seed, buckets=tuple(int(b) for b in config_tuple(c, "buckets")))
@@ -184,7 +194,8 @@ def model_eval(c: ml_collections.ConfigDict, ckpt: str, data: str, out: str) -> 
   lead = distributed.is_lead()  # every process generates (each device its rows of a batch)
   record = new_manifest(c, out, mesh) if lead else None
   if lead:  # the weights are hashed while the model generates
-    record.hash_later("inputs", "checkpoint", step_files(manager_root(ckpt), step))
+    record.hash_later("inputs", "checkpoint", files_under(ckpt) if hf_folder
+                      else step_files(manager_root(ckpt), step))
     record.hash_now("inputs", "test_files", [files[t] for t in tasks])
   for t in tasks:
     preds = predict(t, samples[t], gen, tok, cfg, find_image, opts, progress=lead)
@@ -216,8 +227,9 @@ def run(c: ml_collections.ConfigDict, *, ckpt: str = "", data: str = "",
       raise BadInput("audit mode needs --task (vg, roc, rc or mia) for --predictions")
     return audit(c, predictions, task, out)
   if not ckpt or not data:
-    raise BadInput("model mode needs --ckpt (an Orbax checkpoint folder) and --data (the "
-                   "folder of per-task test files); audit mode needs --predictions and --task")
+    raise BadInput("model mode needs --ckpt (an Orbax checkpoint, a workdir or an HF folder) and "
+                   "--data (the folder of per-task test files); audit mode needs --predictions "
+                   "and --task")
   return model_eval(c, ckpt, data, out)
 
 

@@ -96,9 +96,26 @@ class Linear(nnx.Module):
     return y
 
 
+def cudnn_available() -> bool:
+  """Whether this jax has its CUDA plugin (cuDNN), which `implementation="cudnn"` needs to
+  trace at all, for any platform."""
+  try:
+    from jax._src.lib import cuda_versions
+  except ImportError:
+    return False
+  return cuda_versions is not None
+
+
 def attention(q: Array, k: Array, v: Array, *, mask: Array | None = None,
               is_causal: bool = False, implementation: str | None = None) -> Array:
-  """Multi-head attention, [B, T, N, H] layout, scale 1/sqrt(H), softmax in fp32."""
+  """Multi-head attention, [B, T, N, H] layout, scale 1/sqrt(H), softmax in fp32.
+
+  implementation: None or "xla" (XLA's, the scores materialised), "cudnn" (cuDNN's fused
+  kernel; a mask goes to it as an additive bias). Refused up front where cuDNN is missing."""
+  if implementation == "cudnn" and not cudnn_available():
+    raise ValueError("attention_impl='cudnn' needs jax's CUDA plugin (cuDNN), which this host "
+                     "lacks: set the model config's attention_impl to None or 'xla' (training: "
+                     "--config.model.overrides.attention_impl=xla)")
   return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
                                       scale=float(q.shape[-1]) ** -0.5,
                                       implementation=implementation)

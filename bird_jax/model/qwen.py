@@ -16,6 +16,9 @@ from flax import nnx
 from bird_jax.config import LLMConfig, QwenVLConfig
 from bird_jax.model import layers as L
 from bird_jax.sharding import constrain
+from bird_jax.xla_cpu import converts_16bit
+
+LOGIT_CHUNK = 8192  # lm_head columns per product where a 16-bit lm_head is converted
 
 Array = jax.Array
 
@@ -192,9 +195,24 @@ class QwenLM(nnx.Module):
     return self.ln_f(h), KVCache(k, v, cache.index + n, valid)
 
   def logits(self, h: Array) -> Array:
-    """fp32 logits [B, L, vocab]."""
-    out = jnp.einsum("bld,dv->blv", h, self.lm_head[...].astype(self.dtype),
-                     preferred_element_type=jnp.float32)
+    """fp32 logits [B, L, vocab]. Where the product converts a 16-bit lm_head to float32
+    (XLA:CPU, bird_jax/xla_cpu.py) it runs over LOGIT_CHUNK columns at a time, so that only
+    one chunk is converted at once (2.5 GB for the whole 7B lm_head)."""
+    w = self.lm_head[...]
+    product = lambda w: jnp.einsum("bld,dv->blv", h, w.astype(self.dtype),
+                                   preferred_element_type=jnp.float32)
+    vocab = w.shape[1]
+    if not converts_16bit(w.dtype) or vocab <= LOGIT_CHUNK:
+      return constrain(product(w), ("act_batch_data", "length", "act_vocab"))
+    starts = [min(j, vocab - LOGIT_CHUNK) for j in range(0, vocab, LOGIT_CHUNK)]
+
+    def chunk(j: Array, out: Array) -> Array:
+      start = jnp.asarray(starts)[j]  # the last chunk ends at the vocab's end (overlapping)
+      part = product(jax.lax.dynamic_slice_in_dim(w, start, LOGIT_CHUNK, axis=1))
+      return jax.lax.dynamic_update_slice_in_dim(out, part, start, axis=2)
+
+    out = jnp.zeros(h.shape[:2] + (vocab,), jnp.float32)
+    out = jax.lax.fori_loop(0, len(starts), chunk, out)
     return constrain(out, ("act_batch_data", "length", "act_vocab"))
 
   def __call__(self, tokens: Array, **kw) -> Array:

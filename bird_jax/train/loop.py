@@ -44,12 +44,12 @@ from bird_jax.data.streams import merge_states, samples_read
 from bird_jax.exit_codes import BadInput, ToolError, refusing
 from bird_jax.train import config as C
 from bird_jax.train import workdir as W
-from bird_jax.train.checkpointing import CheckpointUnreadable, TrainCheckpointer, restore_params_on
+from bird_jax.train.checkpointing import CheckpointUnreadable, TrainCheckpointer
 from bird_jax.train.flops import StepFlops, mfu, run_flops
 from bird_jax.train.logger import MetricLogger
 from bird_jax.train.optimizer import make_optimizer
 from bird_jax.train.record import TrainRecord
-from bird_jax.train.state import (fresh_adapters, hf_param_source, initial_state, loaded_params,
+from bird_jax.train.state import (fresh_adapters, hf_param_sources, initial_state, loaded_params,
                                   make_layout, random_params)
 from bird_jax.train.step import BATCH_KEYS, batch_sharding, jit_step, make_train_step
 
@@ -114,20 +114,19 @@ def next_micro_batches(it: Iterator, n: int) -> list[dict[str, np.ndarray]] | No
 def initial_params(c: ml_collections.ConfigDict, model_cfg, layout, freeze, lora=None):
   """(trainable, frozen) a new run starts from: init.hf, init.ckpt or random weights; a LoRA
   run adds fresh adapters to the base weights."""
-  from bird_jax.checkpoint.orbax import ParamReader, checkpoint_manager
+  from bird_jax.checkpoint.orbax import checkpoint_manager
+  from bird_jax.checkpoint.streaming import array_sources, orbax_sources
 
   C.check_init(c)
   if not c.init.hf and not c.init.ckpt:
     return random_params(model_cfg, freeze, layout, c.init.seed, lora, c.init.keep_positions,
                          c.init.vit_positions)
-  if lora is None and c.init.ckpt:
-    return restore_params_on(checkpoint_manager(c.init.ckpt, read_only=True), layout)
-  base = (hf_param_source(c.init.hf, model_cfg) if c.init.hf else
-          ParamReader(checkpoint_manager(c.init.ckpt, read_only=True)).read)
-  if lora is None:
-    return loaded_params(layout, base)
-  adapters = fresh_adapters(model_cfg, lora)
-  return loaded_params(layout, lambda path: adapters[path] if path in adapters else base(path))
+  where = f"config.init.hf {c.init.hf}" if c.init.hf else f"config.init.ckpt {c.init.ckpt}"
+  sources = (hf_param_sources(c.init.hf, model_cfg) if c.init.hf else
+             orbax_sources(checkpoint_manager(c.init.ckpt, read_only=True)))
+  if lora is not None:
+    sources = {**sources, **array_sources(fresh_adapters(model_cfg, lora))}
+  return loaded_params(layout, sources, where)
 
 
 def train(c: ml_collections.ConfigDict, probe: Probe | None = None) -> TrainResult:

@@ -7,13 +7,14 @@ target out_shardings, and loaded parameters are placed on the mesh one array at 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from bird_jax.checkpoint.streaming import Source, hf_sources, place
 from bird_jax.config import QwenVLConfig, read_hf_config
 from bird_jax.model import QwenVL, abstract_model
 from bird_jax.model.lora import Adapter, LoRAConfig, add_adapters
@@ -115,10 +116,23 @@ def place_params(abstract: Any, shardings: Any, get: Callable[[str], Any]) -> An
   return nnx.from_flat_state(flat)
 
 
-def loaded_params(layout: Layout, get: Callable[[str], Any]) -> tuple[Any, Any]:
-  """(trainable, frozen) from get(dotted path) -> array (an HF folder or an Orbax restore)."""
-  return (place_params(layout.abstract_params, layout.state_shardings["params"], get),
-          place_params(layout.abstract_frozen, layout.frozen_shardings, get))
+def loaded_params(layout: Layout, sources: Mapping[str, Source], where: str) -> tuple[Any, Any]:
+  """(trainable, frozen) streamed from `sources` ({path: Source} of an HF folder or an Orbax
+  checkpoint, bird_jax/checkpoint/streaming.py) onto the layout's shardings, each parameter
+  cast to the layout's dtype one block at a time."""
+  return (_streamed(layout.abstract_params, layout.state_shardings["params"], sources, where),
+          _streamed(layout.abstract_frozen, layout.frozen_shardings, sources, where))
+
+
+def _streamed(abstract: Any, shardings: Any, sources: Mapping[str, Source], where: str) -> Any:
+  flat = dict(nnx.to_flat_state(abstract))
+  sh = dict(nnx.to_flat_state(shardings))
+  target = {dotted(k): jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh[k].get_value())
+            for k, v in flat.items()}
+  placed = place(target, {p: s for p, s in sources.items() if p in target}, where=where)
+  for key, var in flat.items():
+    var.set_value(placed[dotted(key)])
+  return nnx.from_flat_state(flat)
 
 
 def initial_state(params: Any, tx: optax.GradientTransformation, layout: Layout) -> dict[str, Any]:
@@ -131,30 +145,12 @@ def param_paths(state: Any) -> list[str]:
   return [dotted(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
 
 
-def hf_param_source(hf_dir: str, cfg: QwenVLConfig) -> Callable[[str], Any]:
-  """get(dotted path) -> that parameter assembled from an HF Qwen-VL folder (safetensors only)
-  in the model's dtype, one parameter at a time (`place_params` puts each on the mesh before
-  the next is read; host memory peaks at the largest stacked parameter)."""
-  import numpy as np
-
-  from bird_jax.checkpoint import hf
-  from bird_jax.checkpoint.safetensors_io import HFReader
-
+def hf_param_sources(hf_dir: str, cfg: QwenVLConfig) -> dict[str, Source]:
+  """{path: Source} of an HF Qwen-VL folder (safetensors only) for the run's model config,
+  which its config.json must describe (`loaded_params` streams them onto the mesh)."""
   _, hf_cfg = read_hf_config(hf_dir)
   if (hf_cfg.vision, hf_cfg.llm, hf_cfg.image_start_id) != (cfg.vision, cfg.llm, cfg.image_start_id):
     raise ValueError(f"{hf_dir}/config.json describes another architecture than the run's model "
                      f"config:\n  checkpoint: {hf_cfg.vision}, {hf_cfg.llm}\n  run: {cfg.vision}, "
                      f"{cfg.llm}")
-  reader = HFReader(hf_dir)
-  abstract = flatten(nnx.state(abstract_model(cfg)))
-  entries = hf.expected_tensors(cfg, {p: v.shape for p, v in abstract.items()})
-  hf.check_tensors({n: (t.shape, t.dtype) for n, t in reader.tensors.items()}, entries,
-                   source=hf_dir)
-  plans = hf.param_plans(entries, {p: v.shape for p, v in abstract.items()})
-
-  def get(path: str) -> np.ndarray:
-    plan, dtype = plans[path], abstract[path].dtype
-    blocks = [plan.block(i, reader.get, dtype) for i in range(len(plan.names))]
-    return np.concatenate(blocks) if plan.layered else blocks[0]
-
-  return get
+  return hf_sources(hf_dir, cfg)
