@@ -55,7 +55,7 @@ SIZES = {
     "cpu-smoke": dict(train_layers=(1, 1), train_rows=2, train_len=64, train_images=1,
                       train_steps=1, peak_n=256, peak_reps=5, copy_bytes=16 * 2**20, copy_reps=3,
                       forward_rows=1, forward_len=48, forward_reps=1, preset="tiny",
-                      batches=(2,), prompt=32, new=16, gen_repeats=3),
+                      batches=(2,), prompt=32, new=8, gen_repeats=2),
 }
 
 # nominal HBM bandwidth (bytes/s) by device kind, for the decode roofline

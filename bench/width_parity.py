@@ -19,10 +19,10 @@ It prints each figure, the wall time and the peak RSS, and exits 1 when a check 
     python bench/width_parity.py --small     # hidden 1024, vocab 32768, ViT width 416
     python bench/width_parity.py --vocab 8192   # the release's widths, a small vocabulary
 
-Memory: the weights exist once, as fp32 numpy. The reference is built on them without copies
-(its modules start on the meta device; its parameters are assigned numpy-backed tensors), runs,
-and is deleted; the JAX model is then converted from the same arrays, each handed over and
-freed as its converted copy is made. Two moments make the peak: making the weights
+Memory: the weights exist once, as fp32 numpy. The reference holds them without copies (its
+modules start on the meta device and its parameters are the arrays themselves, checked here),
+runs, and is deleted; the JAX model is then converted from the same arrays, each handed over
+and freed as its converted copy is made. Two moments make the peak: making the weights
 (`random_hf_weights` draws each tensor in float64: wte plus 3x lm_head's size) and converting
 them (all of them plus one more copy of lm_head). On 2 CPU cores: --small, 0.42 GB of weights,
 peak RSS 1.6 GB, 20-40 s; --vocab 8192, 2.57 GB, peak 4.4 GB, ~70 s; the release's widths,
@@ -33,18 +33,13 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import contextlib
 import dataclasses
-import functools
 import gc
-import itertools
 import resource
 import sys
 import time
-import types
 from pathlib import Path
 from typing import Any, Callable
-from unittest import mock
 
 import numpy as np
 
@@ -112,42 +107,24 @@ class _ToDevice(dict):
     return x
 
 
-@contextlib.contextmanager
-def _no_copies(reference: types.ModuleType):
-  """While open, a module built in `reference` keeps the numpy arrays it is given as its
-  parameters: modules start on the meta device (no memory), the module's `np.array` does not
-  copy, and `load_state_dict` assigns the numpy-backed tensors instead of copying them."""
-  import torch
-
-  numpy = types.SimpleNamespace(**{**vars(np), "array": np.asarray})
-  assign = functools.partialmethod(torch.nn.Module.load_state_dict, assign=True)
-  with mock.patch.object(reference, "np", numpy), \
-       mock.patch.object(torch.nn.Module, "load_state_dict", assign), torch.device("meta"):
-    yield
-
-
-def torch_reference(cfg: QwenVLConfig, weights: dict[str, np.ndarray]):
-  """bird_jax_testing's QwenVLReference whose parameters are the arrays of `weights`."""
-  import torch
-
-  from bird_jax_testing import reference
-
-  with _no_copies(reference):
-    ref = reference.QwenVLReference(cfg, weights)
-  llm = ref.llm.model
-  llm.rotary_emb = type(llm.rotary_emb)(ref.llm.config)  # tables computed, not loaded
-  tensors = list(itertools.chain(ref.named_parameters(), ref.named_buffers()))
-  unloaded = [n for n, t in tensors if t.is_meta]
-  if unloaded:
-    raise RuntimeError(f"reference tensors left on the meta device: {unloaded[:3]}")
+def copied_parameters(module, weights: dict[str, np.ndarray]) -> list[str]:
+  """Names of the parameters of torch `module` whose memory lies in none of `weights`' arrays."""
   spans = sorted((a.ctypes.data, a.ctypes.data + a.nbytes) for a in weights.values())
   starts = [s for s, _ in spans]
 
-  def shared(t: torch.Tensor) -> bool:
-    i = bisect.bisect_right(starts, t.data_ptr()) - 1
-    return i >= 0 and t.data_ptr() < spans[i][1]
+  def shared(ptr: int) -> bool:
+    i = bisect.bisect_right(starts, ptr) - 1
+    return i >= 0 and ptr < spans[i][1]
 
-  copied = [n for n, t in ref.named_parameters() if not shared(t)]
+  return [n for n, t in module.named_parameters() if not shared(t.data_ptr())]
+
+
+def torch_reference(cfg: QwenVLConfig, weights: dict[str, np.ndarray]):
+  """bird_jax_testing's QwenVLReference, whose parameters are the arrays of `weights`."""
+  from bird_jax_testing.reference import QwenVLReference
+
+  ref = QwenVLReference(cfg, weights)
+  copied = copied_parameters(ref, weights)
   if copied:
     raise RuntimeError(f"the reference copied {len(copied)} weights (e.g. {copied[0]})")
   return ref

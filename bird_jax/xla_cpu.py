@@ -155,7 +155,7 @@ def describe() -> dict:
 # (the layer scan, the decoding loop) its loop-invariant code motion then lifts that convert of
 # one layer's slice out of the loop onto the whole stacked weight, so a program holds a float32
 # copy of every weight for its whole run: measured on the full-size generation program with
-# bfloat16 weights (`compiled.memory_analysis()`, commit cc91d94), 39.3 GB of temporaries beside
+# bfloat16 weights (`compiled.memory_analysis()`, commit ca3e662), 39.3 GB of temporaries beside
 # the 19.3 GB of weights; 3.57 GB without the motion, most of it the float32 lm_head (see
 # `converts_16bit` in bird_jax/model/qwen.py's logits), and 1.08 GB with the logits in chunks.
 

@@ -5,11 +5,16 @@ in_proj, blocked resampler in_proj_weight, OIHW conv, Linear [out, in], proj [in
 The LLM is transformers' `Qwen2ForCausalLM` (Qwen v1 == Qwen2 with split q/k/v,
 w2 = gate_proj, w1 = up_proj); the visual side uses `nn.MultiheadAttention` and
 `F.interpolate(mode="bicubic")`.
+
+The reference holds no copy of float32 weights: its modules are built on the meta device and
+their parameters are then the given arrays, wrapped by `torch.from_numpy`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -83,6 +88,18 @@ def random_hf_weights(cfg, seed: int = 0) -> dict[str, np.ndarray]:
       scale = 0.5 / math.sqrt(fan_in) if len(shape) > 1 else 0.1
       out[name] = (scale * rng.standard_normal(shape)).astype(np.float32)
   return out
+
+
+def as_tensor(w) -> torch.Tensor:
+  """A float32 CPU tensor on `w`'s own memory when `w` is a native float32 array (or a view of
+  one); another dtype (float16, bfloat16, float64, ...), byte order or negative strides give a
+  float32 copy of that one tensor (the values a float32 parameter loaded from it would hold)."""
+  a = np.asarray(w, np.float32)
+  if any(s < 0 for s in a.strides):  # torch.from_numpy takes none
+    a = a.copy()
+  with warnings.catch_warnings():  # a read-only array stays read-only: nothing here writes it
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    return torch.from_numpy(a)
 
 
 # ---- visual side -------------------------------------------------------------------------
@@ -181,10 +198,6 @@ class QwenVLReference(nn.Module):
 
     m = cfg.llm
     self.cfg = cfg
-    self.visual = Visual(cfg.vision)
-    prefix = "transformer.visual."
-    self.visual.load_state_dict({k[len(prefix):]: torch.from_numpy(np.array(w))
-                                 for k, w in weights.items() if k.startswith(prefix)})
     qcfg = Qwen2Config(vocab_size=m.vocab_size, hidden_size=m.hidden, intermediate_size=m.mlp_dim,
                        num_hidden_layers=m.layers, num_attention_heads=m.heads,
                        num_key_value_heads=m.heads, rms_norm_eps=m.rms_eps,
@@ -193,7 +206,12 @@ class QwenVLReference(nn.Module):
                        max_position_embeddings=32768,
                        tie_word_embeddings=False, use_sliding_window=False,
                        attn_implementation="eager")
-    self.llm = Qwen2ForCausalLM(qcfg).float().eval()
+    with torch.device("meta"):  # no memory, no random initialisation: the weights come below
+      self.visual = Visual(cfg.vision)
+      self.llm = Qwen2ForCausalLM(qcfg)
+    prefix = "transformer.visual."
+    self.visual.load_state_dict({k[len(prefix):]: as_tensor(w) for k, w in weights.items()
+                                 if k.startswith(prefix)}, assign=True)
     sd = {"model.embed_tokens.weight": weights["transformer.wte.weight"],
           "model.norm.weight": weights["transformer.ln_f.weight"],
           "lm_head.weight": weights["lm_head.weight"]}
@@ -210,7 +228,14 @@ class QwenVLReference(nn.Module):
                  dst + "mlp.gate_proj.weight": weights[src + "mlp.w2.weight"],
                  dst + "mlp.up_proj.weight": weights[src + "mlp.w1.weight"],
                  dst + "mlp.down_proj.weight": weights[src + "mlp.c_proj.weight"]})
-    self.llm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()})
+    self.llm.load_state_dict({k: as_tensor(v) for k, v in sd.items()}, assign=True)
+    self.llm.eval()
+    # buffers outside the state dict (RoPE's inverse frequencies) are computed, on the CPU
+    self.llm.model.rotary_emb = type(self.llm.model.rotary_emb)(self.llm.config)
+    meta = [n for n, t in itertools.chain(self.named_parameters(), self.named_buffers())
+            if t.is_meta]
+    if meta:
+      raise RuntimeError(f"reference tensors left on the meta device: {meta[:3]}")
     if logn_seq_length:
       def logn_hook(module, args, out):
         scale = [math.log(p, logn_seq_length) if p > logn_seq_length else 1.0

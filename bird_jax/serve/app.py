@@ -197,7 +197,10 @@ async def _wait(future: concurrent.futures.Future, timeout_s: float) -> Answer:
     raise ApiError(500, f"generating the answer failed ({type(e).__name__}: {e})",
                    "generation_failed", kind="server_error") from e
   finally:
-    waiter.cancel()  # withdraws a request still queued; a finished one is unaffected
+    # withdraws a request still queued, before the answer goes out (cancelling only `waiter`
+    # would reach `future` later, from the event loop); a running or finished one is unaffected
+    future.cancel()
+    waiter.cancel()
 
 
 def create_app(bot: Assistant, batcher: Batcher, *, api_key: str | None = None,
