@@ -17,7 +17,6 @@ import errno
 import json
 import os
 import re
-from typing import Any
 
 import numpy as np
 import orbax.checkpoint as ocp

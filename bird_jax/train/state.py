@@ -16,7 +16,7 @@ from flax import nnx
 
 from bird_jax.checkpoint.streaming import Source, hf_sources, place
 from bird_jax.config import QwenVLConfig, read_hf_config
-from bird_jax.model import QwenVL, abstract_model
+from bird_jax.model import QwenVL
 from bird_jax.model.lora import Adapter, LoRAConfig, add_adapters
 from bird_jax.sharding import check_replication, named_shardings, param_specs
 from bird_jax.train.optimizer import trainable_filter
