@@ -275,7 +275,7 @@ def phase_figures(model, cfg, new_tokens: int) -> dict:
   t0 = time.time()
   gen.generate([ids], pixels)
   compile_s = time.time() - t0
-  ph = measure.phase_times(_WithPixels(gen, pixels), [ids], repeats=1)
+  ph = measure.phase_times(gen, [ids], repeats=1, pixels=pixels)
   length = len(ids)
   pre = prefill_flops(cfg, rows=1, length=length, images=1)
   dec = decode_step_flops(cfg, rows=1, cache_length=length + new_tokens)
@@ -291,16 +291,6 @@ def phase_figures(model, cfg, new_tokens: int) -> dict:
           "decode_fraction_of_copy_bandwidth": nbytes / ph.decode_step_s / bandwidth,
           "read_bandwidth_gb_s": reading / GB,
           "decode_fraction_of_read_bandwidth": nbytes / ph.decode_step_s / reading}
-
-
-class _WithPixels:
-  """A Generator whose every call gets the same images (phase_times passes prompts only)."""
-
-  def __init__(self, gen, pixels):
-    self.gen, self.pixels, self.cfg = gen, pixels, gen.cfg
-
-  def generate(self, prompts, cfg=None):
-    return self.gen.generate(prompts, self.pixels, cfg=cfg)
 
 
 # ---- main ------------------------------------------------------------------------------------

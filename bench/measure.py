@@ -62,24 +62,26 @@ class Phases:
   rounds: int
 
 
-def phase_times(gen: Generator, prompts: list[list[int]], repeats: int = 3) -> Phases:
+def phase_times(gen: Generator, prompts: list[list[int]], repeats: int = 3,
+                pixels=None) -> Phases:
   """Prefill and per-step decode time of `gen` (greedy, built with min_new_tokens =
-  max_new_tokens so that every row decodes all of them) on `prompts`, in alternating rounds."""
+  max_new_tokens so that every row decodes all of them) on `prompts` (and their images
+  `pixels`, as `Generator.generate` takes them), in alternating rounds."""
   cfg = gen.cfg
   new = cfg.max_new_tokens
   if new < 2 or cfg.min_new_tokens != new or cfg.temperature:
     raise ValueError("phase_times needs greedy decoding with min_new_tokens = max_new_tokens >= 2")
-  outs = gen.generate(prompts)  # compiles
+  outs = gen.generate(prompts, pixels)  # compiles
   firsts = sorted({int(o[0]) for o in outs} | set(cfg.stop_ids))
   if len(firsts) > MAX_STOP_IDS:
     raise ValueError(f"{len(firsts)} distinct first tokens; give rows that share a prompt")
   stop_early = dataclasses.replace(cfg, stop_ids=tuple(firsts), min_new_tokens=0)
-  if any(len(o) != 1 for o in gen.generate(prompts, cfg=stop_early)):
+  if any(len(o) != 1 for o in gen.generate(prompts, pixels, cfg=stop_early)):
     raise RuntimeError("the prefill-only call did not stop after the first token")
   full, pre = [], []
   for _ in range(repeats):
-    full.append(seconds(lambda: gen.generate(prompts)))
-    pre.append(seconds(lambda: gen.generate(prompts, cfg=stop_early)))
+    full.append(seconds(lambda: gen.generate(prompts, pixels)))
+    pre.append(seconds(lambda: gen.generate(prompts, pixels, cfg=stop_early)))
   t_full, t_pre = min(full), min(pre)
   return Phases(t_pre, (t_full - t_pre) / (new - 1), t_full, repeats)
 

@@ -302,8 +302,9 @@ def hf_to_params(get: Callable[[str], np.ndarray], entries: Mapping[str, Entry],
                  shapes: Mapping[str, Shape], dtype: Any = None) -> dict[str, np.ndarray]:
   """Builds {dotted path: array} in memory from HF tensors fetched one at a time with
   `get(name)` (dtype None: keep each tensor's dtype). Stacked parameters are filled layer by
-  layer into one preallocated array. For full-size models use the streaming converter
-  (`bird_jax.convert`), which never holds a whole stacked parameter."""
+  layer into one preallocated array: for small models (tests, benchmarks). Full-size weights
+  are loaded by `bird_jax.checkpoint.streaming` and converted by `bird_jax.convert`, neither
+  of which holds the whole model on the host."""
   def checked(name: str) -> np.ndarray:
     w = get(name)
     if tuple(w.shape) != entries[name].shape:

@@ -253,13 +253,12 @@ def place_one(t: Any, src: Source, name: str) -> jax.Array:
 
 
 def place(target: Mapping[str, Any], sources: Mapping[str, Source], *, where: str,
-          check_memory: bool = True, progress: bool = False) -> dict[str, jax.Array]:
+          progress: bool = False) -> dict[str, jax.Array]:
   """{path: jax.Array} for every path of `target` ({path: ShapeDtypeStruct}, with the
   shardings to place on), read from `sources`. Names, shapes and memory are checked before
   the first read; a block holding NaN/inf raises NonFiniteWeights naming it."""
   check_names_and_shapes(target, sources, where)
-  if check_memory:
-    check_fits(target, sources, where)
+  check_fits(target, sources, where)
   total = sum(int(np.prod(s.shape, dtype=np.int64)) * s.dtype.itemsize for s in sources.values())
   out = {}
   with tqdm(total=total, unit="B", unit_scale=True, desc="loading", disable=not progress) as bar:
